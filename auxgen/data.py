@@ -1,0 +1,242 @@
+"""Datasets as in-memory uint8 tensors, and the paper's augmentation as explicit, replayable views.
+
+Every dataset becomes two `Split`s of images in the stored format (uint8 [N, C, H, W]) with
+primary labels and stable keys. Keeping data as tensors makes it cheap to put on the device
+and lets augmentation be a pure function of recorded parameters (crop offsets and a flip),
+which is what `export --views` stores so a downstream loader can rebuild the exact view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auxgen.config import TrainConfig
+from auxgen.errors import AuxgenError
+from auxgen.hierarchy import cifar100_fine_to, cifar100_names
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+DIGITS_TEST_FRACTION = 0.2
+SPLIT_SEED = 0  # fixed, so every run of a dataset shares one test set whatever its --seed
+
+
+@dataclass
+class Split:
+    """One split: images uint8 [N, C, H, W], primary labels [N], optional fine labels, keys."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+    fine: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> Split:
+        fine = self.fine[idx] if self.fine is not None else None
+        return Split(self.images[idx], self.labels[idx], [self.keys[i] for i in idx.tolist()], fine)
+
+
+@dataclass
+class Data:
+    """A dataset ready for training: train and test splits and what the models need to know."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    class_names: list[str]
+    augment: bool
+    pad: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """sha256 over images, labels and keys of both splits: any change to the data shows."""
+        h = hashlib.sha256(self.name.encode())
+        for split in (self.train, self.test):
+            h.update(split.images.contiguous().numpy().tobytes())
+            h.update(split.labels.numpy().astype(np.int64).tobytes())
+            h.update("\n".join(split.keys).encode())
+        return h.hexdigest()
+
+    def split_fingerprint(self, which: str) -> str:
+        """sha256 of one split (train or test) alone."""
+        split = getattr(self, which)
+        h = hashlib.sha256(f"{self.name}/{which}".encode())
+        h.update(split.images.contiguous().numpy().tobytes())
+        h.update(split.labels.numpy().astype(np.int64).tobytes())
+        h.update("\n".join(split.keys).encode())
+        return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ augmentation
+def draw_views(n: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random-crop-with-padding and flip parameters for n images: int64 [n, 3] = (dy, dx, flip).
+
+    The crop takes rows dy..dy+H and columns dx..dx+W of the image zero-padded by `pad`, then
+    mirrors left-right when flip is 1. (pad, pad, 0) is the identity view.
+    """
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.randint(0, 2, (n, 1), generator=generator)
+    return torch.cat([offsets, flips], dim=1)
+
+
+def apply_views(images: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Tensor:
+    """Apply (dy, dx, flip) views to a uint8 batch [B, C, H, W]; a pure function of its inputs."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    views = views.to(images.device)
+    rows = views[:, 0, None] + torch.arange(h, device=images.device)  # [B, H]
+    cols = views[:, 1, None] + torch.arange(w, device=images.device)  # [B, W]
+    cols = torch.where(views[:, 2, None].bool(), cols.flip(1), cols)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
+
+
+# ------------------------------------------------------------------------------ loaders
+def load_data(cfg: TrainConfig) -> Data:
+    """Load the dataset a config names, as tensors; a missing dataset is an AuxgenError."""
+    loaders = {"digits": _digits, "cifar10": _cifar, "cifar100": _cifar, "mnist": _mnist,
+               "fashion-mnist": _mnist, "svhn": _svhn, "imagefolder": _imagefolder}
+    train, test, names = loaders[cfg.dataset](cfg)
+    rgb32 = cfg.dataset in ("cifar10", "cifar100", "svhn", "imagefolder")
+    augment = {"auto": rgb32, "on": True, "off": False}[cfg.augment]
+    size = train.images.shape[-1]
+    return Data(cfg.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8))
+
+
+def _keys(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}/{i:06d}" for i in range(n)]
+
+
+def _digits(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(np.rint(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_test = int(round(len(labels) * DIGITS_TEST_FRACTION))
+    full = Split(images, labels, _keys("digits", len(labels)))
+    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    train, test = full.subset(train_idx), full.subset(test_idx)
+    train.keys = [k.replace("digits/", "digits/train/") for k in train.keys]
+    test.keys = [k.replace("digits/", "digits/test/") for k in test.keys]
+    return train, test, [str(i) for i in range(10)]
+
+
+def _missing(cfg: TrainConfig, looked: Path, what: str) -> AuxgenError:
+    return AuxgenError(
+        f"{cfg.dataset} not found: looked in {looked} for {what}; pass --download to fetch it "
+        f"there, or point --data-root at the folder that holds it"
+    )
+
+
+def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+    from torchvision import datasets
+
+    root = Path(cfg.data_root).expanduser()
+    cls, folder = ((datasets.CIFAR10, "cifar-10-batches-py") if cfg.dataset == "cifar10"
+                   else (datasets.CIFAR100, "cifar-100-python"))
+    try:
+        tv = {s: cls(str(root), train=(s == "train"), download=cfg.download) for s in ("train", "test")}
+    except RuntimeError:
+        raise _missing(cfg, root / folder, "the python pickle batches") from None
+    splits = []
+    for s in ("train", "test"):
+        images = torch.from_numpy(np.ascontiguousarray(tv[s].data.transpose(0, 3, 1, 2)))
+        targets = torch.tensor(tv[s].targets, dtype=torch.long)
+        split = Split(images, targets, _keys(f"{cfg.dataset}/{s}", len(targets)))
+        if cfg.dataset == "cifar100":
+            if cfg.primary_level not in (3, 10, 20):
+                raise AuxgenError(f"--primary-level must be 3, 10 or 20, got {cfg.primary_level}")
+            split.fine = targets
+            split.labels = cifar100_fine_to(cfg.primary_level)[targets]
+        splits.append(split)
+    names = (list(tv["train"].classes) if cfg.dataset == "cifar10"
+             else list(cifar100_names(cfg.primary_level)))
+    return splits[0], splits[1], names
+
+
+def _mnist(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+    from torchvision import datasets
+
+    root = Path(cfg.data_root).expanduser()
+    cls, folder = ((datasets.MNIST, "MNIST") if cfg.dataset == "mnist"
+                   else (datasets.FashionMNIST, "FashionMNIST"))
+    try:
+        tv = {s: cls(str(root), train=(s == "train"), download=cfg.download) for s in ("train", "test")}
+    except RuntimeError:
+        raise _missing(cfg, root / folder / "raw", "the idx files (train-images-idx3-ubyte, ...)") from None
+    splits = [Split(tv[s].data[:, None].contiguous(), tv[s].targets.long(),
+                    _keys(f"{cfg.dataset}/{s}", len(tv[s].targets))) for s in ("train", "test")]
+    return splits[0], splits[1], list(tv["train"].classes)
+
+
+def _svhn(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+    from torchvision import datasets
+
+    root = Path(cfg.data_root).expanduser()
+    try:
+        tv = {s: datasets.SVHN(str(root), split=s, download=cfg.download) for s in ("train", "test")}
+    except RuntimeError:
+        raise _missing(cfg, root, "train_32x32.mat and test_32x32.mat") from None
+    splits = [Split(torch.from_numpy(np.ascontiguousarray(tv[s].data)),
+                    torch.from_numpy(tv[s].labels.astype(np.int64)),
+                    _keys(f"svhn/{s}", len(tv[s].labels))) for s in ("train", "test")]
+    return splits[0], splits[1], [str(i) for i in range(10)]
+
+
+def _scan_tree(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    if not root.is_dir():
+        raise AuxgenError(f"imagefolder: {root} is not a folder; expected ROOT/CLASS/IMAGE files")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items = [(str(f.relative_to(root).as_posix()), i) for i, c in enumerate(classes)
+             for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not classes or not items:
+        raise AuxgenError(f"imagefolder: no class folders with images ({', '.join(IMAGE_EXTENSIONS)}) "
+                          f"under {root}; expected ROOT/CLASS/IMAGE files")
+    return classes, items
+
+
+def _load_images(root: Path, items: list[tuple[str, int]], size: int) -> torch.Tensor:
+    from PIL import Image, ImageOps
+
+    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    for i, (rel, _) in enumerate(items):
+        try:
+            with Image.open(root / rel) as img:
+                # resize the short side and centre-crop, keeping the aspect ratio
+                out[i] = np.asarray(ImageOps.fit(img.convert("RGB"), (size, size), Image.BILINEAR))
+        except OSError as e:
+            raise AuxgenError(f"imagefolder: cannot read image {root / rel}: {e}") from None
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def _imagefolder(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+    root = Path(cfg.data_root).expanduser()
+    classes, items = _scan_tree(root)
+
+    def split_of(tree: Path, its: list[tuple[str, int]]) -> Split:
+        labels = torch.tensor([c for _, c in its], dtype=torch.long)
+        return Split(_load_images(tree, its, cfg.image_size), labels, [rel for rel, _ in its])
+
+    if cfg.test_root:
+        test_root = Path(cfg.test_root).expanduser()
+        test_classes, test_items = _scan_tree(test_root)
+        if test_classes != classes:
+            raise AuxgenError(f"imagefolder: class folders of {test_root} differ from those of {root}")
+        return split_of(root, items), split_of(test_root, test_items), classes
+    full = split_of(root, items)
+    if len(full) < 5:
+        raise AuxgenError(f"imagefolder: only {len(full)} images under {root}; need at least 5 to split")
+    perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_test = max(1, int(round(len(full) * 0.2)))
+    return full.subset(perm[n_test:].sort().values), full.subset(perm[:n_test].sort().values), classes

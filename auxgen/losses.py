@@ -1,0 +1,36 @@
+"""Losses of MAXL: focal loss with soft targets, and the entropy regulariser of the generator."""
+
+from __future__ import annotations
+
+import torch
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean over the batch of -sum_k t_k (1 - p_k)^gamma log p_k.
+
+    `target` is a distribution per row ([B, K]) or hard class indices ([B]). gamma=0 is
+    cross-entropy. log p comes from log_softmax, so zero targets never meet log(0).
+    """
+    logp = torch.log_softmax(logits.float(), dim=1)
+    if target.dim() == 1:
+        logp = logp.gather(1, target[:, None]).squeeze(1)
+        weight = (1 - logp.exp()).pow(gamma) if gamma else 1.0
+        return -(weight * logp).mean()
+    weight = (1 - logp.exp()).pow(gamma) if gamma else 1.0
+    return -(target * weight * logp).sum(dim=1).mean()
+
+
+def entropy_regulariser(labels: torch.Tensor) -> torch.Tensor:
+    """H = sum_k ybar_k log ybar_k, the *negative* entropy of the batch-mean label.
+
+    Minimising it spreads the generator's usage over all K auxiliary classes. An auxiliary
+    class unused in the batch (ybar_k = 0) contributes 0 with a finite gradient: xlogy's
+    gradient there is -inf, which times the mask softmax's exact zeros would give NaN.
+    """
+    ybar = labels.float().mean(dim=0)
+    return (ybar * torch.log(ybar.clamp_min(1e-30))).sum()
+
+
+def block_entropy(labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample entropy (nats) of soft labels; zeros outside the block contribute nothing."""
+    return -torch.special.xlogy(labels, labels).sum(dim=1)

@@ -1,0 +1,64 @@
+"""Training progress: a rich live bar on a terminal, plain lines otherwise (logs, CI)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainProgress:
+    """Shows epoch, step, running losses, accuracy, speed and ETA."""
+
+    def __init__(self, epochs: int, enabled: bool = True, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.epochs, self.enabled = epochs, enabled
+        self.live = enabled and self.console.is_terminal
+        self._bar: Progress | None = None
+        self._t0 = time.perf_counter()
+
+    def __enter__(self) -> TrainProgress:
+        if self.live:
+            self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[of]}"),
+                                 BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                 TextColumn("eta"), TimeRemainingColumn(), console=self.console)
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self._epoch_t0 = time.perf_counter()
+        if self._bar is not None:
+            self._task = self._bar.add_task("train", total=steps, epoch=epoch, of=self.epochs, stats="")
+
+    def update(self, step: int, stats: dict[str, float]) -> None:
+        if self._bar is not None:
+            speed = step / max(time.perf_counter() - self._epoch_t0, 1e-9)
+            text = "  ".join(f"{k} {v:.4f}" for k, v in stats.items()) + f"  {speed:.1f} it/s"
+            self._bar.update(self._task, completed=step, stats=text)
+
+    def end_epoch(self, m: dict[str, Any]) -> None:
+        if self._bar is not None:
+            self._bar.remove_task(self._task)
+        if not self.enabled:
+            return
+        line = (f"epoch {m['epoch']}/{self.epochs}  loss {m['train_loss_pri']:.4f}  "
+                f"train acc {m['train_acc']:.4f}  test acc {m['test_acc']:.4f}")
+        if m.get("meta_loss_before") is not None:
+            line += f"  meta {m['meta_loss_before']:.4f}->{m['meta_loss_after']:.4f}"
+        if m.get("aux_usage_entropy") is not None:
+            line += f"  usage H {m['aux_usage_entropy']:.3f}/{m['aux_usage_entropy_max']:.3f}"
+        elapsed = time.perf_counter() - self._t0
+        line += f"  {m['time_s']:.1f}s  ({m['steps'] / max(m['time_s'], 1e-9):.1f} it/s, elapsed {elapsed:.0f}s)"
+        self.console.print(line, highlight=False) if self.live else print(line, file=sys.stderr, flush=True)
+
+    def warn(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)

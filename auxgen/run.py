@@ -1,0 +1,110 @@
+"""Reading a finished (or running) run directory back: config, data, models, checkpoint.
+
+Used by export and verify, which must rebuild exactly what training built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from auxgen.checkpoint import load_checkpoint, sha256_file
+from auxgen.config import TrainConfig
+from auxgen.data import Data, load_data
+from auxgen.errors import AuxgenError
+from auxgen.hierarchy import Hierarchy
+from auxgen.models import LabelGenerator, MultiTaskNet
+from auxgen.trainer import build_models, hierarchy_for, pick_device
+
+
+@dataclass
+class LoadedRun:
+    """A run directory with one checkpoint loaded into eval-mode models on `device`."""
+
+    run_dir: Path
+    meta: dict[str, Any]          # config.json
+    cfg: TrainConfig
+    hier: Hierarchy
+    device: torch.device
+    model: MultiTaskNet
+    generator: LabelGenerator | None
+    checkpoint_path: Path
+    checkpoint_sha256: str
+    state: dict[str, Any]         # the checkpoint itself (epoch, history, test_acc, ...)
+
+    @property
+    def config_sha256(self) -> str:
+        return sha256_file(self.run_dir / "config.json")
+
+    def recorded_test_acc(self) -> float | None:
+        """The test accuracy the run recorded for this checkpoint's epoch."""
+        return self.state.get("test_acc")
+
+
+def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
+    """`best`, `last` or a path to a checkpoint file."""
+    if checkpoint in ("best", "last"):
+        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        if not path.is_file():
+            raise AuxgenError(f"{run_dir} has no {checkpoint} checkpoint ({path}); has it finished an epoch?")
+        return path
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise AuxgenError(f"checkpoint {path} does not exist; use best, last or a .pt file")
+    return path
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise AuxgenError(f"{run_dir} is not an auxgen run directory (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise AuxgenError(f"{path} is not valid JSON; the run directory is damaged") from None
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
+             data_root: str | None = None) -> LoadedRun:
+    """Load a run's config and checkpoint; models come back in eval mode on the run's device choice."""
+    run_dir = Path(run_dir)
+    meta = read_run_config(run_dir)
+    train_cfg = dict(meta["train"])
+    if data_root is not None:
+        train_cfg["data_root"] = data_root
+    if device is not None:
+        train_cfg["device"] = device
+    cfg = TrainConfig.from_dict(train_cfg, where=str(run_dir / "config.json")).validate()
+    hier, _ = hierarchy_for(cfg, meta["num_primary"])
+    if list(hier.psi) != meta["psi"]:
+        raise AuxgenError(f"{run_dir}: psi in config.json does not match its options")
+    path = resolve_checkpoint(run_dir, checkpoint)
+    state = load_checkpoint(path)
+    if state.get("psi") != meta["psi"]:
+        raise AuxgenError(f"checkpoint {path} has psi {state.get('psi')} but the run has {meta['psi']}")
+    dev = pick_device(cfg.device)
+
+    class _Shape:  # build_models only needs the image shape
+        image_shape = tuple(meta["data"]["image_shape"])
+
+    model, gen = build_models(cfg, _Shape, hier)  # type: ignore[arg-type]
+    model.load_state_dict(state["model"])
+    model.to(dev).eval()
+    if gen is not None:
+        gen.load_state_dict(state["generator"])
+        gen.to(dev).eval()
+    return LoadedRun(run_dir, meta, cfg, hier, dev, model, gen, path, sha256_file(path), state)
+
+
+def load_run_data(run: LoadedRun, check: bool = True) -> Data:
+    """The run's dataset; with check=True a changed dataset (fingerprint) is an error."""
+    data = load_data(run.cfg)
+    if check and data.fingerprint() != run.meta["data"]["fingerprint"]:
+        raise AuxgenError(f"the dataset at {run.cfg.data_root} differs from the one {run.run_dir} was "
+                          f"trained on (fingerprint mismatch)")
+    return data
