@@ -2,4 +2,9 @@
 
 
 class AuxgenError(Exception):
-    """A user-facing error: bad input, missing data, an unsafe overwrite, a diverged run."""
+    """A user-facing error: bad input, missing data, an unsafe overwrite, a diverged run.
+
+    The CLI prints `error: <message>` and exits with `exit_code` (2: bad usage or input).
+    """
+
+    exit_code = 2

@@ -40,6 +40,8 @@ SYNC_EVERY = 10  # steps between host syncs (NaN check, progress); exact step st
 class Diverged(AuxgenError):
     """The loss became NaN or infinite."""
 
+    exit_code = 1
+
 
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():

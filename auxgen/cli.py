@@ -1,0 +1,71 @@
+"""The `auxgen` command line: thin recipes (train, export, verify) over plain components."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from auxgen import __version__
+from auxgen.errors import AuxgenError
+
+app = typer.Typer(
+    name="auxgen",
+    help="Learned auxiliary labels for your data: train MAXL, export soft labels, verify them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"auxgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Learned auxiliary labels for your data: train MAXL, export soft labels, verify them."""
+
+
+def _register() -> None:
+    from auxgen.recipes import train
+
+    app.command("train")(train.train_command)
+    for name in ("export", "verify"):
+        try:
+            module = __import__(f"auxgen.recipes.{name}", fromlist=[f"{name}_command"])
+        except ModuleNotFoundError:
+            continue
+        app.command(name)(getattr(module, f"{name}_command"))
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    try:
+        app(standalone_mode=False)
+    except AuxgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

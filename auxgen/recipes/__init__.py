@@ -1,0 +1,1 @@
+"""Recipes: the CLI commands, each a thin layer over the components in auxgen/."""
