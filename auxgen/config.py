@@ -4,10 +4,11 @@ JSON or TOML file and overridable from the command line. Defaults and help live 
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from auxgen.errors import AuxgenError
 

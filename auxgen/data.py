@@ -140,28 +140,42 @@ def _missing(cfg: TrainConfig, looked: Path, what: str) -> AuxgenError:
 
 
 def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
-    from torchvision import datasets
+    """CIFAR-10/100 from the python pickle batches (torchvision only downloads them)."""
+    import pickle
 
     root = Path(cfg.data_root).expanduser()
-    cls, folder = ((datasets.CIFAR10, "cifar-10-batches-py") if cfg.dataset == "cifar10"
-                   else (datasets.CIFAR100, "cifar-100-python"))
-    try:
-        tv = {s: cls(str(root), train=(s == "train"), download=cfg.download) for s in ("train", "test")}
-    except RuntimeError:
-        raise _missing(cfg, root / folder, "the python pickle batches") from None
+    c10 = cfg.dataset == "cifar10"
+    folder = root / ("cifar-10-batches-py" if c10 else "cifar-100-python")
+    if cfg.download:
+        from torchvision import datasets
+
+        (datasets.CIFAR10 if c10 else datasets.CIFAR100)(str(root), download=True)
+    files = {"train": [f"data_batch_{i}" for i in range(1, 6)] if c10 else ["train"],
+             "test": ["test_batch"] if c10 else ["test"]}
+    if not all((folder / f).is_file() for fs in files.values() for f in fs):
+        raise _missing(cfg, folder, "the python pickle batches (" + ", ".join(files["train"] + files["test"]) + ")")
+    if cfg.dataset == "cifar100" and cfg.primary_level not in (3, 10, 20):
+        raise AuxgenError(f"--primary-level must be 3, 10 or 20, got {cfg.primary_level}")
     splits = []
     for s in ("train", "test"):
-        images = torch.from_numpy(np.ascontiguousarray(tv[s].data.transpose(0, 3, 1, 2)))
-        targets = torch.tensor(tv[s].targets, dtype=torch.long)
-        split = Split(images, targets, _keys(f"{cfg.dataset}/{s}", len(targets)))
-        if cfg.dataset == "cifar100":
-            if cfg.primary_level not in (3, 10, 20):
-                raise AuxgenError(f"--primary-level must be 3, 10 or 20, got {cfg.primary_level}")
-            split.fine = targets
-            split.labels = cifar100_fine_to(cfg.primary_level)[targets]
+        data, targets = [], []
+        for f in files[s]:
+            with open(folder / f, "rb") as fh:
+                try:
+                    entry = pickle.load(fh, encoding="latin1")
+                except Exception:
+                    raise AuxgenError(f"{folder / f} is not a CIFAR pickle batch; re-download it") from None
+            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            targets += entry["labels" if c10 else "fine_labels"]
+        images = torch.from_numpy(np.ascontiguousarray(np.concatenate(data)))
+        targets_t = torch.tensor(targets, dtype=torch.long)
+        split = Split(images, targets_t, _keys(f"{cfg.dataset}/{s}", len(targets_t)))
+        if not c10:
+            split.fine = targets_t
+            split.labels = cifar100_fine_to(cfg.primary_level)[targets_t]
         splits.append(split)
-    names = (list(tv["train"].classes) if cfg.dataset == "cifar10"
-             else list(cifar100_names(cfg.primary_level)))
+    names = (["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+             if c10 else list(cifar100_names(cfg.primary_level)))
     return splits[0], splits[1], names
 
 
@@ -181,16 +195,24 @@ def _mnist(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
 
 
 def _svhn(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
-    from torchvision import datasets
+    """SVHN from train_32x32.mat / test_32x32.mat (torchvision only downloads them)."""
+    from scipy.io import loadmat
 
     root = Path(cfg.data_root).expanduser()
-    try:
-        tv = {s: datasets.SVHN(str(root), split=s, download=cfg.download) for s in ("train", "test")}
-    except RuntimeError:
-        raise _missing(cfg, root, "train_32x32.mat and test_32x32.mat") from None
-    splits = [Split(torch.from_numpy(np.ascontiguousarray(tv[s].data)),
-                    torch.from_numpy(tv[s].labels.astype(np.int64)),
-                    _keys(f"svhn/{s}", len(tv[s].labels))) for s in ("train", "test")]
+    if cfg.download:
+        from torchvision import datasets
+
+        for s in ("train", "test"):
+            datasets.SVHN(str(root), split=s, download=True)
+    paths = {s: root / f"{s}_32x32.mat" for s in ("train", "test")}
+    if not all(p.is_file() for p in paths.values()):
+        raise _missing(cfg, root, "train_32x32.mat and test_32x32.mat")
+    splits = []
+    for s, p in paths.items():
+        mat = loadmat(str(p))
+        images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)))
+        labels = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1) % 10)  # SVHN stores 0 as 10
+        splits.append(Split(images, labels, _keys(f"svhn/{s}", len(labels))))
     return splits[0], splits[1], [str(i) for i in range(10)]
 
 
