@@ -5,13 +5,18 @@ from __future__ import annotations
 import torch
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits to float32 for the softmax; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
     """Mean over the batch of -sum_k t_k (1 - p_k)^gamma log p_k.
 
     `target` is a distribution per row ([B, K]) or hard class indices ([B]). gamma=0 is
     cross-entropy. log p comes from log_softmax, so zero targets never meet log(0).
     """
-    logp = torch.log_softmax(logits.float(), dim=1)
+    logp = torch.log_softmax(upcast(logits), dim=1)
     if target.dim() == 1:
         logp = logp.gather(1, target[:, None]).squeeze(1)
         weight = (1 - logp.exp()).pow(gamma) if gamma else 1.0
@@ -27,7 +32,7 @@ def entropy_regulariser(labels: torch.Tensor) -> torch.Tensor:
     class unused in the batch (ybar_k = 0) contributes 0 with a finite gradient: xlogy's
     gradient there is -inf, which times the mask softmax's exact zeros would give NaN.
     """
-    ybar = labels.float().mean(dim=0)
+    ybar = upcast(labels).mean(dim=0)
     return (ybar * torch.log(ybar.clamp_min(1e-30))).sum()
 
 

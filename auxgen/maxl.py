@@ -38,17 +38,32 @@ def meta_step(model: nn.Module, generator: nn.Module, gen_optimizer: torch.optim
     """Step 2: theta2 <- theta2 - beta grad_theta2[L(f_pri(x; theta1+), y) + lambda H(g(x, y))].
 
     `labels` = g(x, y; theta2) *with* its graph to theta2 (the caller may share it with the
-    training step when the meta batch is the training batch). theta1+ is a look-ahead SGD step
-    computed functionally: the real weights and batch-norm running statistics do not move.
-    order=2 differentiates through the look-ahead exactly (double backward); order=1 uses
-    the finite-difference Hessian-vector product of DARTS. Returns detached primary losses on
-    the meta batch before and after the look-ahead.
+    training step when the meta batch is the training batch). Returns detached primary losses
+    on the meta batch before and after the look-ahead.
+    """
+    gen_params = [p for p in generator.parameters() if p.requires_grad]
+    gen_grads, loss_before, loss_after = meta_gradient(model, gen_params, x, y, labels, alpha, gamma,
+                                                       entropy_weight, order)
+    for p, g in zip(gen_params, gen_grads, strict=True):
+        p.grad = g + l1_decay * torch.sign(p.detach()) if l1_decay else g
+    gen_optimizer.step()
+    gen_optimizer.zero_grad(set_to_none=True)
+    return loss_before, loss_after
+
+
+def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                  labels: torch.Tensor, alpha: float, gamma: float, entropy_weight: float, order: int = 2
+                  ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The generator's gradient of the meta objective, and the meta losses before/after the look-ahead.
+
+    theta1+ is a look-ahead SGD step computed functionally: the real weights and batch-norm
+    running statistics do not move. order=2 differentiates through the look-ahead exactly
+    (double backward); order=1 uses the finite-difference Hessian-vector product of DARTS.
     """
     params = dict(model.named_parameters())
     # the look-ahead runs in train mode (batch statistics) and would update running stats
     # in place: give it copies so the real ones stay untouched
     buffers = {name: b.clone() for name, b in model.named_buffers()}
-    gen_params = [p for p in generator.parameters() if p.requires_grad]
     pri, aux = functional_call(model, (params, buffers), (x,))
     loss_before = focal_loss(pri, y, gamma)
 
@@ -69,8 +84,10 @@ def meta_step(model: nn.Module, generator: nn.Module, gen_optimizer: torch.optim
                 zip(params.items(), grads, strict=True)}
         pri_fast, _ = functional_call(model, (fast, buffers), (x,))
         loss_after = focal_loss(pri_fast, y, gamma)
-        d = torch.autograd.grad(loss_after, list(fast.values()))
-        eps = 0.01 / torch.sqrt(sum((g.float() ** 2).sum() for g in d))
+        # d = grad of the primary loss at theta1+; the auxiliary head does not enter it
+        d = torch.autograd.grad(loss_after, list(fast.values()), allow_unused=True)
+        d = [torch.zeros_like(p) if g is None else g for p, g in zip(fast.values(), d, strict=True)]
+        eps = 0.01 / torch.sqrt(sum((g ** 2).sum() for g in d))
         with torch.no_grad():
             shifted = [{n: p + s * eps * dg for (n, p), dg in zip(params.items(), d, strict=True)}
                        for s in (1.0, -1.0)]
@@ -81,12 +98,7 @@ def meta_step(model: nn.Module, generator: nn.Module, gen_optimizer: torch.optim
         hvp = (focal_loss(aux_plus, labels, gamma) - focal_loss(aux_minus, labels, gamma)) / (2 * eps)
         objective = -alpha * hvp + entropy_weight * entropy_regulariser(labels)
         gen_grads = torch.autograd.grad(objective, gen_params)
-
-    for p, g in zip(gen_params, gen_grads, strict=True):
-        p.grad = g + l1_decay * torch.sign(p.detach()) if l1_decay else g
-    gen_optimizer.step()
-    gen_optimizer.zero_grad(set_to_none=True)
-    return loss_before.detach(), loss_after.detach()
+    return list(gen_grads), loss_before.detach(), loss_after.detach()
 
 
 def grad_cosine(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux_target: torch.Tensor,

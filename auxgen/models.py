@@ -12,6 +12,7 @@ from torch import nn
 
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy
+from auxgen.losses import upcast
 
 BACKBONES = ("cnn", "vgg16", "resnet18")
 NORM_MEAN, NORM_STD = 0.5, 0.2  # the authors' normalisation, for every dataset
@@ -25,7 +26,9 @@ class Normalize(nn.Module):
         self.mean, self.std = mean, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / 255.0 - self.mean) / self.std
+        # integer images become float32; float input keeps its dtype (float64 in gradient checks)
+        x = x if x.is_floating_point() else x.float()
+        return (x / 255.0 - self.mean) / self.std
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -124,7 +127,7 @@ def mask_softmax(logits: torch.Tensor, y: torch.Tensor, block_id: torch.Tensor) 
     the logits are (the paper's exp(M*z) form would).
     """
     mask = block_id[None, :] == y[:, None]
-    return torch.log_softmax(logits.float().masked_fill(~mask, float("-inf")), dim=1).exp()
+    return torch.log_softmax(upcast(logits).masked_fill(~mask, float("-inf")), dim=1).exp()
 
 
 class LabelGenerator(nn.Module):
