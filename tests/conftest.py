@@ -73,3 +73,18 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), out, show=False)
     return out
+
+
+def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 40, n_test: int = 12, seed: int = 0) -> Path:
+    """Write a tiny MNIST (or FashionMNIST) in the real idx format under root/FOLDER/raw."""
+    import struct
+
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+    return root

@@ -1,0 +1,127 @@
+"""The training loop: run directory, metrics, resume, baselines, divergence."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config, write_cifar
+
+from auxgen.checkpoint import load_checkpoint
+from auxgen.errors import AuxgenError
+from auxgen.trainer import Diverged, lr_at, prepare_out_dir, setup, train
+
+
+def _metrics(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("time_s")
+    return rows
+
+
+def test_run_directory_contents(tiny_run):
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["train"]["method"] == "maxl" and cfg["psi"] == [5] * 10 and cfg["num_aux"] == 50
+    assert len(cfg["data"]["fingerprint"]) == 64 and cfg["torch_version"] == torch.__version__
+    assert {"auxgen_version", "seed", "created"} <= cfg.keys()
+    rows = _metrics(tiny_run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        for k in ("train_loss_pri", "train_acc", "meta_loss_before", "meta_loss_after", "test_acc",
+                  "aux_usage_entropy", "aux_sample_entropy", "lr"):
+            assert isinstance(r[k], float), k
+        assert 0 < r["aux_usage_entropy"] <= r["aux_usage_entropy_max"] + 1e-6
+    state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")  # weights_only=True
+    assert state["epoch"] == 2 and state["test_acc"] == rows[-1]["test_acc"]
+    best = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
+    assert best["test_acc"] == max(r["test_acc"] for r in rows)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = tiny_config(epochs=3)
+    train(cfg, tmp_path / "full", show=False)
+
+    def stop_after_first(m):
+        if m["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", show=False, on_epoch_end=stop_after_first)
+    assert len(_metrics(tmp_path / "cut")) == 1
+    train(cfg, tmp_path / "cut", resume=True, show=False)
+    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "full")
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    for part in ("model", "generator"):
+        for k, v in a[part].items():
+            assert torch.equal(v, b[part][k]), (part, k)
+
+
+def test_seeded_runs_repeat_and_seeds_differ(tmp_path):
+    cfg = tiny_config(epochs=1)
+    train(cfg, tmp_path / "a", show=False)
+    train(cfg, tmp_path / "b", show=False)
+    train(tiny_config(epochs=1, seed=1), tmp_path / "c", show=False)
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    assert _metrics(tmp_path / "a") != _metrics(tmp_path / "c")
+
+
+@pytest.mark.parametrize("method,extra", [("single", {}), ("random", {"psi": "2"}), ("maxl", {"meta_split": 0.2}),
+                                          ("maxl", {"meta_order": 1}), ("maxl", {"gen_decay": "l1"})])
+def test_methods_and_variants_train(tmp_path, method, extra):
+    summary = train(tiny_config(epochs=1, method=method, **extra), tmp_path / "r", show=False)
+    row = _metrics(tmp_path / "r")[0]
+    assert 0.0 <= summary["final_test_acc"] <= 1.0
+    assert ("meta_loss_before" in row) == (method == "maxl")
+    if method == "random":  # one-hot labels: zero per-sample entropy
+        assert row["aux_sample_entropy"] == 0.0
+
+
+def test_meta_split_holds_out_data():
+    run = setup(tiny_config(meta_split=0.25))
+    assert len(run.meta_idx) == round(0.25 * len(run.data.train))
+    assert len(set(run.meta_idx.tolist()) & set(run.train_idx.tolist())) == 0
+    assert len(run.meta_idx) + len(run.train_idx) == len(run.data.train)
+
+
+def test_random_labels_fixed_inside_true_block():
+    run = setup(tiny_config(method="random", psi="3"))
+    y = run.data.train.labels
+    assert torch.equal(run.hier.block_id()[run.fixed_aux], y)
+    assert torch.equal(setup(tiny_config(method="random", psi="3")).fixed_aux, run.fixed_aux)
+
+
+def test_human_labels_on_cifar100(tmp_path):
+    root = write_cifar(tmp_path / "data", "cifar100", n_train=64, n_test=16)
+    run = setup(tiny_config(dataset="cifar100", data_root=str(root), method="human", primary_level=3,
+                            aux_level=10, batch_size=16))
+    assert run.hier.psi == (5, 1, 4)
+    assert torch.equal(run.hier.block_id()[run.fixed_aux], run.data.train.labels)
+    train(run.cfg, tmp_path / "h", show=False)
+    with pytest.raises(AuxgenError, match="human"):
+        tiny_config(method="human")
+
+
+def test_schedule_halves_at_quarters():
+    assert [lr_at(0.01, e, 200) for e in (1, 50, 51, 100, 101, 150, 151, 200)] == \
+        [0.01, 0.01, 0.005, 0.005, 0.0025, 0.0025, 0.00125, 0.00125]
+    assert [lr_at(1.0, e, 8) for e in range(1, 9)] == [1, 1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    train(tiny_config(epochs=1), out, show=False)
+    good = (out / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(Diverged, match=r"epoch 2, step \d+"):
+        train(tiny_config(epochs=2, lr=1e12, gen_lr=1e12), out, resume=True, show=False)
+    assert (out / "checkpoints" / "last.pt").read_bytes() == good
+
+
+def test_out_dir_safety(tmp_path):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(AuxgenError, match="not empty"):
+        prepare_out_dir(other, force=False)
+    with pytest.raises(AuxgenError, match="holds no auxgen run"):
+        prepare_out_dir(other, force=True)
+    assert (other / "notes.txt").read_text() == "keep me"
