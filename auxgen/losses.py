@@ -10,19 +10,23 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def focal_terms(logits: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Per-entry focal terms -(1 - p_k)^gamma log p_k, [B, K]; the loss is linear in the target through them."""
+    logp = torch.log_softmax(upcast(logits), dim=1)
+    return -((1 - logp.exp()).pow(gamma) if gamma else 1.0) * logp
+
+
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
     """Mean over the batch of -sum_k t_k (1 - p_k)^gamma log p_k.
 
     `target` is a distribution per row ([B, K]) or hard class indices ([B]). gamma=0 is
     cross-entropy. log p comes from log_softmax, so zero targets never meet log(0).
     """
-    logp = torch.log_softmax(upcast(logits), dim=1)
     if target.dim() == 1:
-        logp = logp.gather(1, target[:, None]).squeeze(1)
+        logp = torch.log_softmax(upcast(logits), dim=1).gather(1, target[:, None]).squeeze(1)
         weight = (1 - logp.exp()).pow(gamma) if gamma else 1.0
         return -(weight * logp).mean()
-    weight = (1 - logp.exp()).pow(gamma) if gamma else 1.0
-    return -(target * weight * logp).sum(dim=1).mean()
+    return (target * focal_terms(logits, gamma)).sum(dim=1).mean()
 
 
 def entropy_regulariser(labels: torch.Tensor) -> torch.Tensor:

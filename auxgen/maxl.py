@@ -11,7 +11,33 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from auxgen.losses import entropy_regulariser, focal_loss
+from auxgen.losses import entropy_regulariser, focal_loss, focal_terms
+
+
+def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.optim.Optimizer,
+                   gen_optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, alpha: float,
+                   gamma: float, entropy_weight: float, order: int = 2, l1_decay: float = 0.0,
+                   meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One iteration of Algorithm 1: a training step on theta1, then a meta step on theta2.
+
+    Without `meta_batch` the meta step reuses the training batch (the authors' code), and one
+    generator forward serves both steps; with it (held-out data, the paper's text) the training
+    step's labels need no graph at all.
+    """
+    if meta_batch is None:
+        labels = generator(x, y)
+        target = labels.detach()
+    else:
+        with torch.no_grad():
+            target = generator(x, y)
+    loss_pri, loss_aux, correct = train_step(model, optimizer, x, y, target, gamma)
+    mx, my = (x, y) if meta_batch is None else meta_batch
+    if meta_batch is not None:
+        labels = generator(mx, my)
+    before, after = meta_step(model, generator, gen_optimizer, mx, my, labels, alpha, gamma, entropy_weight,
+                              order, l1_decay)
+    return {"loss_pri": loss_pri, "loss_aux": loss_aux, "correct": correct, "target": target,
+            "meta_before": before, "meta_after": after}
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -56,49 +82,49 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
                   ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """The generator's gradient of the meta objective, and the meta losses before/after the look-ahead.
 
-    theta1+ is a look-ahead SGD step computed functionally: the real weights and batch-norm
-    running statistics do not move. order=2 differentiates through the look-ahead exactly
-    (double backward); order=1 uses the finite-difference Hessian-vector product of DARTS.
+    The look-ahead theta1+ = theta1 - alpha grad L_train(theta1; t) is computed functionally:
+    the real weights and batch-norm running statistics do not move. order=2 is exact;
+    order=1 replaces the Jacobian-vector product below by the central finite difference of
+    DARTS. `labels` = t = g(x, y; theta2), with its graph.
     """
     params = dict(model.named_parameters())
-    # the look-ahead runs in train mode (batch statistics) and would update running stats
-    # in place: give it copies so the real ones stay untouched
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    pri, aux = functional_call(model, (params, buffers), (x,))
+    stats = _no_running_stats(model)  # look-aheads use batch statistics and must not update the real ones
+    pri, aux = functional_call(model, (params, stats), (x,))
     loss_before = focal_loss(pri, y, gamma)
+    grads = torch.autograd.grad(loss_before + focal_loss(aux, labels.detach(), gamma), list(params.values()))
+    fast = {n: (p - alpha * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grads, strict=True)}
+    loss_after = focal_loss(functional_call(model, (fast, stats), (x,))[0], y, gamma)
+    v = torch.autograd.grad(loss_after, list(fast.values()), allow_unused=True)  # the aux head gets None
+    v = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(fast.items(), v, strict=True)}
+
+    # theta1+ depends on theta2 only through t, and L_train is *linear* in t:
+    #   L_aux(theta1; t) = mean_b sum_k t_bk l_bk(theta1),  l = focal_terms(f_aux(x; theta1)).
+    # So the chain rule through the look-ahead gives, exactly,
+    #   d L_pri(theta1+) / d t_bk = -alpha <grad_theta1 l_bk(theta1), v> / B,   v = grad L_pri(theta1+),
+    # a forward-mode Jacobian-vector product: the second-order term without a double backward.
+    theta = {n: p.detach() for n, p in params.items()}
+
+    def aux_terms(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return focal_terms(functional_call(model, (p, stats), (x,))[1], gamma) / len(x)
 
     if order == 2:
-        # theta1+ = theta1 - alpha grad L_train(theta1; labels): keep the graph so that
-        # theta1+ is a function of theta2 through `labels`
-        inner = loss_before + focal_loss(aux, labels, gamma)
-        grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
-        fast = {n: p - alpha * g for (n, p), g in zip(params.items(), grads, strict=True)}
-        pri_fast, _ = functional_call(model, (fast, buffers), (x,))
-        loss_after = focal_loss(pri_fast, y, gamma)
-        objective = loss_after + entropy_weight * entropy_regulariser(labels)
-        gen_grads = torch.autograd.grad(objective, gen_params)
+        _, u = torch.func.jvp(aux_terms, (theta,), (v,))
     else:
-        inner = loss_before + focal_loss(aux, labels.detach(), gamma)
-        grads = torch.autograd.grad(inner, list(params.values()))
-        fast = {n: (p - alpha * g).detach().requires_grad_() for (n, p), g in
-                zip(params.items(), grads, strict=True)}
-        pri_fast, _ = functional_call(model, (fast, buffers), (x,))
-        loss_after = focal_loss(pri_fast, y, gamma)
-        # d = grad of the primary loss at theta1+; the auxiliary head does not enter it
-        d = torch.autograd.grad(loss_after, list(fast.values()), allow_unused=True)
-        d = [torch.zeros_like(p) if g is None else g for p, g in zip(fast.values(), d, strict=True)]
-        eps = 0.01 / torch.sqrt(sum((g ** 2).sum() for g in d))
+        eps = 0.01 / torch.sqrt(sum((g ** 2).sum() for g in v.values()))
         with torch.no_grad():
-            shifted = [{n: p + s * eps * dg for (n, p), dg in zip(params.items(), d, strict=True)}
-                       for s in (1.0, -1.0)]
-            aux_plus = functional_call(model, (shifted[0], buffers), (x,))[1]
-            aux_minus = functional_call(model, (shifted[1], buffers), (x,))[1]
-        # grad_theta2 of this surrogate = -alpha [grad L_train(theta+) - grad L_train(theta-)] / 2eps
-        # + lambda grad H: the DARTS Hessian-vector product plus the entropy term's own gradient
-        hvp = (focal_loss(aux_plus, labels, gamma) - focal_loss(aux_minus, labels, gamma)) / (2 * eps)
-        objective = -alpha * hvp + entropy_weight * entropy_regulariser(labels)
-        gen_grads = torch.autograd.grad(objective, gen_params)
+            plus = aux_terms({n: p + eps * v[n] for n, p in theta.items()})
+            minus = aux_terms({n: p - eps * v[n] for n, p in theta.items()})
+        u = (plus - minus) / (2 * eps)
+    # the entropy term enters directly (the authors' first-order code leaves it out)
+    objective = -alpha * (labels * u.detach()).sum() + entropy_weight * entropy_regulariser(labels)
+    gen_grads = torch.autograd.grad(objective, gen_params)
     return list(gen_grads), loss_before.detach(), loss_after.detach()
+
+
+def _no_running_stats(model: nn.Module) -> dict[str, torch.Tensor | None]:
+    """Buffers for a functional call that neither reads nor updates batch-norm running statistics."""
+    bn = ("running_mean", "running_var", "num_batches_tracked")
+    return {n: None if n.rsplit(".", 1)[-1] in bn else b for n, b in model.named_buffers()}
 
 
 def grad_cosine(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux_target: torch.Tensor,

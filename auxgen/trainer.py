@@ -28,7 +28,7 @@ from auxgen.data import Data, Split, apply_views, draw_views, load_data
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, cifar100_human, parse_psi
 from auxgen.losses import block_entropy, focal_loss
-from auxgen.maxl import grad_cosine, meta_step, train_step
+from auxgen.maxl import grad_cosine, maxl_iteration, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.progress import TrainProgress
 
@@ -329,34 +329,25 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     for i in range(n_steps):
         idx = order[i * B:(i + 1) * B]
         x, y = batch(idx)
-        labels_graph = None
         with amp:
             if cfg.method == "maxl":
-                if meta_order is None:  # the meta step reuses this batch: one generator forward serves both
-                    labels_graph = run.generator(x, y)
-                    target = labels_graph.detach()
-                else:
-                    with torch.no_grad():
-                        target = run.generator(x, y)
-            elif cfg.method in ("random", "human"):
-                target = F.one_hot(run.fixed_aux[idx].to(dev), hier.num_aux).float()
-            else:
-                target = None
-            if cfg.cosine_every and target is not None and step % cfg.cosine_every == 0:
-                cosines.append(grad_cosine(run.model, x, y, target, cfg.gamma, run.model.backbone))
-            loss_pri, loss_aux, ok = train_step(run.model, run.optimizer, x, y, target, cfg.gamma)
-            if cfg.method == "maxl":
-                if meta_order is None:
-                    mx, my, mlabels = x, y, labels_graph
-                else:
-                    j = (i * B + torch.arange(B)) % len(meta_order)
-                    mx, my = batch(meta_order[j])
-                    mlabels = run.generator(mx, my)
-                before, after = meta_step(run.model, run.generator, run.gen_optimizer, mx, my, mlabels,
-                                          alpha=lr, gamma=cfg.gamma, entropy_weight=cfg.entropy_weight,
-                                          order=cfg.meta_order, l1_decay=l1)
-                sums["before"] += before
+                meta_batch = None
+                if meta_order is not None:
+                    meta_batch = batch(meta_order[(i * B + torch.arange(B)) % len(meta_order)])
+                out = maxl_iteration(run.model, run.generator, run.optimizer, run.gen_optimizer, x, y, alpha=lr,
+                                     gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
+                                     l1_decay=l1, meta_batch=meta_batch)
+                loss_pri, loss_aux, ok, target = out["loss_pri"], out["loss_aux"], out["correct"], out["target"]
+                after = out["meta_after"]
+                sums["before"] += out["meta_before"]
                 sums["after"] += after
+            else:
+                target = (F.one_hot(run.fixed_aux[idx].to(dev), hier.num_aux).float()
+                          if cfg.method in ("random", "human") else None)
+                loss_pri, loss_aux, ok = train_step(run.model, run.optimizer, x, y, target, cfg.gamma)
+            if cfg.cosine_every and target is not None and step % cfg.cosine_every == 0:
+                # measured right after the step, on the same batch and targets
+                cosines.append(grad_cosine(run.model, x, y, target, cfg.gamma, run.model.backbone))
         step += 1
         sums["pri"] += loss_pri
         sums["aux"] += loss_aux

@@ -1,0 +1,78 @@
+"""Cost of a MAXL iteration relative to a single-task step, measured side by side in one process.
+
+    python benchmarks/step_cost.py                 # vgg16 and cnn, batch 100, 32x32 RGB
+    python benchmarks/step_cost.py --repeats 9 --models cnn
+
+For each backbone it times (median of --repeats after --warmup) the three things the trainer
+does per batch: a single-task step (primary head only), an exact MAXL iteration (training step
++ second-order meta step, auxgen.maxl.maxl_iteration) and a first-order iteration, and prints
+each as a ratio to the single-task step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from auxgen.hierarchy import Hierarchy
+from auxgen.maxl import maxl_iteration, train_step
+from auxgen.models import LabelGenerator, MultiTaskNet
+
+
+def _median_time(fn, repeats: int, warmup: int, sync) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(backbone: str, batch: int, size: int, repeats: int, warmup: int, device: torch.device,
+            width: int | None = None) -> dict[str, float]:
+    """Median seconds of a single-task step, an exact MAXL iteration and a first-order one."""
+    torch.manual_seed(0)
+    hier = Hierarchy((5,) * 20)
+    model = MultiTaskNet(backbone, 3, hier.num_primary, hier.num_aux, width).to(device).train()
+    gen = LabelGenerator(backbone, 3, hier, width).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    gen_opt = torch.optim.SGD(gen.parameters(), lr=1e-3, weight_decay=5e-4)
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    y = torch.randint(0, hier.num_primary, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    out = {"single": _median_time(lambda: train_step(model, opt, x, y, None, 2.0), repeats, warmup, sync)}
+    for order, name in ((2, "maxl_exact"), (1, "maxl_first_order")):
+        out[name] = _median_time(lambda o=order: maxl_iteration(model, gen, opt, gen_opt, x, y, 0.01, 2.0, 0.2, o),
+                                 repeats, warmup, sync)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="vgg16,cnn", help="comma-separated backbones")
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
+          f"batch {args.batch}, {args.size}x{args.size} RGB, median of {args.repeats}")
+    print(f"{'backbone':<10}{'single (s)':>12}{'exact (s)':>12}{'exact/single':>14}{'1st-order (s)':>15}"
+          f"{'1st/single':>12}")
+    for name in args.models.split(","):
+        t = measure(name, args.batch, args.size, args.repeats, args.warmup, device)
+        print(f"{name:<10}{t['single']:>12.4f}{t['maxl_exact']:>12.4f}{t['maxl_exact'] / t['single']:>14.2f}"
+              f"{t['maxl_first_order']:>15.4f}{t['maxl_first_order'] / t['single']:>12.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
