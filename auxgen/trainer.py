@@ -398,6 +398,6 @@ def _collapse_warnings(run: Run, m: dict[str, Any], epoch: int) -> list[str]:
                    f"its maximum {m['aux_usage_entropy_max']:.3f}; consider a larger --entropy-weight")
     if m["aux_sample_entropy_frac"] > 0.95 and max(run.hier.psi) > 1:
         out.append(f"soft labels nearly uniform inside their blocks (per-sample entropy "
-                   f"{100 * m['aux_sample_entropy_frac']:.1f}% of its maximum): the auxiliary task carries "
-                   f"little information; consider a larger --gen-lr or more epochs")
+                   f"{100 * m['aux_sample_entropy_frac']:.1f}% of its maximum): the auxiliary task adds little "
+                   f"beyond the primary labels; measure its value with `auxgen verify --retrain`")
     return out
