@@ -1,0 +1,44 @@
+"""Facts of the export format that writers, readers and docs/format.md must agree on."""
+
+from __future__ import annotations
+
+import re
+
+from auxgen.errors import AuxgenError
+
+FORMAT_NAME = "auxgen-labels"
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+MANIFEST_NAME = "manifest.json"          # inside a shard folder
+HDF5_MANIFEST_SUFFIX = ".manifest.json"  # beside an HDF5 file: labels/c100.h5.manifest.json
+GENERATOR_NAME = "generator.pt"          # inside a shard folder
+HDF5_GENERATOR_SUFFIX = ".generator.pt"  # beside an HDF5 file: labels/c100.h5.generator.pt
+STATE_NAME = ".auxgen-export.json"       # resume state of an unfinished shard export
+SHARD_PATTERN = "{split}-%06d.tar"
+DEFAULT_SHARD_SIZE = 256 * 10**6
+TAR_TRAILER = 1024 + 10240               # end-of-archive blocks plus the padding to a full tar record
+
+
+def wds_key(key: str) -> str:
+    """The webdataset `__key__` of a sample key: webdataset splits file names at the first dot."""
+    return key.replace(".", "_")
+
+
+def shard_name(split: str, index: int) -> str:
+    return SHARD_PATTERN.format(split=split) % index
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'256MB', '1GB', '512KiB' or a byte count -> bytes (decimal units, KiB/MiB/GiB binary)."""
+    if text is None or isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise AuxgenError(f"--shard-size {text!r}: expected bytes or a size like 256MB, 1GB, 512KiB")
+    unit = (m.group(2) or "").lower().rstrip("b")
+    return int(float(m.group(1)) * _UNITS[unit])

@@ -1,0 +1,81 @@
+"""HDF5 sink: one file, one group per split, chunked along N and deflate-compressed.
+
+Deflate (gzip) and shuffle are built into every HDF5 library, so any language reads the file;
+chunks of about 256 KiB keep a full scan fast and random access cheap (one small chunk per row).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+
+from auxgen.export.labels import LabelStats
+from auxgen.export.pipeline import Chunk
+
+CHUNK_BYTES = 1 << 18
+GZIP_LEVEL = 4
+
+
+def _chunks(n: int, row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
+    return (max(1, min(n, CHUNK_BYTES // row_bytes)), *row_shape)
+
+
+class Hdf5Sink:
+    """Writes an export into an HDF5 file (the caller gives a temporary path and renames it)."""
+
+    def __init__(self, path: str, attrs: dict[str, Any], dtype: str, num_aux: int, views: int,
+                 stats: LabelStats) -> None:
+        # a large chunk cache holds partly written chunks until complete, so nothing is compressed twice
+        self.f = h5py.File(path, "w", rdcc_nbytes=64 << 20, rdcc_nslots=10007)
+        for k, v in attrs.items():
+            self.f.attrs[k] = v
+        self.dtype, self.k, self.v, self.stats = np.dtype(dtype), num_aux, views, stats
+        self.g: h5py.Group | None = None
+
+    def _dataset(self, name: str, data: np.ndarray | None, shape: tuple[int, ...], dtype: Any) -> None:
+        assert self.g is not None
+        dt = np.dtype(dtype)
+        itemsize = 16 if dt.kind == "O" else dt.itemsize  # variable-length strings: a heap reference per row
+        numeric = dt.kind in "iuf"
+        self.g.create_dataset(name, shape=shape, dtype=dtype, data=data,
+                              chunks=_chunks(max(shape[0], 1), shape[1:], itemsize),
+                              compression="gzip", compression_opts=GZIP_LEVEL, shuffle=numeric)
+
+    def begin_split(self, split: str, keys: list[str], primary: np.ndarray, views: np.ndarray | None,
+                    fingerprint: str) -> None:
+        n = len(keys)
+        self.g = self.f.create_group(split)
+        self.g.attrs["count"] = n
+        self.g.attrs["split_fingerprint"] = fingerprint
+        vshape = (self.v,) if self.v else ()
+        self._dataset("keys", np.array(keys, dtype=object), (n,), h5py.string_dtype("utf-8"))
+        self._dataset("index", np.arange(n, dtype=np.int64), (n,), np.int64)
+        self._dataset("primary", primary.astype(np.int64), (n,), np.int64)
+        self._dataset("aux_soft", None, (n, *vshape, self.k), self.dtype)
+        self._dataset("aux_hard", None, (n, *vshape), np.int64)
+        self._dataset("entropy", None, (n, *vshape), np.float32)
+        if views is not None:
+            self._dataset("views", views.astype(np.int32), (n, self.v, 3), np.int32)
+
+    def write(self, c: Chunk) -> None:
+        assert self.g is not None
+        a, b = c.start, c.start + len(c)
+        self.g["aux_soft"][a:b] = c.soft.astype(self.dtype, copy=False)
+        self.g["aux_hard"][a:b] = c.hard
+        self.g["entropy"][a:b] = c.entropy
+        self.stats.add_chunk(c)
+
+    def end_split(self) -> None:
+        self.g = None
+
+    def close(self) -> None:
+        self.f.close()
+
+    def abort(self) -> None:
+        try:
+            self.f.close()
+        except Exception:  # already closed or broken: the temporary file is removed anyway
+            pass

@@ -1,0 +1,322 @@
+"""auxgen export: exact labels in HDF5 and WebDataset shards, views, TorchScript, safety and resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from auxgen.data import apply_views
+from auxgen.errors import AuxgenError
+from auxgen.export import compute_soft_labels, expand_views, export_labels, read_manifest, wds_key
+from auxgen.export.format import parse_size
+from auxgen.export.manifest import check_files
+from auxgen.losses import block_entropy
+from auxgen.run import load_run, load_run_data
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_run):
+    run = load_run(tiny_run)
+    return run, load_run_data(run)
+
+
+def reference(loaded, split: str, batch_size: int = 500) -> torch.Tensor:
+    run, data = loaded
+    sp = getattr(data, split)
+    return compute_soft_labels(run.generator, sp.images, sp.labels, run.device, batch_size)
+
+
+def read_tar(path: Path) -> dict[str, dict[str, bytes]]:
+    """Samples of a shard with plain tarfile: {key: {extension: bytes}}."""
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tf:
+        for m in tf.getmembers():
+            folder, _, base = m.name.rpartition("/")
+            stem, _, ext = base.partition(".")  # the key ends at the first dot of the file name
+            out.setdefault(f"{folder}/{stem}", {})[ext] = tf.extractfile(m).read()
+    return out
+
+
+def check_soft(soft: torch.Tensor, primary: torch.Tensor, psi: list[int]) -> None:
+    block = torch.repeat_interleave(torch.arange(len(psi)), torch.tensor(psi))
+    outside = block[None, :] != primary[:, None]
+    assert (soft[outside] == 0).all()
+    assert torch.allclose(soft.double().sum(1), torch.ones(len(soft), dtype=torch.float64), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ HDF5
+def test_hdf5_round_trip_is_bit_exact(tiny_run, loaded, tmp_path):
+    out = tmp_path / "labels.h5"
+    summary = export_labels(tiny_run, out)
+    run, data = loaded
+    assert summary["counts"] == {"train": len(data.train), "test": len(data.test)}
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format"] == "auxgen-labels" and f.attrs["format_version"] == 1
+        assert list(f.attrs["psi"]) == list(run.hier.psi) and f.attrs["num_aux"] == run.hier.num_aux
+        assert f.attrs["checkpoint_sha256"] == run.checkpoint_sha256
+        assert json.loads(f.attrs["run_config"])["psi"] == list(run.hier.psi)
+        assert f.attrs["dataset_fingerprint"] == data.fingerprint()
+        assert f.attrs["test_acc"] == pytest.approx(run.recorded_test_acc())
+        for split in ("train", "test"):
+            g, sp = f[split], getattr(data, split)
+            ref = reference(loaded, split)
+            soft = torch.from_numpy(g["aux_soft"][:])
+            assert soft.dtype == torch.float32 and torch.equal(soft, ref)
+            assert [k.decode() for k in g["keys"][:]] == sp.keys
+            assert np.array_equal(g["primary"][:], sp.labels.numpy())
+            assert np.array_equal(g["index"][:], np.arange(len(sp)))
+            assert np.array_equal(g["aux_hard"][:], ref.argmax(1).numpy())
+            assert np.array_equal(g["entropy"][:], block_entropy(ref).numpy())
+            check_soft(soft, sp.labels, list(run.hier.psi))
+            assert g["aux_soft"].chunks is not None and g["aux_soft"].compression == "gzip"
+            i = len(sp) // 2  # random access by index
+            assert torch.equal(torch.from_numpy(g["aux_soft"][i]), ref[i])
+    manifest = read_manifest(str(out) + ".manifest.json")
+    assert manifest["kind"] == "hdf5" and manifest["counts"] == summary["counts"]
+    assert manifest["checkpoint_sha256"] == run.checkpoint_sha256 and manifest["config_sha256"] == run.config_sha256
+    assert check_files(manifest, out.parent) == []
+    assert summary["stats"]["aux_usage_entropy"] <= summary["stats"]["aux_usage_entropy_max"] + 1e-9
+
+
+def test_hdf5_float16_and_batch_size_recorded(tiny_run, loaded, tmp_path):
+    out = tmp_path / "half.h5"
+    export_labels(tiny_run, out, split="test", dtype="float16", batch_size=128)
+    ref = reference(loaded, "test", batch_size=128)
+    with h5py.File(out, "r") as f:
+        assert list(f) == ["test"] and f.attrs["batch_size"] == 128
+        assert f["test/aux_soft"].dtype == np.float16
+        assert np.array_equal(f["test/aux_soft"][:], ref.half().numpy())
+        assert np.array_equal(f["test/aux_hard"][:], ref.argmax(1).numpy())  # from the float32 labels
+
+
+# ------------------------------------------------------------------------------ WebDataset
+def test_wds_shards_read_with_stock_webdataset_and_tarfile(tiny_run, loaded, tmp_path):
+    import webdataset as wds
+    from PIL import Image
+
+    run, data = loaded
+    out = tmp_path / "shards"
+    summary = export_labels(tiny_run, out, fmt="wds", split="test", max_count=100)
+    names = sorted(p.name for p in out.glob("*.tar"))
+    assert names == [f"test-{i:06d}.tar" for i in range(4)]  # 359 samples, 100 per shard
+    ref, sp = reference(loaded, "test"), data.test
+    samples = list(wds.WebDataset([str(out / n) for n in names], shardshuffle=False).decode())
+    assert [s["__key__"] for s in samples] == [wds_key(k) for k in sp.keys]
+    for i, s in enumerate(samples):
+        assert s["cls"] == int(sp.labels[i])
+        assert s["aux.npy"].dtype == np.float32 and np.array_equal(s["aux.npy"], ref[i].numpy())
+        assert s["json"] == {"key": sp.keys[i], "split": "test", "index": i, "aux_hard": int(ref[i].argmax()),
+                             "entropy": s["json"]["entropy"]}
+        assert np.float32(s["json"]["entropy"]) == block_entropy(ref[i:i + 1])[0].numpy()
+        img = np.asarray(Image.open(io.BytesIO(s["png"])))
+        assert np.array_equal(img, sp.images[i, 0].numpy())  # lossless, no augmentation
+    plain = {}
+    for n in names:
+        plain.update(read_tar(out / n))
+    assert list(plain) == [wds_key(k) for k in sp.keys]
+    first = plain[wds_key(sp.keys[0])]
+    assert np.array_equal(np.load(io.BytesIO(first["aux.npy"])), ref[0].numpy())
+    assert int(first["cls"]) == int(sp.labels[0])
+    manifest = read_manifest(out / "manifest.json")
+    assert [f["path"] for f in manifest["files"]] == names and check_files(manifest, out) == []
+    assert manifest["counts"] == {"test": len(sp)} == summary["counts"]
+    assert not (out / ".auxgen-export.json").exists()
+
+
+def test_label_only_shards_join_image_shards_by_key(tiny_run, loaded, tmp_path):
+    export_labels(tiny_run, tmp_path / "a", fmt="wds", split="test")
+    export_labels(tiny_run, tmp_path / "b", fmt="wds", split="test", images=False, max_count=50)
+    with_images = read_tar(tmp_path / "a" / "test-000000.tar")
+    labels = {}
+    for p in sorted((tmp_path / "b").glob("*.tar")):
+        labels.update(read_tar(p))
+    assert set(labels) == set(with_images) and len(labels) == len(loaded[1].test)
+    for key, files in labels.items():
+        assert "png" not in files and set(files) == {"cls", "aux.npy", "json"}
+        for ext in files:
+            assert files[ext] == with_images[key][ext]
+    # keys are stable: a second export gives identical shards byte for byte
+    export_labels(tiny_run, tmp_path / "c", fmt="wds", split="test")
+    assert (tmp_path / "c" / "test-000000.tar").read_bytes() == (tmp_path / "a" / "test-000000.tar").read_bytes()
+
+
+def test_shard_size_bounds_every_shard(tiny_run, tmp_path):
+    out = tmp_path / "s"
+    export_labels(tiny_run, out, fmt="wds", split="test", images=False, shard_size="100KB")
+    sizes = [p.stat().st_size for p in sorted(out.glob("*.tar"))]
+    assert len(sizes) > 3 and max(sizes) <= 100_000
+    assert sum(read_manifest(out / "manifest.json")["counts"].values()) == 359
+
+
+# ------------------------------------------------------------------------------ views and TorchScript
+def test_views_reproduce_the_labelled_view(tiny_run, loaded, tmp_path):
+    run, data = loaded
+    out = tmp_path / "views.h5"
+    export_labels(tiny_run, out, split="test", views=3, seed=7, batch_size=200)
+    pad = run.meta["data"]["pad"]
+    sp = data.test
+    with h5py.File(out, "r") as f:
+        g = f["test"]
+        assert f.attrs["views"] == 3 and f.attrs["pad"] == pad
+        views, soft = torch.from_numpy(g["views"][:]).long(), torch.from_numpy(g["aux_soft"][:])
+        assert views.shape == (len(sp), 3, 3) and soft.shape == (len(sp), 3, run.hier.num_aux)
+        assert g["aux_hard"].shape == (len(sp), 3) and g["entropy"].shape == (len(sp), 3)
+    assert len({tuple(v) for v in views.reshape(-1, 3).tolist()}) > 1  # views differ
+    x, y = expand_views(sp.images, sp.labels, views, pad)
+    ref = compute_soft_labels(run.generator, x, y, run.device, batch_size=200)
+    assert torch.equal(soft.reshape(-1, run.hier.num_aux), ref)
+    # one view rebuilt from its stored parameters alone gives its stored label
+    i, v = 5, 2
+    img = apply_views(sp.images[i:i + 1], views[i, v:v + 1], pad)
+    with torch.inference_mode():
+        one = run.generator(img, sp.labels[i:i + 1])[0]
+    assert torch.allclose(one, soft[i, v], atol=1e-6) and int(one.argmax()) == int(soft[i, v].argmax())
+    # the same seed gives the same views in shards
+    export_labels(tiny_run, tmp_path / "vw", fmt="wds", split="test", views=3, seed=7, images=False)
+    first = read_tar(tmp_path / "vw" / "test-000000.tar")[wds_key(sp.keys[0])]
+    meta = json.loads(first["json"])
+    assert meta["views"] == views[0].tolist() and len(meta["aux_hard"]) == 3
+    assert np.array_equal(np.load(io.BytesIO(first["aux.npy"])), soft[0].numpy())
+
+
+def test_torchscript_generator_matches(tiny_run, loaded, tmp_path):
+    from auxgen.export.script import load_generator_script
+
+    run, data = loaded
+    out = tmp_path / "g.h5"
+    export_labels(tiny_run, out, split="test", generator_script=True)
+    path = Path(str(out) + ".generator.pt")
+    module, meta = load_generator_script(path)
+    assert meta["psi"] == list(run.hier.psi) and meta["checkpoint_sha256"] == run.checkpoint_sha256
+    plain = torch.jit.load(str(path))  # no auxgen needed to load it
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, *data.image_shape), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, run.hier.num_primary, (64,), generator=gen)
+    with torch.inference_mode():
+        assert torch.equal(plain(x, y), run.generator(x, y))
+        with h5py.File(out, "r") as f:
+            assert torch.equal(module(data.test.images[:500], data.test.labels[:500]),
+                               torch.from_numpy(f["test/aux_soft"][:500]))
+    assert "generator.pt" in " ".join(f["path"] for f in read_manifest(str(out) + ".manifest.json")["files"])
+
+
+# ------------------------------------------------------------------------------ safety and resume
+def test_refuses_to_overwrite_without_force(tiny_run, tmp_path):
+    out = tmp_path / "l.h5"
+    export_labels(tiny_run, out, split="test")
+    before = out.read_bytes()
+    with pytest.raises(AuxgenError, match="--force"):
+        export_labels(tiny_run, out, split="test")
+    assert out.read_bytes() == before
+    export_labels(tiny_run, out, split="test", force=True, dtype="float16")
+    with h5py.File(out, "r") as f:
+        assert f["test/aux_soft"].dtype == np.float16
+    assert not list(tmp_path.glob(".*.tmp"))
+    shards = tmp_path / "w"
+    export_labels(tiny_run, shards, fmt="wds", split="test", images=False)
+    with pytest.raises(AuxgenError, match="--force"):
+        export_labels(tiny_run, shards, fmt="wds", split="test", images=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(AuxgenError, match="did not write"):
+        export_labels(tiny_run, tmp_path / "mine", fmt="wds", force=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_interrupted_export_resumes_to_the_same_shards(tiny_run, tmp_path, monkeypatch):
+    import auxgen.export.wds as wds_mod
+
+    opts = dict(fmt="wds", images=True, max_count=150)
+    export_labels(tiny_run, tmp_path / "full", **opts)
+    calls = []
+
+    def interrupt(record):
+        calls.append(record["path"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(wds_mod, "_shard_written", interrupt)
+    out = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        export_labels(tiny_run, out, **opts)
+    monkeypatch.undo()
+    assert not (out / "manifest.json").exists() and (out / ".auxgen-export.json").exists()
+    assert sorted(p.name for p in out.glob("*.tar")) == calls and not list(out.glob(".*.tmp"))
+    with pytest.raises(AuxgenError, match="--resume"):
+        export_labels(tiny_run, out, **opts)
+    with pytest.raises(AuxgenError, match="max_count"):
+        export_labels(tiny_run, out, **{**opts, "max_count": 99}, resume=True)
+    (out / calls[1]).write_bytes(b"damaged")  # a finished shard whose hash no longer checks out
+    summary = export_labels(tiny_run, out, **opts, resume=True)
+    assert summary["resumed"] == {"train": 150}
+    full = read_manifest(tmp_path / "full" / "manifest.json")
+    part = read_manifest(out / "manifest.json")
+    assert part["files"] == full["files"] and part["counts"] == full["counts"]
+    assert check_files(part, out) == []  # the damaged shard was written again
+    for f in full["files"]:
+        assert (out / f["path"]).read_bytes() == (tmp_path / "full" / f["path"]).read_bytes()
+    assert summary["stats"] == pytest.approx(export_labels(tiny_run, tmp_path / "again", **opts)["stats"])
+    assert not (out / ".auxgen-export.json").exists()
+    with pytest.raises(AuxgenError, match="nothing to resume"):
+        export_labels(tiny_run, out, **opts, resume=True)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(tiny_run, tmp_path):
+    state = torch.load(tiny_run / "checkpoints" / "best.pt", weights_only=True)
+    bad = tmp_path / "other.pt"
+    torch.save({**state, "psi": [3] * 10}, bad)
+    with pytest.raises(AuxgenError, match="psi"):
+        export_labels(tiny_run, tmp_path / "x.h5", checkpoint=str(bad))
+    torch.save({**state, "data_fingerprint": "0" * 64, "dataset": "cifar10"}, bad)
+    with pytest.raises(AuxgenError, match="different data"):
+        export_labels(tiny_run, tmp_path / "x.h5", checkpoint=str(bad))
+    assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("kw, match", [({"fmt": "csv"}, "--format"), ({"split": "val"}, "--split"),
+                                       ({"dtype": "int8"}, "--dtype"), ({"views": -1}, "--views"),
+                                       ({"resume": True}, "wds only"), ({"fmt": "wds", "shard_size": "1KB"}, "64KiB"),
+                                       ({"fmt": "wds", "shard_size": "lots"}, "256MB")])
+def test_bad_options_are_errors(tiny_run, tmp_path, kw, match):
+    with pytest.raises(AuxgenError, match=match):
+        export_labels(tiny_run, tmp_path / "o", **kw)
+
+
+def test_cli_export_and_one_line_errors(tiny_run, tmp_path, monkeypatch, capsys):
+    from auxgen import cli
+
+    out = tmp_path / "cli.h5"
+    monkeypatch.setattr(sys, "argv", ["auxgen", "export", str(tiny_run), "--out", str(out), "--split", "test",
+                                      "--quiet"])
+    cli.main()
+    assert out.is_file()
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--force" in err[0]
+
+
+def test_parse_size():
+    assert parse_size("256MB") == 256 * 10**6 and parse_size("1GB") == 10**9
+    assert parse_size("512KiB") == 512 * 1024 and parse_size("4096") == 4096 and parse_size(None) is None
+    with pytest.raises(AuxgenError):
+        parse_size("12 parsecs")
+
+
+def test_npy_payload_equals_numpy():
+    from webdataset.writer import numpy_dumps
+
+    from auxgen.export.wds import npy_header
+
+    for shape, dtype in (((7,), np.float32), ((3, 5), np.float16)):
+        a = np.random.default_rng(0).random(shape).astype(dtype)
+        assert npy_header(shape, a.dtype) + a.tobytes() == numpy_dumps(a)
