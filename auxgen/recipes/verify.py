@@ -1,0 +1,72 @@
+"""`auxgen verify`: prove a run's recorded accuracy and an export's labels; optionally measure them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from auxgen.errors import AuxgenError
+
+
+class VerificationFailed(AuxgenError):
+    """At least one check failed (exit 1, unlike bad usage's 2)."""
+
+    exit_code = 1
+
+
+def verify_command(
+    run_dir: Path = typer.Argument(..., help="Run directory (from auxgen train)."),
+    labels: Path = typer.Option(None, "--labels", "-l", help="An export to check: HDF5 file or shard folder."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or a .pt file of the run."),
+    tolerance: float = typer.Option(0.0, "--tolerance", help="Allowed |accuracy difference| of the evaluation "
+                                    "re-run (0: exact, for the run's own device and dtype)."),
+    sample: int = typer.Option(512, "--sample", help="Labels re-derived with the generator (seeded random sample)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the re-derivation sample."),
+    atol: float = typer.Option(None, "--atol", help="Re-derivation tolerance [default: 1e-5 float32, 1e-3 float16]."),
+    retrain: int = typer.Option(0, "--retrain", help="Also retrain on the frozen labels for this many epochs, "
+                                "next to a single-task network (same seed, backbone, schedule)."),
+    baseline: str = typer.Option(None, "--baseline", help="With --retrain: also 'random' labels of the same psi."),
+    min_gain: float = typer.Option(None, "--min-gain", help="With --retrain: fail unless frozen labels beat "
+                                   "single-task by this much accuracy (e.g. 0.005)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda [default: the run's]."),
+    data_root: str = typer.Option(None, "--data-root", help="Where the run's dataset is now, if it moved."),
+    json_out: str = typer.Option(None, "--json", help="Write the report as JSON to this file ('-': stdout)."),
+) -> None:
+    """Re-run the evaluation of a checkpoint, check an export against its run, re-derive labels, retrain."""
+    from auxgen.verify import verify
+
+    if json_out not in (None, "-"):
+        target = Path(json_out).resolve()
+        for root in (run_dir, labels):
+            if root is not None and (target == Path(root).resolve() or Path(root).resolve() in target.parents):
+                raise AuxgenError(f"--json {json_out}: verify never writes into the run or the export; "
+                                  f"choose a path outside {root}")
+    report = verify(run_dir, labels, checkpoint, tolerance, sample, seed, atol, retrain, baseline, min_gain,
+                    device, data_root)
+    if json_out == "-":
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print(report)
+        if json_out:
+            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if not report.passed:
+        failed = [c.name for c in report.checks if c.status == "fail"]
+        raise VerificationFailed(f"verification failed: {', '.join(failed)}")
+
+
+def _print(report) -> None:
+    title = f"auxgen verify {report.run_dir} ({report.checkpoint})" + (f" + {report.labels}" if report.labels else "")
+    table = Table(title=title, show_lines=True)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("details", overflow="fold")
+    style = {"pass": "[green]pass[/green]", "fail": "[bold red]FAIL[/bold red]", "skip": "skip"}
+    for c in report.checks:
+        table.add_row(c.name, style.get(c.status, c.status), c.reason)
+    Console().print(table)
+    Console().print("[green]all checks passed[/green]" if report.passed else "[bold red]verification failed[/bold red]")

@@ -1,0 +1,142 @@
+"""Framework-agnostic batches from an auxgen HDF5 export: numpy arrays only (h5py + numpy).
+
+    from pipelines.numpy_reader import LabelFile
+    labels = LabelFile("labels/c100.h5")
+    for batch in labels.batches("train", batch_size=256, shuffle=True, seed=epoch):
+        x = my_images[batch["index"]]              # your images, in the split's order
+        step(x, batch["primary"], batch["aux_soft"])   # jax.numpy / tf.convert_to_tensor / ...
+
+Run as a script to print what a file holds, or to fit a small numpy softmax model on it:
+    python pipelines/numpy_reader.py labels/c100.h5 [--images train_images.npy --steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import h5py
+import numpy as np
+
+FIELDS = ("index", "primary", "aux_soft", "aux_hard", "entropy")
+
+
+def apply_view(image: np.ndarray, dy: int, dx: int, flip: int, pad: int) -> np.ndarray:
+    """docs/format.md's view rule for one [C, H, W] image: zero-pad by `pad`, crop, mirror if flip."""
+    c, h, w = image.shape
+    out = np.pad(image, ((0, 0), (pad, pad), (pad, pad)))[:, dy:dy + h, dx:dx + w]
+    return out[:, :, ::-1].copy() if flip else out
+
+
+class LabelFile:
+    """An auxgen HDF5 export; its label arrays are read once into memory (they are small next to images)."""
+
+    def __init__(self, path: str) -> None:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != "auxgen-labels":
+                raise ValueError(f"{path} is not an auxgen label export (format attribute missing)")
+            self.attrs: dict[str, Any] = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                          for k, v in f.attrs.items()}
+            self.splits: dict[str, dict[str, np.ndarray]] = {}
+            for name in f:
+                g = f[name]
+                arrays = {k: g[k][()] for k in (*FIELDS, "views") if k in g}
+                arrays["keys"] = np.array([k.decode() if isinstance(k, bytes) else k for k in g["keys"][()]],
+                                          dtype=object)
+                self.splits[name] = arrays
+        self.psi = [int(p) for p in self.attrs["psi"]]
+        self.num_primary, self.num_aux = int(self.attrs["num_primary"]), int(self.attrs["num_aux"])
+        self.pad = int(self.attrs.get("pad", 0))
+
+    def __len__(self) -> int:
+        return sum(len(s["index"]) for s in self.splits.values())
+
+    def batches(self, split: str = "train", batch_size: int = 256, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False, shard: tuple[int, int] = (0, 1), view: str = "random"
+                ) -> Iterator[dict[str, np.ndarray]]:
+        """Dicts of numpy arrays: keys, index, primary, aux_soft [B, K] (float32), aux_hard, entropy.
+
+        shard=(rank, world) gives each host a disjoint part (every world-th row after shuffling with
+        the shared seed). With a --views export, view="random" picks one stored view per sample
+        (its (dy, dx, flip) in batch["view"]), view="all" keeps [B, V, K].
+        """
+        if split not in self.splits:
+            raise KeyError(f"no split {split!r} in the file (has {', '.join(self.splits)})")
+        s = self.splits[split]
+        n = len(s["index"])
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        rank, world = shard
+        order = order[rank::world]
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        for start in range(0, stop, batch_size):
+            rows = order[start:start + batch_size]
+            batch = {k: v[rows] for k, v in s.items() if k != "views"}
+            batch["aux_soft"] = batch["aux_soft"].astype(np.float32)
+            if "views" in s and view == "random":
+                v = rng.integers(0, s["views"].shape[1], len(rows))
+                batch["view"] = s["views"][rows, v]
+                for k in ("aux_soft", "aux_hard", "entropy"):
+                    batch[k] = batch[k][np.arange(len(rows)), v]
+            elif "views" in s:
+                batch["views"] = s["views"][rows]
+            yield batch
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_softmax(labels: LabelFile, images: np.ndarray, steps: int = 50, lr: float = 0.5, batch_size: int = 128,
+                seed: int = 0) -> list[float]:
+    """A two-head linear softmax model in plain numpy, trained on primary + soft auxiliary targets.
+
+    Shows the reader feeding any framework; returns the loss of each step (cross-entropy on both heads).
+    """
+    rng = np.random.default_rng(seed)
+    x_all = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    d = x_all.shape[1]
+    w_p = rng.normal(0, 0.01, (d, labels.num_primary)).astype(np.float32)
+    w_a = rng.normal(0, 0.01, (d, labels.num_aux)).astype(np.float32)
+    losses: list[float] = []
+    epoch = 0
+    while len(losses) < steps:
+        for b in labels.batches("train", batch_size, shuffle=True, seed=seed + epoch, drop_last=True):
+            x = x_all[b["index"]]
+            p_pri, p_aux = _softmax(x @ w_p), _softmax(x @ w_a)
+            t_pri = np.eye(labels.num_primary, dtype=np.float32)[b["primary"]]
+            t_aux = b["aux_soft"]
+            loss = -(t_pri * np.log(p_pri + 1e-12)).sum(1).mean() - (t_aux * np.log(p_aux + 1e-12)).sum(1).mean()
+            w_p -= lr * x.T @ (p_pri - t_pri) / len(x)   # softmax cross-entropy gradient
+            w_a -= lr * x.T @ (p_aux - t_aux) / len(x)
+            losses.append(float(loss))
+            if len(losses) >= steps:
+                break
+        epoch += 1
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Read an auxgen HDF5 label export with numpy only.")
+    ap.add_argument("labels", help="the .h5 export")
+    ap.add_argument("--images", help="a .npy of the train split's images (uint8 [N, C, H, W], split order): "
+                                     "fit a numpy softmax model on them")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=128)
+    args = ap.parse_args(argv)
+    labels = LabelFile(args.labels)
+    info = {"psi": labels.psi, "num_primary": labels.num_primary, "num_aux": labels.num_aux,
+            "views": int(labels.attrs.get("views", 0)), "dtype": str(labels.attrs.get("dtype")),
+            "splits": {k: len(v["index"]) for k, v in labels.splits.items()}}
+    print(json.dumps(info))
+    if args.images:
+        losses = fit_softmax(labels, np.load(args.images), args.steps, batch_size=args.batch_size)
+        print(f"numpy softmax model: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
+
+
+if __name__ == "__main__":
+    main()

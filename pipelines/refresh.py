@@ -1,0 +1,173 @@
+"""Refreshed targets: every N epochs, recompute the auxiliary targets for this loop's own augmented views.
+
+Frozen labels belong to the stored (unaugmented) image. With the exported TorchScript generator
+(`auxgen export --generator`: `generator.pt` in a shard folder, `X.h5.generator.pt` beside an HDF5
+file) a downstream loop can instead label exactly the views it trains on, and pick up a newer
+export of the generator when one is written (the file is re-read when its contents change).
+
+    targets = RefreshedTargets(images, primary, "shards/c100/generator.pt", pad=4, every=5, views=2)
+    for epoch in range(1, epochs + 1):
+        log = targets.maybe_refresh(epoch)           # {"tv": ..., "hard_changed": ...} when it refreshed
+        for idx in batches_of_indices:
+            x, y, aux = targets.batch(idx)           # a stored view of each image and its own target
+            ...
+
+Script:  python pipelines/refresh.py --shards shards/c100 --epochs 6 --every 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__:
+    from .torch_frozen import TwoHeadNet, apply_view, soft_focal_loss
+    from .wds_stream import shard_urls, stream
+else:  # run as a script: python pipelines/refresh.py
+    from torch_frozen import TwoHeadNet, apply_view, soft_focal_loss
+    from wds_stream import shard_urls, stream
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def apply_views(images: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Tensor:
+    """A view per image of a uint8 batch [B, C, H, W]; views [B, 3] = (dy, dx, flip)."""
+    return torch.stack([apply_view(im, v, pad) for im, v in zip(images, views, strict=True)])
+
+
+class RefreshedTargets:
+    """Per-sample views and their generator targets, redrawn and recomputed every `every` epochs.
+
+    Between refreshes each epoch trains on one of the `views` stored views of each sample (a
+    random one), always with that view's own target. `initial` (e.g. the export's frozen labels,
+    [N, K]) is used with the identity view until the first refresh, if given.
+    """
+
+    def __init__(self, images: torch.Tensor, primary: torch.Tensor, generator: str | Path, pad: int,
+                 every: int = 5, views: int = 2, initial: torch.Tensor | None = None, seed: int = 0,
+                 batch_size: int = 500) -> None:
+        self.images, self.primary, self.pad = images, primary.long(), pad
+        self.every, self.n_views, self.batch_size = every, views, batch_size
+        self.path = Path(generator)
+        self.gen: torch.jit.ScriptModule | None = None
+        self.digest = ""
+        self.rng = torch.Generator().manual_seed(seed)
+        n = len(images)
+        self.views = torch.tensor([pad, pad, 0]).repeat(n, 1, 1)  # identity view
+        self.targets = initial[:, None].float() if initial is not None else None
+        self.refreshes: list[dict[str, Any]] = []
+
+    def _load(self) -> bool:
+        """(Re)load the generator when its file changed; True when a different generator was loaded."""
+        digest = _digest(self.path)
+        if digest == self.digest:
+            return False
+        self.gen = torch.jit.load(str(self.path), map_location="cpu").eval()
+        switched = bool(self.digest)
+        self.digest = digest
+        return switched
+
+    @torch.inference_mode()
+    def _label(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.gen(x[s:s + self.batch_size], y[s:s + self.batch_size]).float()
+                          for s in range(0, len(x), self.batch_size)])
+
+    def refresh(self, epoch: int = 0) -> dict[str, Any]:
+        """Draw new views for every sample, label them, and log how far the targets moved."""
+        switched = self._load()
+        n, v = len(self.images), self.n_views
+        offsets = torch.randint(0, 2 * self.pad + 1, (n, v, 2), generator=self.rng)
+        flips = torch.randint(0, 2, (n, v, 1), generator=self.rng)
+        views = torch.cat([offsets, flips], dim=2)
+        new = torch.stack([self._label(apply_views(self.images, views[:, j], self.pad), self.primary)
+                           for j in range(v)], dim=1)
+        log: dict[str, Any] = {"epoch": epoch, "switched_generator": switched, "digest": self.digest[:12]}
+        if self.targets is not None:
+            # per sample, compare the mean target over its views before and after
+            old_mean, new_mean = self.targets.mean(1), new.mean(1)
+            log["tv"] = float(0.5 * (old_mean - new_mean).abs().sum(1).mean())
+            log["hard_changed"] = float((old_mean.argmax(1) != new_mean.argmax(1)).float().mean())
+        log["view_spread"] = float(0.5 * (new - new.mean(1, keepdim=True)).abs().sum(2).mean())
+        self.views, self.targets = views, new
+        self.refreshes.append(log)
+        return log
+
+    def maybe_refresh(self, epoch: int) -> dict[str, Any] | None:
+        """Refresh at epochs 1, 1 + every, 1 + 2*every, ... (epochs count from 1)."""
+        if (epoch - 1) % self.every == 0:
+            return self.refresh(epoch)
+        return None
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images (a random stored view each), primary labels and that view's targets for rows idx."""
+        j = torch.randint(0, self.views.shape[1], (len(idx),), generator=self.rng)
+        x = apply_views(self.images[idx], self.views[idx, j], self.pad)
+        return x, self.primary[idx], self.targets[idx, j]
+
+
+def load_shard_images(folder: str | Path, split: str = "train") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, primary labels and frozen aux_soft of a shard split with images, in memory, in shard order."""
+    xs, ys, auxs = [], [], []
+    for x, y, aux in stream(shard_urls(folder, split), batch_size=1024, shuffle=0):
+        xs.append(x)
+        ys.append(y)
+        auxs.append(aux if aux.dim() == 2 else aux[:, 0])
+    return torch.cat(xs), torch.cat(ys), torch.cat(auxs)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description="Train with auxiliary targets refreshed by the exported generator.")
+    ap.add_argument("--shards", required=True, help="shard folder exported with images and --generator")
+    ap.add_argument("--generator", help="TorchScript generator [default: SHARDS/generator.pt]")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--every", type=int, default=2, help="refresh the targets every N epochs")
+    ap.add_argument("--views", type=int, default=2, help="views drawn and labelled per sample at each refresh")
+    ap.add_argument("--pad", type=int, help="crop padding [default: the export's]")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--gamma", type=float, default=0.0)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
+    pad = args.pad if args.pad is not None else int(manifest.get("pad", 0))
+    generator = Path(args.generator or Path(args.shards) / "generator.pt")
+    if not generator.is_file():
+        raise SystemExit(f"error: no generator at {generator}; export with --generator")
+    torch.manual_seed(args.seed)
+    images, primary, frozen = load_shard_images(args.shards)
+    targets = RefreshedTargets(images, primary, generator, pad, args.every, args.views, initial=frozen,
+                               seed=args.seed)
+    model = TwoHeadNet(images.shape[1], int(manifest["num_primary"]), int(manifest["num_aux"]), args.width)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    result: dict[str, Any] = {"epochs": [], "refreshes": targets.refreshes}
+    for epoch in range(1, args.epochs + 1):
+        log = targets.maybe_refresh(epoch)
+        if log is not None:
+            print("refresh " + json.dumps(log), flush=True)
+        model.train()
+        order, losses = torch.randperm(len(images), generator=g), []
+        for s in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            x, y, aux = targets.batch(order[s:s + args.batch_size])
+            pri, aux_logits = model(x)
+            loss = soft_focal_loss(pri, y, args.gamma) + soft_focal_loss(aux_logits, aux, args.gamma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        result["epochs"].append(sum(losses) / len(losses))
+        print(f"epoch {epoch}: loss {result['epochs'][-1]:.4f}", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

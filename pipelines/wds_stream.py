@@ -1,0 +1,186 @@
+"""Stream auxgen WebDataset shards into the same training loop: for data too large for memory.
+
+    from pipelines.wds_stream import shard_urls, stream, loader
+    urls = shard_urls("shards/c100", "train")
+    for epoch in range(200):
+        batches = loader(stream(urls, batch_size=100, epoch=epoch), num_workers=4)
+        train_epoch(model, batches, opt, gamma=2.0)      # pipelines.torch_frozen.train_epoch
+
+Label-only shards (`auxgen export --no-images`) join image shards by key: pass
+`labels=label_table(shard_urls("shards/c100-labels", "train"))` and the image shards' urls
+(`key_fn` maps an image shard's __key__ to the export's, if they differ). Shards are split
+across nodes (rank/world_size, or torch.distributed when initialised) and DataLoader workers.
+
+Script:  python pipelines/wds_stream.py --shards shards/c100 [--images shards/c100-images] --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+if __package__:
+    from .torch_frozen import TwoHeadNet, accuracy, apply_view, train_epoch
+else:  # run as a script: python pipelines/wds_stream.py
+    from torch_frozen import TwoHeadNet, accuracy, apply_view, train_epoch
+
+Sample = tuple[torch.Tensor, int, torch.Tensor]
+
+
+def shard_urls(folder: str | Path, split: str = "train") -> list[str]:
+    """The shards of one split, in order (from the manifest when there is one)."""
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        names = [f["path"] for f in json.loads(manifest.read_text())["files"]
+                 if Path(f["path"]).name.startswith(f"{split}-") and f["path"].endswith(".tar")]
+    else:
+        names = [p.name for p in folder.glob(f"{split}-*.tar")]
+    if not names:
+        raise FileNotFoundError(f"no {split} shards in {folder}")
+    return [str(folder / n) for n in sorted(names)]
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def decode_png(data: bytes) -> torch.Tensor:
+    """PNG bytes -> uint8 [C, H, W], keeping the stored channels (1 for grey, 3 for RGB)."""
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(arr, copy=True))
+
+
+def label_table(urls: list[str]) -> dict[str, tuple[int, np.ndarray, Any]]:
+    """__key__ -> (primary, aux_soft, views or None) from label-only (or full) shards; kept in memory."""
+    table = {}
+    for s in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
+        meta = json.loads(s["json"])
+        table[s["__key__"]] = (int(s["cls"]), np.load(io.BytesIO(s["aux.npy"])), meta.get("views"))
+    return table
+
+
+def split_by_rank(rank: int | None, world_size: int | None) -> Callable[[Iterator], Iterator]:
+    """A shard splitter for multi-node runs: explicit rank/world_size, else torch.distributed's."""
+    if rank is None or world_size is None:
+        return wds.split_by_node
+
+    def split(src: Iterator) -> Iterator:
+        for i, url in enumerate(src):
+            if i % world_size == rank:
+                yield url
+    return split
+
+
+def _shuffled(urls: list[str], seed: int) -> Callable[[Iterator], Iterator]:
+    # every node and worker shuffles the shard list identically, then takes its own part
+    def stage(src: Iterator) -> Iterator:
+        items = list(src)
+        random.Random(seed).shuffle(items)
+        yield from items
+    return stage
+
+
+def stream(urls: list[str], batch_size: int = 64, shuffle: int = 1000, epoch: int = 0, seed: int = 0,
+           labels: dict[str, tuple[int, np.ndarray, Any]] | None = None, key_fn: Callable[[str], str] | None = None,
+           pad: int = 0, rank: int | None = None, world_size: int | None = None,
+           partial: bool = True) -> wds.DataPipeline:
+    """Batches (images uint8 [B, C, H, W], primary [B], aux_soft [B, K] float32) from shards.
+
+    Without `labels` the shards hold images and labels; with it, `urls` are image shards and each
+    sample's labels come from the table by key. With --views exports a random stored view is
+    applied (needs `pad`, the export's) together with that view's label. `epoch` reseeds the
+    shard and sample shuffles so each epoch differs, identically on every node.
+    """
+    rng = random.Random(seed * 1000003 + epoch)
+
+    def to_sample(s: dict[str, Any]) -> Sample:
+        key = key_fn(s["__key__"]) if key_fn else s["__key__"]
+        if labels is not None:
+            if key not in labels:
+                raise KeyError(f"image shard sample {s['__key__']} has no labels (key {key})")
+            primary, aux, views = labels[key]
+        else:
+            primary, aux = int(s["cls"]), np.load(io.BytesIO(s["aux.npy"]))
+            views = json.loads(s["json"]).get("views")
+        image = decode_png(s["png"] if "png" in s else s["jpg"])
+        aux = torch.from_numpy(np.asarray(aux, dtype=np.float32))
+        if views:
+            v = rng.randrange(len(views))
+            image, aux = apply_view(image, views[v], pad), aux[v]
+        return image, primary, aux
+
+    def collate(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, aux = zip(*samples, strict=True)
+        return torch.stack(x), torch.tensor(y), torch.stack(aux)
+
+    stages: list[Any] = [wds.SimpleShardList(urls)]
+    if shuffle:
+        stages.append(_shuffled(urls, seed + epoch))
+    stages += [split_by_rank(rank, world_size), wds.split_by_worker, wds.tarfile_to_samples()]
+    if shuffle:
+        stages.append(wds.shuffle(shuffle, initial=min(shuffle, 100), rng=random.Random(seed + epoch)))
+    stages += [wds.map(to_sample), wds.batched(batch_size, collation_fn=collate, partial=partial)]
+    return wds.DataPipeline(*stages)
+
+
+def loader(pipeline: wds.DataPipeline, num_workers: int = 0) -> wds.WebLoader:
+    """A DataLoader over a batched pipeline: the shards are split among the workers."""
+    return wds.WebLoader(pipeline, batch_size=None, num_workers=num_workers)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description="Train a two-head network from auxgen WebDataset shards.")
+    ap.add_argument("--shards", required=True, help="export folder (with images, or label-only with --images)")
+    ap.add_argument("--images", help="image shards to join with label-only --shards by key")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--gamma", type=float, default=0.0)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--shuffle", type=int, default=1000, help="sample shuffle buffer (0: off)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    manifest = read_manifest(args.shards)
+    pad = int(manifest.get("pad", 0))
+    labels = label_table(shard_urls(args.shards, "train")) if args.images else None
+    image_dir = args.images or args.shards
+    urls = shard_urls(image_dir, "train")
+    first = next(iter(stream(urls, 1, 0, labels=labels, pad=pad)))
+    model = TwoHeadNet(first[0].shape[1], int(manifest.get("num_primary", 0)) or int(first[1].max()) + 1,
+                       first[2].shape[1], args.width)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    result: dict[str, Any] = {"epochs": []}
+    for epoch in range(args.epochs):
+        batches = loader(stream(urls, args.batch_size, args.shuffle, epoch, args.seed, labels, pad=pad,
+                                partial=False), args.workers)
+        losses = train_epoch(model, batches, opt, args.gamma)
+        result["epochs"].append(sum(losses) / max(len(losses), 1))
+        print(f"epoch {epoch + 1}: loss {result['epochs'][-1]:.4f} ({len(losses)} steps)", flush=True)
+    try:
+        test_urls = shard_urls(image_dir, "test")
+        test_labels = label_table(shard_urls(args.shards, "test")) if args.images else None
+        result["test_acc"] = accuracy(model, stream(test_urls, 256, 0, labels=test_labels, pad=pad))
+        print(f"test primary accuracy {100 * result['test_acc']:.2f}%")
+    except FileNotFoundError:
+        pass  # no test shards
+    return result
+
+
+if __name__ == "__main__":
+    main()
