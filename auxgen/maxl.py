@@ -8,6 +8,7 @@ decisions are made here, so the trainer can wrap them (autocast, DDP, compile) f
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call
 
@@ -108,7 +109,8 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
         return focal_terms(functional_call(model, (p, stats), (x,))[1], gamma) / len(x)
 
     if order == 2:
-        _, u = torch.func.jvp(aux_terms, (theta,), (v,))
+        with fwAD.dual_level():  # forward-mode AD: theta carries the tangent v
+            u = fwAD.unpack_dual(aux_terms({n: fwAD.make_dual(p, v[n]) for n, p in theta.items()})).tangent
     else:
         eps = 0.01 / torch.sqrt(sum((g ** 2).sum() for g in v.values()))
         with torch.no_grad():

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from auxgen.errors import AuxgenError
-from auxgen.hierarchy import (CIFAR100_FINE_NAMES, Hierarchy, cifar100_fine_to, cifar100_human, cifar100_names,
-                              parse_psi)
+from auxgen.hierarchy import CIFAR100_FINE_NAMES, Hierarchy, cifar100_fine_to, cifar100_human, cifar100_names, parse_psi
 
 # the fine -> coarse map every CIFAR-100 user knows (the dataset's own coarse_labels), written out
 # independently of the name tables it is checked against
