@@ -265,9 +265,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show: bool = 
             metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
             metrics["warnings"] = _collapse_warnings(run, metrics, epoch)
             for w in metrics["warnings"]:
-                if w not in warned:
+                kind = w.split(" (")[0].split(":")[0]  # once per kind; the figures are in metrics.jsonl
+                if kind not in warned:
                     progress.warn(w)
-                    warned.add(w)
+                    warned.add(kind)
             history.append(metrics)
             improved = metrics["test_acc"] > best[0]
             if improved:

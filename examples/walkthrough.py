@@ -70,11 +70,11 @@ def main() -> None:
     title("1. train MAXL on digits")
     auxgen("train", "--dataset", "digits", "--backbone", "cnn", "--width", str(args.width), "--psi", "5",
            "--epochs", str(args.epochs), "--batch-size", "50", "--lr", "0.05", "--gen-lr", "0.05",
-           "--seed", "0", "--out", str(run), "--force", "--quiet")
+           "--seed", "0", "--out", str(run), "--force")
 
     # 2. export the generator's soft labels: one HDF5 file, label-only shards, and shards with images
     title("2. export the labels")
-    auxgen("export", str(run), "--format", "hdf5", "--out", str(h5), "--generator", "--force", "--quiet")
+    auxgen("export", str(run), "--format", "hdf5", "--out", str(h5), "--generator", "--force")
     auxgen("export", str(run), "--format", "wds", "--out", str(label_shards), "--no-images", "--force", "--quiet")
     auxgen("export", str(run), "--format", "wds", "--out", str(image_shards), "--shard-size", "200KB",
            "--generator", "--force", "--quiet")
@@ -95,10 +95,18 @@ def main() -> None:
     retrain = ["--retrain", str(args.retrain), "--baseline", "random"] if args.retrain else []
     auxgen("verify", str(run), "--labels", str(label_shards), *retrain, "--json", str(reports / "verify-shards.json"))
 
+    import json
+
+    summary = json.loads((run / "summary.json").read_text())
     print(f"\nwalkthrough finished in {time.perf_counter() - t0:.0f} s")
+    print(f"  test primary accuracy  {100 * summary['final_test_acc']:.2f}% (last epoch), "
+          f"{100 * summary['best_test_acc']:.2f}% (best, epoch {summary['best_epoch']})")
+    print(f"  auxiliary usage        entropy {summary['aux_usage_entropy']:.3f} of max "
+          f"{summary['aux_usage_entropy_max']:.3f} nats; per-sample entropy in block "
+          f"{100 * summary['aux_sample_entropy_frac']:.1f}% of max")
     for what, path in (("run", run), ("HDF5 labels", h5), ("label-only shards", label_shards),
                        ("image shards", image_shards), ("verify reports", reports)):
-        print(f"  {what:18s} {path}")
+        print(f"  {what:22s} {path}")
 
 
 if __name__ == "__main__":
