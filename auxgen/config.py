@@ -48,6 +48,7 @@ class TrainConfig:
     entropy_weight: float = _f(0.2, "Weight lambda of the entropy regulariser against class collapse.")
     meta_order: int = _f(2, "2: exact second-order meta-gradient; 1: finite-difference first-order variant.")
     meta_split: float = _f(0.0, "Fraction of the training set held out for the meta step; 0 reuses the training batches.")
+    fused_lookahead: bool = _f(False, "Run the meta step first and reuse its look-ahead as the training step (one pass cheaper; needs --meta-split 0).")
     augment: str = _f("auto", "auto (crop+flip for 32x32 RGB sets and ImageFolder, none otherwise), on or off.")
     seed: int = _f(0, "Random seed of initialisation, shuffling, augmentation and random labels.")
     device: str = _f("auto", "auto (cuda when available), cpu or cuda.")
@@ -73,6 +74,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise AuxgenError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.fused_lookahead and self.meta_split > 0:
+            raise AuxgenError("--fused-lookahead reuses the training batch for the meta step; it needs --meta-split 0")
         if self.batch_size < 2:
             raise AuxgenError("--batch-size must be at least 2 (batch norm needs two samples)")
         if self.method == "human" and self.dataset != "cifar100":

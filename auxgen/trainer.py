@@ -337,7 +337,7 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
                     meta_batch = batch(meta_order[(i * B + torch.arange(B)) % len(meta_order)])
                 out = maxl_iteration(run.model, run.generator, run.optimizer, run.gen_optimizer, x, y, alpha=lr,
                                      gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
-                                     l1_decay=l1, meta_batch=meta_batch)
+                                     l1_decay=l1, meta_batch=meta_batch, fused=cfg.fused_lookahead)
                 loss_pri, loss_aux, ok, target = out["loss_pri"], out["loss_aux"], out["correct"], out["target"]
                 after = out["meta_after"]
                 sums["before"] += out["meta_before"]

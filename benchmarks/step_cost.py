@@ -5,8 +5,8 @@
 
 For each backbone it times (median of --repeats after --warmup) the three things the trainer
 does per batch: a single-task step (primary head only), an exact MAXL iteration (training step
-+ second-order meta step, auxgen.maxl.maxl_iteration) and a first-order iteration, and prints
-each as a ratio to the single-task step.
++ second-order meta step, auxgen.maxl.maxl_iteration), a first-order iteration and an exact
+fused iteration (--fused-lookahead), and prints each as a ratio to the single-task step.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ def measure(backbone: str, batch: int, size: int, repeats: int, warmup: int, dev
     y = torch.randint(0, hier.num_primary, (batch,), device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     out = {"single": _median_time(lambda: train_step(model, opt, x, y, None, 2.0), repeats, warmup, sync)}
-    for order, name in ((2, "maxl_exact"), (1, "maxl_first_order")):
-        out[name] = _median_time(lambda o=order: maxl_iteration(model, gen, opt, gen_opt, x, y, 0.01, 2.0, 0.2, o),
-                                 repeats, warmup, sync)
+    for order, fused, name in ((2, False, "maxl_exact"), (1, False, "maxl_first_order"), (2, True, "maxl_fused")):
+        out[name] = _median_time(
+            lambda o=order, fu=fused: maxl_iteration(model, gen, opt, gen_opt, x, y, 0.01, 2.0, 0.2, o, fused=fu),
+            repeats, warmup, sync)
     return out
 
 
@@ -67,11 +68,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"batch {args.batch}, {args.size}x{args.size} RGB, median of {args.repeats}")
     print(f"{'backbone':<10}{'single (s)':>12}{'exact (s)':>12}{'exact/single':>14}{'1st-order (s)':>15}"
-          f"{'1st/single':>12}")
+          f"{'1st/single':>12}{'fused (s)':>12}{'fused/single':>14}")
     for name in args.models.split(","):
         t = measure(name, args.batch, args.size, args.repeats, args.warmup, device)
         print(f"{name:<10}{t['single']:>12.4f}{t['maxl_exact']:>12.4f}{t['maxl_exact'] / t['single']:>14.2f}"
-              f"{t['maxl_first_order']:>15.4f}{t['maxl_first_order'] / t['single']:>12.2f}", flush=True)
+              f"{t['maxl_first_order']:>15.4f}{t['maxl_first_order'] / t['single']:>12.2f}"
+              f"{t['maxl_fused']:>12.4f}{t['maxl_fused'] / t['single']:>14.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from torch.func import functional_call
 
 from auxgen.hierarchy import Hierarchy
 from auxgen.losses import entropy_regulariser, focal_loss
-from auxgen.maxl import meta_gradient, meta_step, train_step
+from auxgen.maxl import maxl_iteration, meta_gradient, meta_step, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet
 
 ALPHA, GAMMA, LAM = 0.1, 2.0, 0.2
@@ -43,7 +43,7 @@ def _meta_objective(f, g, x, y):
 def test_exact_meta_gradient_matches_finite_differences():
     _, f, g, x, y = _setup()
     params = list(g.parameters())
-    grads, _, _ = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2)
+    grads = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2).gen_grads
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):  # random directions: <grad F, v> against (F(t + hv) - F(t - hv)) / 2h
         v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
@@ -82,7 +82,7 @@ def test_exact_meta_gradient_matches_double_backward():
     for seed in (0, 1):
         _, f, g, x, y = _setup(seed)
         params = list(g.parameters())
-        ours, _, _ = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2)
+        ours = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2).gen_grads
         ref = double_backward_meta_gradient(f, params, x, y, g(x, y))
         for a, b in zip(ours, ref, strict=True):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-13)
@@ -92,8 +92,8 @@ def test_meta_gradient_only_reaches_generator_through_lookahead_and_entropy():
     _, f, g, x, y = _setup()
     params = list(g.parameters())
     labels = g(x, y)
-    with_entropy, _, _ = meta_gradient(f, params, x, y, labels, ALPHA, GAMMA, LAM)
-    no_entropy, _, _ = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, 0.0)
+    with_entropy = meta_gradient(f, params, x, y, labels, ALPHA, GAMMA, LAM).gen_grads
+    no_entropy = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, 0.0).gen_grads
     ent = torch.autograd.grad(LAM * entropy_regulariser(g(x, y)), params)
     for a, b, c in zip(with_entropy, no_entropy, ent, strict=True):
         assert torch.allclose(a, b + c, atol=1e-12)
@@ -115,8 +115,8 @@ def test_lookahead_leaves_weights_and_running_stats_untouched():
 def test_first_order_points_the_same_way_as_exact():
     _, f, g, x, y = _setup()
     params = list(g.parameters())
-    exact, b2, a2 = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2)
-    approx, b1, a1 = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=1)
+    exact, b2, a2 = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2)[:3]
+    approx, b1, a1 = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=1)[:3]
     e = torch.cat([t.flatten() for t in exact])
     a = torch.cat([t.flatten() for t in approx])
     assert torch.nn.functional.cosine_similarity(e, a, dim=0) > 0.99
@@ -126,8 +126,8 @@ def test_first_order_points_the_same_way_as_exact():
 def test_first_order_includes_the_entropy_gradient():
     _, f, g, x, y = _setup()
     params = list(g.parameters())
-    with_entropy, _, _ = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=1)
-    without, _, _ = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, 0.0, order=1)
+    with_entropy = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=1).gen_grads
+    without = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, 0.0, order=1).gen_grads
     ent = torch.autograd.grad(LAM * entropy_regulariser(g(x, y)), params)
     for a, b, c in zip(with_entropy, without, ent, strict=True):
         assert torch.allclose(a, b + c, atol=1e-10)
@@ -149,3 +149,19 @@ def test_train_step_updates_only_theta1_and_matches_manual_sgd():
     fast = {n: p - ALPHA * gr for (n, p), gr in zip(params.items(), grads, strict=True)}
     out = functional_call(f_ref, (fast, {k: b.clone() for k, b in f_ref.named_buffers()}), (x,))
     assert torch.allclose(out[0], f(x)[0])
+
+
+def test_fused_iteration_is_the_training_step_plus_the_exact_meta_step():
+    _, f, g, x, y = _setup()
+    f_ref, g_ref = copy.deepcopy(f), copy.deepcopy(g)
+    # reference, by parts: the exact meta-gradient at the current theta1, and a training step with the same labels
+    labels = g_ref(x, y)
+    ref = double_backward_meta_gradient(f_ref, list(g_ref.parameters()), x, y, labels)
+    train_step(f_ref, torch.optim.SGD(f_ref.parameters(), lr=ALPHA), x, y, labels.detach(), GAMMA)
+    gen_before = [p.detach().clone() for p in g.parameters()]
+    maxl_iteration(f, g, torch.optim.SGD(f.parameters(), lr=ALPHA), torch.optim.SGD(g.parameters(), lr=1.0), x, y,
+                   ALPHA, GAMMA, LAM, fused=True)
+    for (n, p), q in zip(f.state_dict().items(), f_ref.state_dict().values(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), n  # weights and running stats (updated once)
+    for p0, p, r in zip(gen_before, g.parameters(), ref, strict=True):
+        assert torch.allclose(p0 - p, r, rtol=1e-8, atol=1e-12)  # SGD with lr 1: the step is the gradient

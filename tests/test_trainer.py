@@ -67,7 +67,7 @@ def test_seeded_runs_repeat_and_seeds_differ(tmp_path):
 
 @pytest.mark.parametrize("method,extra", [
     ("single", {}), ("random", {"psi": "2"}), ("maxl", {"meta_split": 0.2}), ("maxl", {"meta_order": 1}),
-    ("maxl", {"gen_decay": "l1", "cosine_every": 3})])
+    ("maxl", {"gen_decay": "l1", "cosine_every": 3}), ("maxl", {"fused_lookahead": True})])
 def test_methods_and_variants_train(tmp_path, method, extra):
     summary = train(tiny_config(epochs=1, method=method, **extra), tmp_path / "r", show=False)
     row = _metrics(tmp_path / "r")[0]

@@ -47,6 +47,8 @@ def train_command(
     entropy_weight: float = _o("entropy_weight"),
     meta_order: int = _o("meta_order"),
     meta_split: float = _o("meta_split"),
+    fused_lookahead: bool = typer.Option(None, "--fused-lookahead/--no-fused-lookahead",
+                                         help=field_help("fused_lookahead"), show_default=False),
     augment: str = _o("augment"),
     seed: int = _o("seed"),
     device: str = _o("device"),
