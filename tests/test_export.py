@@ -296,8 +296,9 @@ def test_cli_export_and_one_line_errors(tiny_run, tmp_path, monkeypatch, capsys)
     out = tmp_path / "cli.h5"
     monkeypatch.setattr(sys, "argv", ["auxgen", "export", str(tiny_run), "--out", str(out), "--split", "test",
                                       "--quiet"])
-    cli.main()
-    assert out.is_file()
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0 and out.is_file()
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 2
