@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
 from auxgen import __version__
 from auxgen.errors import AuxgenError
+
+# torch warns on every TorchScript use; the generator export relies on it and users cannot act on it
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|trace).* deprecated", category=FutureWarning)
 
 app = typer.Typer(
     name="auxgen",

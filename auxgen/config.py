@@ -124,4 +124,9 @@ def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainC
     """Defaults, then the file, then the command-line options that were given (not None)."""
     data = load_config_file(file) if file else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(data, where=str(file or "options")).validate()
+    cfg = TrainConfig.from_dict(data, where=str(file or "options")).validate()
+    # saved runs must find their data and psi file from any working directory
+    for name in ("data_root", "test_root", "psi_file"):
+        if getattr(cfg, name):
+            setattr(cfg, name, str(Path(getattr(cfg, name)).expanduser().resolve()))
+    return cfg

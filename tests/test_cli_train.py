@@ -68,6 +68,7 @@ def test_cifar_pickles_end_to_end(cli, tmp_path):
     assert code == 0, err
     saved = json.loads((out / "config.json").read_text())
     assert saved["psi"] == [2, 3, 4] and saved["data"]["image_shape"] == [3, 32, 32] and saved["data"]["augment"]
+    assert saved["train"]["data_root"] == str(root.resolve())  # found again from any working directory
     root10 = write_cifar(tmp_path / "data", "cifar10", n_train=40, n_test=10)
     code, _, err = cli("train", "--dataset", "cifar10", "--data-root", root10, *FAST, "--out", tmp_path / "c10")
     assert code == 0, err
