@@ -52,6 +52,9 @@ _register()
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    from auxgen.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()
     try:
         rc = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except AuxgenError as e:

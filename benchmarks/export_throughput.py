@@ -24,6 +24,7 @@ import torch
 from auxgen.config import TrainConfig
 from auxgen.export import compute_soft_labels, export_labels
 from auxgen.run import load_run, load_run_data
+from auxgen.runtime import tune_cpu_allocator
 from auxgen.trainer import train
 
 
@@ -49,7 +50,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-tune-allocator", action="store_true", help="leave glibc's allocator untuned")
     args = ap.parse_args()
+    tuned = not args.no_tune_allocator and tune_cpu_allocator()  # as `auxgen export` does
 
     work = Path(tempfile.mkdtemp(prefix="auxgen-bench-"))
     try:
@@ -82,7 +85,7 @@ def main() -> None:
         best = {k: max(v) for k, v in results.items()}
         print(f"{args.backbone} width {args.width}, {n} images 3x32x32, K = {run.hier.num_aux}, batch "
               f"{args.batch_size}, device {run.device}, torch threads {torch.get_num_threads()}, "
-              f"best of {args.repeats}")
+              f"best of {args.repeats}, allocator tuned: {tuned}")
         print(f"{'':24s}{'samples/s':>12s}{'ratio':>8s}")
         print(f"{'raw generator inference':24s}{best['raw']:12,.0f}{1.0:8.2f}")
         for k, label in (("hdf5", "export hdf5"), ("wds", "export wds --no-images")):

@@ -20,6 +20,7 @@ import torch
 from auxgen.hierarchy import Hierarchy
 from auxgen.maxl import maxl_iteration, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet
+from auxgen.runtime import tune_cpu_allocator
 
 
 def _median_time(fn, repeats: int, warmup: int, sync) -> float:
@@ -63,10 +64,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-tune-allocator", action="store_true", help="leave glibc's allocator as it is")
     args = ap.parse_args()
+    tuned = not args.no_tune_allocator and tune_cpu_allocator()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, {args.size}x{args.size} RGB, median of {args.repeats}")
+          f"batch {args.batch}, {args.size}x{args.size} RGB, median of {args.repeats}, allocator tuned: {tuned}")
     print(f"{'backbone':<10}{'single (s)':>12}{'exact (s)':>12}{'exact/single':>14}{'1st-order (s)':>15}"
           f"{'1st/single':>12}{'fused (s)':>12}{'fused/single':>14}")
     for name in args.models.split(","):

@@ -58,7 +58,10 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from auxgen.runtime import tune_cpu_allocator
+
     torch.set_num_threads(args.threads)
+    tune_cpu_allocator()  # as the auxgen command does
     out = Path(args.out)
     run, h5 = out / "run", out / "labels" / "digits.h5"
     label_shards, image_shards, reports = out / "shards" / "labels", out / "shards" / "images", out / "reports"

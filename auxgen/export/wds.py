@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -90,8 +91,15 @@ class _ShardWriter(wds.ShardWriter):
         pattern = os.path.join(str(folder).replace("%", "%%"), SHARD_PATTERN.format(split=split))
         super().__init__(pattern, maxcount=maxcount,
                          maxsize=maxsize, start_shard=start_shard, verbose=0, opener=self._open, post=self._post,
-                         encoder=False, mtime=0, format="PAX_FORMAT")
-        # mtime 0 (an int: a float adds a PAX header per file) makes shards reproducible byte for byte
+                         encoder=False, mtime=0)
+        # mtime 0 makes shards reproducible byte for byte
+
+    def next_stream(self) -> None:
+        super().next_stream()
+        # GNU headers (long names as GNU longname records): tarfile builds a PAX header by copying
+        # each TarInfo, which made header writing the export's main cost. webdataset 1.0.2 drops
+        # its own `format` argument, so set it on the tarfile it opened.
+        self.tarstream.tarstream.format = tarfile.GNU_FORMAT
 
     def _open(self, fname: str) -> _HashingFile:
         self._tmp = os.path.join(os.path.dirname(fname), f".{os.path.basename(fname)}.tmp")
