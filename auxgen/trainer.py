@@ -112,7 +112,9 @@ class Run:
     gen_optimizer: torch.optim.Optimizer | None
     train_idx: torch.Tensor   # rows of data.train that train theta1
     meta_idx: torch.Tensor    # rows held out for the meta step (empty: reuse training batches)
-    fixed_aux: torch.Tensor | None  # auxiliary class per training row (random / human)
+    fixed_aux: torch.Tensor | None  # auxiliary class per training row (random / human), on the device
+    train_images: torch.Tensor      # data.train on the device
+    train_labels: torch.Tensor
 
 
 def setup(cfg: TrainConfig, data: Data | None = None) -> Run:
@@ -154,8 +156,10 @@ def setup(cfg: TrainConfig, data: Data | None = None) -> Run:
         fixed_aux = torch.tensor(hier.offsets)[labels] + (draw * psi[labels]).long()
     elif cfg.method == "human":
         fixed_aux = human_map[data.train.fine]
+    if fixed_aux is not None:
+        fixed_aux = fixed_aux.to(device)
     return Run(cfg, data, hier, device, model, gen, optimizer, gen_optimizer, train_idx, meta_idx,
-               fixed_aux)
+               fixed_aux, data.train.images.to(device), data.train.labels.to(device))
 
 
 def run_metadata(run: Run) -> dict[str, Any]:
@@ -305,17 +309,20 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     if run.generator is not None:
         run.generator.train()
 
-    B, images, labels = cfg.batch_size, data.train.images, data.train.labels
+    # the training set lives on the device (put there once per run): batches and augmentation
+    # never cross the host-device boundary
+    B, images, labels = cfg.batch_size, run.train_images, run.train_labels
     order = run.train_idx[torch.randperm(len(run.train_idx), generator=gens["data"])]
     n_steps = len(order) // B  # drop the last partial batch: batch norm wants full batches
     meta_order = (run.meta_idx[torch.randperm(len(run.meta_idx), generator=gens["data"])]
                   if len(run.meta_idx) else None)
 
     def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(dev)
         x = images[idx]
-        if data.augment:
+        if data.augment:  # views are drawn on the CPU generator, so runs replay on any device
             x = apply_views(x, draw_views(len(idx), data.pad, gens["aug"]), data.pad)
-        return x.to(dev, non_blocking=True), labels[idx].to(dev, non_blocking=True)
+        return x, labels[idx]
 
     zero = torch.zeros((), device=dev)
     sums = {k: zero.clone() for k in ("pri", "aux", "before", "after", "sample_h", "sample_frac")}
@@ -343,7 +350,7 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
                 sums["before"] += out["meta_before"]
                 sums["after"] += after
             else:
-                target = (F.one_hot(run.fixed_aux[idx].to(dev), hier.num_aux).float()
+                target = (F.one_hot(run.fixed_aux[idx.to(dev)], hier.num_aux).float()
                           if cfg.method in ("random", "human") else None)
                 loss_pri, loss_aux, ok = train_step(run.model, run.optimizer, x, y, target, cfg.gamma)
             if cfg.cosine_every and target is not None and step % cfg.cosine_every == 0:
