@@ -63,13 +63,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click's own usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:
+        # click's usage errors (typer vendors click in newer releases, so match by shape, not type)
+        show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
+        if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)

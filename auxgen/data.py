@@ -9,6 +9,7 @@ which is what `export --views` stores so a downstream loader can rebuild the exa
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,16 @@ def _digits(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     return train, test, [str(i) for i in range(10)]
 
 
+def _download(cfg: TrainConfig, root: Path, fetch: Callable[[], object]) -> None:
+    """Run a torchvision download; a network failure becomes a one-line error."""
+    try:
+        fetch()
+    except Exception as e:  # URLError, HTTPError, checksum failures, ...
+        reason = " ".join(str(e).split())  # torchvision's messages span lines; errors here are one line
+        raise AuxgenError(f"downloading {cfg.dataset} into {root} failed ({type(e).__name__}: {reason}); check the "
+                          f"network, or put the files there by hand and drop --download") from None
+
+
 def _missing(cfg: TrainConfig, looked: Path, what: str) -> AuxgenError:
     return AuxgenError(
         f"{cfg.dataset} not found: looked in {looked} for {what}; pass --download to fetch it "
@@ -149,7 +160,7 @@ def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     if cfg.download:
         from torchvision import datasets
 
-        (datasets.CIFAR10 if c10 else datasets.CIFAR100)(str(root), download=True)
+        _download(cfg, root, lambda: (datasets.CIFAR10 if c10 else datasets.CIFAR100)(str(root), download=True))
     files = {"train": [f"data_batch_{i}" for i in range(1, 6)] if c10 else ["train"],
              "test": ["test_batch"] if c10 else ["test"]}
     if not all((folder / f).is_file() for fs in files.values() for f in fs):
@@ -185,8 +196,10 @@ def _mnist(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     root = Path(cfg.data_root).expanduser()
     cls, folder = ((datasets.MNIST, "MNIST") if cfg.dataset == "mnist"
                    else (datasets.FashionMNIST, "FashionMNIST"))
+    if cfg.download:
+        _download(cfg, root, lambda: [cls(str(root), train=t, download=True) for t in (True, False)])
     try:
-        tv = {s: cls(str(root), train=(s == "train"), download=cfg.download) for s in ("train", "test")}
+        tv = {s: cls(str(root), train=(s == "train")) for s in ("train", "test")}
     except RuntimeError:
         raise _missing(cfg, root / folder / "raw", "the idx files (train-images-idx3-ubyte, ...)") from None
     splits = [Split(tv[s].data[:, None].contiguous(), tv[s].targets.long(),
@@ -203,7 +216,7 @@ def _svhn(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
         from torchvision import datasets
 
         for s in ("train", "test"):
-            datasets.SVHN(str(root), split=s, download=True)
+            _download(cfg, root, lambda s=s: datasets.SVHN(str(root), split=s, download=True))
     paths = {s: root / f"{s}_32x32.mat" for s in ("train", "test")}
     if not all(p.is_file() for p in paths.values()):
         raise _missing(cfg, root, "train_32x32.mat and test_32x32.mat")

@@ -109,3 +109,24 @@ def test_missing_out_and_nan(cli, tmp_path):
     code, _, err = cli("train", *FAST, "--epochs", "1", "--lr", "1e30", "--gen-lr", "1e30", "--out", tmp_path / "n")
     _one_line_error(code, err, 1, "NaN")
     assert "step" in err
+
+
+def test_unknown_option_is_a_usage_error(cli, tmp_path):
+    code, _, err = cli("train", "--bogus", "--out", tmp_path / "r")
+    assert code == 2 and "Traceback" not in err and "--bogus" in err
+
+
+def test_failed_download_is_one_line(cli, tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known\n(second line)")
+
+    for name in ("CIFAR10", "MNIST"):
+        monkeypatch.setattr(torchvision.datasets, name, offline)
+    for dataset in ("cifar10", "mnist"):
+        code, _, err = cli("train", "--dataset", dataset, "--download", "--data-root", tmp_path / "d", *FAST,
+                           "--out", tmp_path / dataset)
+        _one_line_error(code, err, 2, "failed (URLError")
