@@ -25,7 +25,7 @@ class TrainProgress:
             self._bar = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[of]}"),
                                  BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                                 TextColumn("eta"), TimeRemainingColumn(), console=self.console)
+                                 TextColumn("epoch eta"), TimeRemainingColumn(), console=self.console)
             self._bar.start()
         return self
 
@@ -35,13 +35,22 @@ class TrainProgress:
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         self._epoch_t0 = time.perf_counter()
+        self._epoch, self._steps = epoch, steps
+        if not hasattr(self, "_done"):  # steps done in this session, for the whole-run ETA
+            self._done, self._session_t0 = 0, time.perf_counter()
+        self._done_before_epoch = self._done
         if self._bar is not None:
             self._task = self._bar.add_task("train", total=steps, epoch=epoch, of=self.epochs, stats="")
 
     def update(self, step: int, stats: dict[str, float]) -> None:
+        self._done = self._done_before_epoch + step
         if self._bar is not None:
-            speed = step / max(time.perf_counter() - self._epoch_t0, 1e-9)
+            now = time.perf_counter()
+            speed = step / max(now - self._epoch_t0, 1e-9)
+            left = (self.epochs - self._epoch) * self._steps + self._steps - step
+            eta = left * (now - self._session_t0) / max(self._done, 1)
             text = "  ".join(f"{k} {v:.4f}" for k, v in stats.items()) + f"  {speed:.1f} it/s"
+            text += f"  run eta {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
             self._bar.update(self._task, completed=step, stats=text)
 
     def end_epoch(self, m: dict[str, Any]) -> None:
