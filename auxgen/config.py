@@ -36,6 +36,7 @@ class TrainConfig:
     method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (CIFAR-100 finer labels).")
     backbone: str = _f("vgg16", "Backbone of both networks: vgg16 (paper), resnet18 (CIFAR-style), cnn (small, fast).")
     width: int | None = _f(None, "Backbone base width (cnn 32, vgg16/resnet18 64 by default).")
+    gen_width: int | None = _f(None, "Label generator's backbone width if it should differ (a narrower generator makes iterations cheaper).")
     epochs: int = _f(200, "Training epochs; the learning rates halve at 25%, 50% and 75% of them.")
     batch_size: int = _f(100, "Batch size of the training and meta steps.")
     lr: float = _f(0.01, "Multi-task network learning rate (SGD); the meta step's inner step alpha follows it.")
@@ -71,6 +72,9 @@ class TrainConfig:
             raise AuxgenError(f"--meta-order must be 1 or 2, got {self.meta_order}")
         if not 0.0 <= self.meta_split < 1.0:
             raise AuxgenError(f"--meta-split must be in [0, 1), got {self.meta_split}")
+        for name in ("width", "gen_width"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise AuxgenError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("epochs", "batch_size", "eval_batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise AuxgenError(f"--{name.replace('_', '-')} must be at least 1")

@@ -64,7 +64,8 @@ def build_models(cfg: TrainConfig, data: Data, hier: Hierarchy) -> tuple[MultiTa
     """The multi-task network, and the label generator for --method maxl (else None)."""
     channels = data.image_shape[0]
     model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width)
-    gen = LabelGenerator(cfg.backbone, channels, hier, cfg.width) if cfg.method == "maxl" else None
+    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width)
+           if cfg.method == "maxl" else None)
     return model, gen
 
 

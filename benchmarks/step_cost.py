@@ -37,12 +37,12 @@ def _median_time(fn, repeats: int, warmup: int, sync) -> float:
 
 
 def measure(backbone: str, batch: int, size: int, repeats: int, warmup: int, device: torch.device,
-            width: int | None = None) -> dict[str, float]:
+            width: int | None = None, gen_width: int | None = None) -> dict[str, float]:
     """Median seconds of a single-task step, an exact MAXL iteration and a first-order one."""
     torch.manual_seed(0)
     hier = Hierarchy((5,) * 20)
     model = MultiTaskNet(backbone, 3, hier.num_primary, hier.num_aux, width).to(device).train()
-    gen = LabelGenerator(backbone, 3, hier, width).to(device).train()
+    gen = LabelGenerator(backbone, 3, hier, gen_width or width).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     gen_opt = torch.optim.SGD(gen.parameters(), lr=1e-3, weight_decay=5e-4)
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
@@ -64,16 +64,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--gen-width", type=int, default=None, help="generator width (default: the backbone's)")
     ap.add_argument("--no-tune-allocator", action="store_true", help="leave glibc's allocator as it is")
     args = ap.parse_args()
     tuned = not args.no_tune_allocator and tune_cpu_allocator()
     device = torch.device(args.device)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, {args.size}x{args.size} RGB, median of {args.repeats}, allocator tuned: {tuned}")
+          f"batch {args.batch}, {args.size}x{args.size} RGB, median of {args.repeats}, allocator tuned: {tuned}, "
+          f"generator width: {args.gen_width or 'as the backbone'}")
     print(f"{'backbone':<10}{'single (s)':>12}{'exact (s)':>12}{'exact/single':>14}{'1st-order (s)':>15}"
           f"{'1st/single':>12}{'fused (s)':>12}{'fused/single':>14}")
     for name in args.models.split(","):
-        t = measure(name, args.batch, args.size, args.repeats, args.warmup, device)
+        t = measure(name, args.batch, args.size, args.repeats, args.warmup, device, gen_width=args.gen_width)
         print(f"{name:<10}{t['single']:>12.4f}{t['maxl_exact']:>12.4f}{t['maxl_exact'] / t['single']:>14.2f}"
               f"{t['maxl_first_order']:>15.4f}{t['maxl_first_order'] / t['single']:>12.2f}"
               f"{t['maxl_fused']:>12.4f}{t['maxl_fused'] / t['single']:>14.2f}", flush=True)

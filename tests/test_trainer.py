@@ -67,12 +67,17 @@ def test_seeded_runs_repeat_and_seeds_differ(tmp_path):
 
 @pytest.mark.parametrize("method,extra", [
     ("single", {}), ("random", {"psi": "2"}), ("maxl", {"meta_split": 0.2}), ("maxl", {"meta_order": 1}),
-    ("maxl", {"gen_decay": "l1", "cosine_every": 3}), ("maxl", {"fused_lookahead": True})])
+    ("maxl", {"gen_decay": "l1", "cosine_every": 3}), ("maxl", {"fused_lookahead": True}),
+    ("maxl", {"gen_width": 4})])
 def test_methods_and_variants_train(tmp_path, method, extra):
     summary = train(tiny_config(epochs=1, method=method, **extra), tmp_path / "r", show=False)
     row = _metrics(tmp_path / "r")[0]
     assert 0.0 <= summary["final_test_acc"] <= 1.0
     assert ("meta_loss_before" in row) == (method == "maxl")
+    if "gen_width" in extra:  # the generator's own width, recorded and rebuilt by load_run
+        from auxgen.run import load_run
+        loaded = load_run(tmp_path / "r")
+        assert loaded.generator.backbone[0].out_channels == 4 and loaded.model.backbone[0].out_channels == 8
     if "cosine_every" in extra:
         assert -1.0 <= row["grad_cosine"] <= 1.0
     if method == "random":  # one-hot labels: zero per-sample entropy

@@ -35,6 +35,7 @@ def train_command(
     method: str = _o("method"),
     backbone: str = _o("backbone"),
     width: int = _o("width"),
+    gen_width: int = _o("gen_width"),
     epochs: int = _o("epochs"),
     batch_size: int = _o("batch_size"),
     lr: float = _o("lr"),
