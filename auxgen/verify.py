@@ -35,6 +35,7 @@ from auxgen.export.format import (
     SPLITS,
     wds_key,
 )
+from auxgen.export.script import load_generator_script
 from auxgen.maxl import train_step
 from auxgen.models import MultiTaskNet
 from auxgen.run import LoadedRun, load_run, load_run_data, read_run_config
@@ -566,14 +567,55 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
                "rows_over_atol": n_bad, "worst_key": worst_key}
     if n_checked == 0:
         return CheckResult("rederivation", "fail", "the export holds no samples", figures)
+    script = _check_generator_script(run, data, export, chosen, rows, figures)
+    if script:
+        return CheckResult("rederivation", "fail", script, figures)
     if n_bad:
         return CheckResult("rederivation", "fail",
                            f"{n_bad} of {n_checked} sampled rows differ from the generator's labels by more than "
                            f"{atol:g} (max {worst:.3g}, e.g. {worst_key}): stale labels from another checkpoint, "
                            f"or edited ones", figures)
+    also = (f"; the TorchScript generator gives the same labels (max diff {figures['script_max_abs_diff']:.2g})"
+            if "script_max_abs_diff" in figures else "")
     return CheckResult("rederivation", "pass",
-                       f"{n_checked} sampled rows (seed {seed}) re-derived within {atol:g} (max diff {worst:.2g})",
-                       figures)
+                       f"{n_checked} sampled rows (seed {seed}) re-derived within {atol:g} (max diff {worst:.2g})"
+                       + also, figures)
+
+
+def _check_generator_script(run: LoadedRun, data: Data, export: Export, chosen: list[int],
+                            rows: list[tuple[str, int]], figures: dict[str, Any]) -> str | None:
+    """The exported TorchScript generator (if the manifest lists one) against the run's, on the sampled images.
+
+    Returns a failure reason, or None. Both run on the CPU in eval mode: they must agree exactly
+    up to float rounding (1e-6), whatever the stored dtype.
+    """
+    name = (export.manifest or {}).get("generator")
+    if not name:
+        return None
+    path = manifest_path(export.path).parent / name
+    try:
+        module, _ = load_generator_script(path)
+    except Exception as e:  # a missing or damaged archive (integrity reports the hash)
+        return f"the exported generator {path} cannot be loaded ({type(e).__name__})"
+    idx_by_split: dict[str, list[int]] = {}
+    for c in chosen:
+        split, i = rows[c]
+        idx_by_split.setdefault(split, []).append(int(export.splits[split].index[i]))
+    worst = 0.0
+    for split, idx in idx_by_split.items():
+        src = getattr(data, split)
+        t = torch.tensor(idx).clamp(0, len(src) - 1)
+        images, primary = src.images[t], src.labels[t]
+        with torch.inference_mode():
+            theirs = torch.cat([module(images[i:i + 500], primary[i:i + 500]).float()
+                                for i in range(0, len(t), 500)])
+        ours = soft_labels(run, images, primary)
+        worst = max(worst, float((theirs - ours).abs().nan_to_num(nan=float("inf")).max()))
+    figures["script_max_abs_diff"] = worst
+    if worst > 1e-6:
+        return (f"the exported TorchScript generator {path.name} disagrees with the checkpoint's generator "
+                f"(max diff {worst:.3g}): it belongs to another checkpoint or was edited")
+    return None
 
 
 # ------------------------------------------------------------------------------ 4. label quality

@@ -272,3 +272,35 @@ def test_read_export_sees_views_and_float16(exported, tmp_path):
     assert ex.splits["test"].aux_soft.shape == (359, 2, 50) and ex.splits["test"].aux_soft.dtype == np.float16
     report = verify(run, out, sample=100)
     assert report.passed, report.to_dict()
+
+
+def test_exported_torchscript_generator_is_rederived(exported, tmp_path):
+    """--generator exports: the TorchScript file must give the checkpoint generator's labels."""
+    from auxgen.export import export_labels
+    from auxgen.export.script import load_generator_script, save_generator_script
+    from auxgen.run import load_run
+
+    run, _ = exported
+    h5 = tmp_path / "g.h5"
+    export_labels(run, h5, "hdf5", generator_script=True)
+    report = verify(run, h5, sample=64)
+    assert report.passed, report.to_dict()
+    assert "TorchScript generator gives the same labels" in reason(report, "rederivation")
+    # replace it with a generator of other weights, and forge the manifest's hash and size of it
+    gen_path = h5.with_name(h5.name + ".generator.pt")
+    module, meta = load_generator_script(gen_path)
+    other = load_run(run).generator
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.1)
+    save_generator_script(other, gen_path, meta)
+    mpath = h5.with_name(h5.name + ".manifest.json")
+    man = json.loads(mpath.read_text())
+    for f in man["files"]:
+        if f["path"] == gen_path.name:
+            f["bytes"], f["sha256"] = gen_path.stat().st_size, sha256_file(gen_path)
+    mpath.write_text(json.dumps(man))
+    report = verify(run, h5, sample=64)
+    assert status(report)["integrity"] == "pass", reason(report, "integrity")
+    assert status(report)["rederivation"] == "fail"
+    assert "TorchScript generator" in reason(report, "rederivation")
