@@ -37,16 +37,8 @@ def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.opti
     if fused:
         if meta_batch is not None:
             raise ValueError("a fused iteration needs the meta step to reuse the training batch")
-        labels = generator(x, y)
-        m = meta_gradient(model, _trainable(generator), x, y, labels, alpha, gamma, entropy_weight, order,
-                          training_forward=True)
-        _apply(generator, gen_optimizer, m.gen_grads, l1_decay)
-        for p, g in zip(model.parameters(), m.inner_grads, strict=True):
-            p.grad = g  # the look-ahead's gradient is the training step's gradient
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return {"loss_pri": m.loss_before, "loss_aux": m.loss_aux, "correct": m.correct, "target": labels.detach(),
-                "meta_before": m.loss_before, "meta_after": m.loss_after}
+        return fused_iteration(model, generator, optimizer, gen_optimizer, x, y, alpha, gamma, entropy_weight,
+                               order, l1_decay)
     if meta_batch is None:
         labels = generator(x, y)
         target = labels.detach()
@@ -61,6 +53,23 @@ def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.opti
                               order, l1_decay)
     return {"loss_pri": loss_pri, "loss_aux": loss_aux, "correct": correct, "target": target,
             "meta_before": before, "meta_after": after}
+
+
+def fused_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.optim.Optimizer,
+                    gen_optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, alpha: float,
+                    gamma: float, entropy_weight: float, order: int = 2, l1_decay: float = 0.0
+                    ) -> dict[str, torch.Tensor]:
+    """The meta step first, from the current theta1; its look-ahead gradient then *is* the training step."""
+    labels = generator(x, y)
+    m = meta_gradient(model, _trainable(generator), x, y, labels, alpha, gamma, entropy_weight, order,
+                      training_forward=True)
+    _apply(generator, gen_optimizer, m.gen_grads, l1_decay)
+    for p, g in zip(model.parameters(), m.inner_grads, strict=True):
+        p.grad = g  # the look-ahead's gradient is the training step's gradient
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss_pri": m.loss_before, "loss_aux": m.loss_aux, "correct": m.correct, "target": labels.detach(),
+            "meta_before": m.loss_before, "meta_after": m.loss_after}
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
