@@ -36,15 +36,13 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _register() -> None:
-    from auxgen.recipes import train
+    from auxgen.recipes.export import export_command
+    from auxgen.recipes.train import train_command
+    from auxgen.recipes.verify import verify_command
 
-    app.command("train")(train.train_command)
-    for name in ("export", "verify"):
-        try:
-            module = __import__(f"auxgen.recipes.{name}", fromlist=[f"{name}_command"])
-        except ModuleNotFoundError:
-            continue
-        app.command(name)(getattr(module, f"{name}_command"))
+    app.command("train")(train_command)
+    app.command("export")(export_command)
+    app.command("verify")(verify_command)
 
 
 _register()

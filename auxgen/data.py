@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +54,7 @@ class Data:
     class_names: list[str]
     augment: bool
     pad: int
+    _digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -60,21 +62,26 @@ class Data:
 
     def fingerprint(self) -> str:
         """sha256 over images, labels and keys of both splits: any change to the data shows."""
-        h = hashlib.sha256(self.name.encode())
-        for split in (self.train, self.test):
-            h.update(split.images.contiguous().numpy().tobytes())
-            h.update(split.labels.numpy().astype(np.int64).tobytes())
-            h.update("\n".join(split.keys).encode())
-        return h.hexdigest()
+        return self._cached("all", lambda h: [_hash_split(h, sp) for sp in (self.train, self.test)], self.name)
 
     def split_fingerprint(self, which: str) -> str:
         """sha256 of one split (train or test) alone."""
-        split = getattr(self, which)
-        h = hashlib.sha256(f"{self.name}/{which}".encode())
-        h.update(split.images.contiguous().numpy().tobytes())
-        h.update(split.labels.numpy().astype(np.int64).tobytes())
-        h.update("\n".join(split.keys).encode())
-        return h.hexdigest()
+        return self._cached(which, lambda h: _hash_split(h, getattr(self, which)), f"{self.name}/{which}")
+
+    def _cached(self, what: str, feed: Callable[[Any], Any], salt: str) -> str:
+        # hashing CIFAR takes a fraction of a second, and runs ask every epoch; a Data is not
+        # modified once loaded, so each digest is computed once
+        if what not in self._digests:
+            h = hashlib.sha256(salt.encode())
+            feed(h)
+            self._digests[what] = h.hexdigest()
+        return self._digests[what]
+
+
+def _hash_split(h: Any, split: Split) -> None:
+    h.update(split.images.contiguous().numpy().tobytes())
+    h.update(split.labels.numpy().astype(np.int64).tobytes())
+    h.update("\n".join(split.keys).encode())
 
 
 # ------------------------------------------------------------------------------ augmentation
@@ -125,11 +132,9 @@ def _digits(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     labels = torch.from_numpy(d.target.astype(np.int64))
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_test = int(round(len(labels) * DIGITS_TEST_FRACTION))
-    full = Split(images, labels, _keys("digits", len(labels)))
-    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
-    train, test = full.subset(train_idx), full.subset(test_idx)
-    train.keys = [k.replace("digits/", "digits/train/") for k in train.keys]
-    test.keys = [k.replace("digits/", "digits/test/") for k in test.keys]
+    # keys carry the id in scikit-learn's full set, so a downstream loader finds the image there
+    train, test = (Split(images[idx], labels[idx], [f"digits/{name}/{i:06d}" for i in idx.tolist()])
+                   for name, idx in (("train", perm[n_test:].sort().values), ("test", perm[:n_test].sort().values)))
     return train, test, [str(i) for i in range(10)]
 
 

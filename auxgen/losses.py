@@ -22,11 +22,10 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     `target` is a distribution per row ([B, K]) or hard class indices ([B]). gamma=0 is
     cross-entropy. log p comes from log_softmax, so zero targets never meet log(0).
     """
+    terms = focal_terms(logits, gamma)
     if target.dim() == 1:
-        logp = torch.log_softmax(upcast(logits), dim=1).gather(1, target[:, None]).squeeze(1)
-        weight = (1 - logp.exp()).pow(gamma) if gamma else 1.0
-        return -(weight * logp).mean()
-    return (target * focal_terms(logits, gamma)).sum(dim=1).mean()
+        return terms.gather(1, target[:, None]).mean()
+    return (target * terms).sum(dim=1).mean()
 
 
 def entropy_regulariser(labels: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ class TrainProgress:
         self.live = enabled and self.console.is_terminal
         self._bar: Progress | None = None
         self._t0 = time.perf_counter()
+        self._done = 0  # steps done in this session, for the whole-run ETA
 
     def __enter__(self) -> TrainProgress:
         if self.live:
@@ -36,8 +37,6 @@ class TrainProgress:
     def start_epoch(self, epoch: int, steps: int) -> None:
         self._epoch_t0 = time.perf_counter()
         self._epoch, self._steps = epoch, steps
-        if not hasattr(self, "_done"):  # steps done in this session, for the whole-run ETA
-            self._done, self._session_t0 = 0, time.perf_counter()
         self._done_before_epoch = self._done
         if self._bar is not None:
             self._task = self._bar.add_task("train", total=steps, epoch=epoch, of=self.epochs, stats="")
@@ -48,7 +47,7 @@ class TrainProgress:
             now = time.perf_counter()
             speed = step / max(now - self._epoch_t0, 1e-9)
             left = (self.epochs - self._epoch) * self._steps + self._steps - step
-            eta = left * (now - self._session_t0) / max(self._done, 1)
+            eta = left * (now - self._t0) / max(self._done, 1)
             text = "  ".join(f"{k} {v:.4f}" for k, v in stats.items()) + f"  {speed:.1f} it/s"
             text += f"  run eta {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
             self._bar.update(self._task, completed=step, stats=text)

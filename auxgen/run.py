@@ -89,10 +89,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
         raise AuxgenError(f"checkpoint {path} has psi {state.get('psi')} but the run has {meta['psi']}")
     dev = pick_device(cfg.device)
 
-    class _Shape:  # build_models only needs the image shape
-        image_shape = tuple(meta["data"]["image_shape"])
-
-    model, gen = build_models(cfg, _Shape, hier)  # type: ignore[arg-type]
+    model, gen = build_models(cfg, meta["data"]["image_shape"][0], hier)
     model.load_state_dict(state["model"])
     model.to(dev).eval()
     if gen is not None:

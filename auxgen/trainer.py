@@ -60,9 +60,8 @@ def hierarchy_for(cfg: TrainConfig, num_primary: int) -> tuple[Hierarchy, torch.
     return parse_psi(cfg.psi, cfg.psi_file, num_primary), None
 
 
-def build_models(cfg: TrainConfig, data: Data, hier: Hierarchy) -> tuple[MultiTaskNet, LabelGenerator | None]:
-    """The multi-task network, and the label generator for --method maxl (else None)."""
-    channels = data.image_shape[0]
+def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy) -> tuple[MultiTaskNet, LabelGenerator | None]:
+    """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images."""
     model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width)
     gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width)
            if cfg.method == "maxl" else None)
@@ -124,7 +123,7 @@ def setup(cfg: TrainConfig, data: Data | None = None) -> Run:
     data = data or load_data(cfg)
     hier, human_map = hierarchy_for(cfg, data.num_classes)
     torch.manual_seed(cfg.seed)
-    model, gen = build_models(cfg, data, hier)
+    model, gen = build_models(cfg, data.image_shape[0], hier)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -268,11 +267,11 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show: bool = 
             metrics, step = _train_epoch(run, epoch, step, gens, progress)
             ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma)
             metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
-            metrics["warnings"] = _collapse_warnings(run, metrics, epoch)
-            for w in metrics["warnings"]:
-                kind = w.split(" (")[0].split(":")[0]  # once per kind; the figures are in metrics.jsonl
+            found = _collapse_warnings(run, metrics, epoch)
+            metrics["warnings"] = list(found.values())
+            for kind, text in found.items():  # once per kind on screen; every epoch's are in metrics.jsonl
                 if kind not in warned:
-                    progress.warn(w)
+                    progress.warn(text)
                     warned.add(kind)
             history.append(metrics)
             improved = metrics["test_acc"] > best[0]
@@ -397,16 +396,16 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     return m, step
 
 
-def _collapse_warnings(run: Run, m: dict[str, Any], epoch: int) -> list[str]:
-    """The generator's two failure modes, once training is a quarter through (or at the end)."""
+def _collapse_warnings(run: Run, m: dict[str, Any], epoch: int) -> dict[str, str]:
+    """The generator's two failure modes (kind -> message), once training is a quarter through (or at the end)."""
     if run.cfg.method != "maxl" or (epoch <= run.cfg.epochs / 4 and epoch < run.cfg.epochs):
-        return []
-    out = []
+        return {}
+    out = {}
     if run.hier.num_aux > 1 and m["aux_usage_entropy"] < 0.5 * m["aux_usage_entropy_max"]:
-        out.append(f"auxiliary classes collapsing: usage entropy {m['aux_usage_entropy']:.3f} is under half "
+        out["collapse"] = (f"auxiliary classes collapsing: usage entropy {m['aux_usage_entropy']:.3f} is under half "
                    f"its maximum {m['aux_usage_entropy_max']:.3f}; consider a larger --entropy-weight")
     if m["aux_sample_entropy_frac"] > 0.95 and max(run.hier.psi) > 1:
-        out.append(f"soft labels nearly uniform inside their blocks (per-sample entropy "
+        out["uniform"] = (f"soft labels nearly uniform inside their blocks (per-sample entropy "
                    f"{100 * m['aux_sample_entropy_frac']:.1f}% of its maximum): the auxiliary task adds little "
                    f"beyond the primary labels; measure its value with `auxgen verify --retrain`")
     return out

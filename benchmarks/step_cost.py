@@ -18,7 +18,7 @@ import time
 import torch
 
 from auxgen.hierarchy import Hierarchy
-from auxgen.maxl import maxl_iteration, train_step
+from auxgen.maxl import maxl_iteration, meta_step, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.runtime import tune_cpu_allocator
 
@@ -53,6 +53,13 @@ def measure(backbone: str, batch: int, size: int, repeats: int, warmup: int, dev
         out[name] = _median_time(
             lambda o=order, fu=fused: maxl_iteration(model, gen, opt, gen_opt, x, y, 0.01, 2.0, 0.2, o, fused=fu),
             repeats, warmup, sync)
+    # the parts of an exact iteration: where its time goes
+    out["generator_forward"] = _median_time(lambda: gen(x, y), repeats, warmup, sync)
+
+    def meta_only() -> None:
+        meta_step(model, gen, gen_opt, x, y, gen(x, y), 0.01, 2.0, 0.2, 2)
+
+    out["meta_step_with_forward"] = _median_time(meta_only, repeats, warmup, sync)
     return out
 
 
@@ -79,6 +86,9 @@ def main() -> None:
         print(f"{name:<10}{t['single']:>12.4f}{t['maxl_exact']:>12.4f}{t['maxl_exact'] / t['single']:>14.2f}"
               f"{t['maxl_first_order']:>15.4f}{t['maxl_first_order'] / t['single']:>12.2f}"
               f"{t['maxl_fused']:>12.4f}{t['maxl_fused'] / t['single']:>14.2f}", flush=True)
+        g, m = t["generator_forward"], t["meta_step_with_forward"] - t["generator_forward"]
+        print(f"{'':<10}parts of the exact iteration (s): generator forward {g:.4f} ({g / t['single']:.2f}x), "
+              f"training step ~{t['single']:.4f}, meta step {m:.4f} ({m / t['single']:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,15 @@ def reason(report, name: str) -> str:
     return next(c.reason for c in report.checks if c.name == name)
 
 
-def reseal(h5: Path) -> None:
-    """Rewrite the manifest's size and hash of an edited HDF5 file: a forger who knows the format."""
+def reseal(h5: Path, edited: Path | None = None) -> None:
+    """Rewrite the manifest's size and hash of an edited file of an HDF5 export (default: the .h5 itself),
+    as a forger who knows the format would."""
+    edited = edited or h5
     mpath = h5.with_name(h5.name + ".manifest.json")
     man = json.loads(mpath.read_text())
     for f in man["files"]:
-        if f["path"] == h5.name:
-            f["bytes"], f["sha256"] = h5.stat().st_size, sha256_file(h5)
+        if f["path"] == edited.name:
+            f["bytes"], f["sha256"] = edited.stat().st_size, sha256_file(edited)
     mpath.write_text(json.dumps(man))
 
 
@@ -288,18 +290,13 @@ def test_exported_torchscript_generator_is_rederived(exported, tmp_path):
     assert "TorchScript generator gives the same labels" in reason(report, "rederivation")
     # replace it with a generator of other weights, and forge the manifest's hash and size of it
     gen_path = h5.with_name(h5.name + ".generator.pt")
-    module, meta = load_generator_script(gen_path)
+    _, meta = load_generator_script(gen_path)
     other = load_run(run).generator
     with torch.no_grad():
         for p in other.parameters():
             p.mul_(1.1)
     save_generator_script(other, gen_path, meta)
-    mpath = h5.with_name(h5.name + ".manifest.json")
-    man = json.loads(mpath.read_text())
-    for f in man["files"]:
-        if f["path"] == gen_path.name:
-            f["bytes"], f["sha256"] = gen_path.stat().st_size, sha256_file(gen_path)
-    mpath.write_text(json.dumps(man))
+    reseal(h5, gen_path)
     report = verify(run, h5, sample=64)
     assert status(report)["integrity"] == "pass", reason(report, "integrity")
     assert status(report)["rederivation"] == "fail"
