@@ -3,17 +3,29 @@ JSON or TOML file and overridable from the command line. Defaults and help live 
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
 
 from auxgen.errors import AuxgenError
 
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "imagefolder")
 METHODS = ("maxl", "single", "random", "human")
+# sanity caps: beyond them a run cannot fit in memory, and a typo (one zero too many) would
+# otherwise fail deep inside torch with a traceback
+MAX_WIDTH = 1024
+MAX_IMAGE_SIZE = 1024
+MAX_SEED = 2**62  # torch seeds are 64-bit; the run derives seed + 1 .. seed + 3
 
 
 def _f(default: Any, help: str) -> Any:
@@ -31,7 +43,9 @@ class TrainConfig:
     primary_level: int = _f(20, "CIFAR-100 primary task: 3, 10 or 20 classes of the four-level hierarchy.")
     aux_level: int = _f(100, "CIFAR-100 human auxiliary labels for --method human: 10, 20 or 100 classes.")
     image_size: int = _f(32, "ImageFolder images are resized to this square size.")
-    psi: str | None = _f(None, "Auxiliary classes per primary class: '5' (uniform) or '2,3,4' (one per class). Default 5.")
+    primary_groups: int | None = _f(None, "digits only: primary task = 2 groups (0-4, 5-9) or 5 groups (0-1, ..., 8-9) of digits; the digit is the human auxiliary label.")
+    hierarchy_depth: int = _f(1, "imagefolder: 1 (ROOT/CLASS/IMG) or 2 (ROOT/COARSE/FINE/IMG: coarse = primary, fine = human auxiliary labels, psi from the tree).")
+    psi: str | None = _f(None, "Auxiliary classes per primary class: '5' (uniform) or '2,3,4' (one per class); at most 1000 per class and 10000 in all. Default 5.")
     psi_file: str | None = _f(None, "JSON file with psi as a list (or {\"psi\": [...]}).")
     method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (CIFAR-100 finer labels).")
     backbone: str = _f("vgg16", "Backbone of both networks: vgg16 (paper), resnet18 (CIFAR-style), cnn (small, fast).")
@@ -49,6 +63,7 @@ class TrainConfig:
     entropy_weight: float = _f(0.2, "Weight lambda of the entropy regulariser against class collapse.")
     meta_order: int = _f(2, "2: exact second-order meta-gradient; 1: finite-difference first-order variant.")
     meta_split: float = _f(0.0, "Fraction of the training set held out for the meta step; 0 reuses the training batches.")
+    schedule: str = _f("interleave", "interleave: a training step then a meta step on each batch (the paper's Algorithm 1); alternate: each epoch a full pass of training steps, then a reshuffled full pass of meta steps (the authors' code).")
     fused_lookahead: bool = _f(False, "Run the meta step first and reuse its look-ahead as the training step (one pass cheaper; needs --meta-split 0).")
     augment: str = _f("auto", "auto (crop+flip for 32x32 RGB sets and ImageFolder, none otherwise), on or off.")
     seed: int = _f(0, "Random seed of initialisation, shuffling, augmentation and random labels.")
@@ -59,8 +74,12 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise AuxgenError on values no run can use."""
+        for name, value in check_types(self.__dict__, "config").items():
+            setattr(self, name, value)  # ints given for float options become floats
+        _check_numbers(self)
         choices = {"dataset": DATASETS, "method": METHODS, "augment": ("auto", "on", "off"),
-                   "gen_decay": ("l1", "l2"), "device": ("auto", "cpu", "cuda")}
+                   "gen_decay": ("l1", "l2"), "device": ("auto", "cpu", "cuda"),
+                   "schedule": ("interleave", "alternate")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise AuxgenError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
@@ -78,12 +97,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise AuxgenError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.fused_lookahead and self.schedule == "alternate":
+            raise AuxgenError("--fused-lookahead makes the meta step's look-ahead the training step; it needs --schedule interleave")
         if self.fused_lookahead and self.meta_split > 0:
             raise AuxgenError("--fused-lookahead reuses the training batch for the meta step; it needs --meta-split 0")
         if self.batch_size < 2:
             raise AuxgenError("--batch-size must be at least 2 (batch norm needs two samples)")
-        if self.method == "human" and self.dataset != "cifar100":
-            raise AuxgenError("--method human needs the CIFAR-100 hierarchy: use --dataset cifar100")
+        if self.primary_groups is not None and (self.dataset != "digits" or self.primary_groups not in (2, 5)):
+            raise AuxgenError("--primary-groups takes 2 or 5 and needs --dataset digits")
+        if self.hierarchy_depth not in (1, 2) or (self.hierarchy_depth == 2 and self.dataset != "imagefolder"):
+            raise AuxgenError("--hierarchy-depth takes 1 or 2; depth 2 needs --dataset imagefolder")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,7 +118,83 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise AuxgenError(f"{where}: unknown option(s) {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**check_types(data, where))
+
+
+@functools.lru_cache(maxsize=1)
+def _field_types() -> dict[str, tuple[type, ...]]:
+    """Each TrainConfig field's allowed types, e.g. `int | None` -> (int, NoneType)."""
+    # `from __future__ import annotations` leaves the annotations as strings: evaluate them
+    out = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        out[name] = typing.get_args(hint) if union else (hint,)
+    return out
+
+
+def check_types(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Type-check option values against TrainConfig's field types; returns them with ints widened
+    to float for float options. bool never passes as int (JSON `true` is not 1 epoch), and None
+    only for Optional options."""
+    allowed, out = _field_types(), {}
+    for name, value in values.items():
+        kinds = allowed.get(name)
+        if kinds is None:  # not a field (unknown options are reported by from_dict)
+            out[name] = value
+            continue
+        if value is None and type(None) in kinds:
+            out[name] = value
+        elif isinstance(value, bool):
+            if bool not in kinds:
+                raise _type_error(where, name, kinds, value)
+            out[name] = value
+        elif isinstance(value, int) and int in kinds:
+            out[name] = value
+        elif isinstance(value, (int, float)) and float in kinds:
+            out[name] = float(value)
+        elif isinstance(value, str) and str in kinds:
+            out[name] = value
+        else:
+            raise _type_error(where, name, kinds, value)
+    return out
+
+
+def _type_error(where: str, name: str, kinds: tuple[type, ...], value: Any) -> AuxgenError:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+    want = " or ".join(names.get(k, k.__name__) for k in kinds)
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return AuxgenError(f"{where}: option {name.replace('_', '-')} must be {want}, got {type(value).__name__} {shown}")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Ranges of the numeric options, before anything is loaded or built."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise AuxgenError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+    if cfg.lr <= 0:
+        raise AuxgenError(f"--lr must be positive, got {cfg.lr}")
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise AuxgenError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    for name in ("gen_lr", "weight_decay", "gen_weight_decay", "gamma", "entropy_weight"):
+        if getattr(cfg, name) < 0:
+            raise AuxgenError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.cosine_every < 0:
+        raise AuxgenError(f"--cosine-every must be 0 (off) or a positive number of steps, got {cfg.cosine_every}")
+    if not 0 <= cfg.seed < MAX_SEED:
+        raise AuxgenError(f"--seed must be in [0, 2**62), got {cfg.seed}")
+    for name in ("width", "gen_width"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) > MAX_WIDTH:
+            raise AuxgenError(f"--{name.replace('_', '-')} {getattr(cfg, name)} is over the limit of {MAX_WIDTH}")
+    if cfg.image_size > MAX_IMAGE_SIZE:
+        raise AuxgenError(f"--image-size {cfg.image_size} is over the limit of {MAX_IMAGE_SIZE}")
+    if cfg.test_root is not None and cfg.dataset != "imagefolder":
+        raise AuxgenError(f"--test-root is for --dataset imagefolder; {cfg.dataset} has its own test split")
+    if cfg.psi is not None:
+        from auxgen.hierarchy import psi_spec_values
+
+        psi_spec_values(cfg.psi)  # the syntax and per-class limit now, before the data loads
 
 
 def field_help(name: str) -> str:
@@ -107,20 +206,35 @@ def field_help(name: str) -> str:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a config file (.json or .toml) into a dict of TrainConfig fields."""
+    """Read a config file (.json or .toml) into a dict of TrainConfig fields.
+
+    Every way the file can be wrong (missing, a folder, unreadable, not UTF-8, not parseable,
+    not a table) is an AuxgenError naming the file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise AuxgenError(f"config file {path} is a folder, not a file")
     if not path.is_file():
         raise AuxgenError(f"config file {path} does not exist")
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(path.read_text())
-        else:
-            data = json.loads(path.read_text())
+        raw = path.read_bytes()
+    except OSError as e:
+        raise AuxgenError(f"config file {path} cannot be read ({e.strerror or type(e).__name__})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark from some editors is harmless
+    except UnicodeDecodeError as e:
+        raise AuxgenError(f"config file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})"
+                          ) from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise AuxgenError(f"config file {path} could not be parsed: {e}") from None
+        kind = "TOML" if path.suffix == ".toml" else "JSON (files not named .toml are read as JSON)"
+        raise AuxgenError(f"config file {path} is not valid {kind}: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise AuxgenError(f"config file {path} must hold a table/object of options")
     data = data.get("train", data)  # a run's config.json keeps the options under "train"
+    if not isinstance(data, dict):
+        raise AuxgenError(f"config file {path}: \"train\" must be a table/object of options")
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 

@@ -54,6 +54,8 @@ class Data:
     class_names: list[str]
     augment: bool
     pad: int
+    fine_parent: list[int] | None = None  # primary class of each fine class, where the data has a label tree
+    fine_names: list[str] | None = None
     _digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -117,7 +119,54 @@ def load_data(cfg: TrainConfig) -> Data:
     rgb32 = cfg.dataset in ("cifar10", "cifar100", "svhn", "imagefolder")
     augment = {"auto": rgb32, "on": True, "off": False}[cfg.augment]
     size = train.images.shape[-1]
-    return Data(cfg.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8))
+    data = Data(cfg.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8))
+    if cfg.dataset == "digits" and cfg.primary_groups:
+        data = _digit_groups(data, cfg.primary_groups)
+    elif cfg.dataset == "imagefolder" and cfg.hierarchy_depth == 2:
+        data = _two_level(data)
+    return data
+
+
+def _digit_groups(data: Data, groups: int) -> Data:
+    """Digits as a hierarchy task: the primary class is a group of consecutive digits (0-4 | 5-9,
+    or 0-1 | ... | 8-9) and the digit is the fine (human auxiliary) label, CIFAR-100's design in
+    miniature."""
+    size = 10 // groups
+    parent = [d // size for d in range(10)]
+    for split in (data.train, data.test):
+        split.fine = split.labels.clone()
+        split.labels = torch.tensor(parent)[split.fine]
+    names = [f"{g * size}-{g * size + size - 1}" for g in range(groups)]
+    return Data(data.name, data.train, data.test, groups, names, data.augment, data.pad,
+                fine_parent=parent, fine_names=[str(d) for d in range(10)])
+
+
+def _two_level(data: Data) -> Data:
+    """ROOT/COARSE/FINE/IMG: the tree's first level is the primary task, its second the fine labels.
+
+    The one-level loader already makes COARSE the class (it searches class folders recursively)
+    and keeps the path relative to the tree as the key, so FINE is the key's second component.
+    Fine classes are numbered in (coarse, fine-name) order, train and test together.
+    """
+    fine_names: list[str] = []
+    index: dict[tuple[int, str], int] = {}
+    for split in (data.train, data.test):
+        for key, label in zip(split.keys, split.labels.tolist(), strict=True):
+            parts = key.split("/")
+            if len(parts) != 3:
+                raise AuxgenError(f"imagefolder --hierarchy-depth 2: {key} is not COARSE/FINE/IMAGE; every image "
+                                  f"must sit two folders deep")
+            if (label, parts[1]) not in index:
+                index[(label, parts[1])] = -1
+    for n, pair in enumerate(sorted(index)):
+        index[pair] = n
+        fine_names.append(f"{data.class_names[pair[0]]}/{pair[1]}")
+    for split in (data.train, data.test):
+        split.fine = torch.tensor([index[(lab, k.split("/")[1])] for k, lab in
+                                   zip(split.keys, split.labels.tolist(), strict=True)], dtype=torch.long)
+    parent = [c for c, _ in sorted(index)]
+    return Data(data.name, data.train, data.test, data.num_classes, data.class_names, data.augment, data.pad,
+                fine_parent=parent, fine_names=fine_names)
 
 
 def _keys(prefix: str, n: int) -> list[str]:

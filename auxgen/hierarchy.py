@@ -7,12 +7,18 @@ four-level hierarchy (3 / 10 / 20 / 100 classes) of the MAXL paper.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from auxgen.errors import AuxgenError
+
+if TYPE_CHECKING:
+    from auxgen.config import TrainConfig
+    from auxgen.data import Data
 
 
 @dataclass(frozen=True)
@@ -53,38 +59,93 @@ class Hierarchy:
         return self.block_id().to(y.device)[None, :] == y[:, None]
 
 
+# Caps on psi: each auxiliary class is an output unit of both networks and a column of every
+# exported label, so an unchecked `--psi 100000` silently makes checkpoints of hundreds of MB
+# and runs many times slower. The MAXL paper uses up to 5 per class (100 in all).
+MAX_PSI_PER_CLASS = 1000
+MAX_AUX_CLASSES = 10000
+DEFAULT_PSI = 5
+_PSI_ITEM = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
+def psi_spec_values(spec: str | None) -> list[int]:
+    """The integers of a `--psi` spec ('5' or '2,3,4'); None is the default psi.
+
+    Every item must be an integer in [1, MAX_PSI_PER_CLASS]: an empty spec or an empty item
+    ('2,,3', '2,3,') is an error rather than silently the default or a shorter list.
+    """
+    if spec is None:
+        return [DEFAULT_PSI]
+    text = spec.strip()
+    if not text:
+        raise AuxgenError("--psi is empty: give an integer ('5') or one per primary class ('2,3,4'), "
+                          f"or drop it for the default {DEFAULT_PSI}")
+    items = [v.strip() for v in text.split(",")]
+    if any(not v for v in items):
+        raise AuxgenError(f"--psi {text!r} has an empty item; give one integer per primary class, e.g. '2,3,4'")
+    bad = next((v for v in items if not _PSI_ITEM.fullmatch(v)), None)
+    if bad is not None:
+        raise AuxgenError(f"--psi {text!r}: {bad!r} is not an integer; expected an integer or a "
+                          f"comma-separated list")
+    values = [int(v) for v in items]
+    _check_psi_entries(values, "--psi")
+    return values
+
+
+def _check_psi_entries(values: list, where: str) -> None:
+    """Positive integers (not bools) no larger than MAX_PSI_PER_CLASS; names the first bad entry only."""
+    for i, v in enumerate(values):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise AuxgenError(f"{where}: psi entries must be positive integers (>= 1); entry {i + 1} is {v!r}")
+        if v > MAX_PSI_PER_CLASS:
+            raise AuxgenError(f"{where}: psi entry {i + 1} is {v}, over the limit of {MAX_PSI_PER_CLASS} "
+                              f"auxiliary classes per primary class")
+
+
+def _read_psi_file(path: Path) -> list:
+    if path.is_dir():
+        raise AuxgenError(f"psi file {path} is a folder, not a JSON file")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise AuxgenError(f"psi file {path} does not exist") from None
+    except OSError as e:
+        raise AuxgenError(f"psi file {path} cannot be read ({e.strerror or type(e).__name__})") from None
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise AuxgenError(f"psi file {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                          f"expected JSON") from None
+    except json.JSONDecodeError as e:
+        raise AuxgenError(f"psi file {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    values = data.get("psi") if isinstance(data, dict) else data
+    if not isinstance(values, list):
+        raise AuxgenError(f"psi file {path} must hold a list of integers or {{\"psi\": [...]}}")
+    _check_psi_entries(values, f"psi file {path}")
+    return values
+
+
 def parse_psi(spec: str | None, psi_file: str | Path | None, num_primary: int) -> Hierarchy:
     """Build psi from `--psi 5` (uniform), `--psi 2,3,4` (per class) or a JSON file.
 
-    The JSON file holds either a list `[2, 3, 4]` or an object `{"psi": [2, 3, 4]}`.
+    The JSON file holds either a list `[2, 3, 4]` or an object `{"psi": [2, 3, 4]}`. Each entry
+    is at most MAX_PSI_PER_CLASS and all together at most MAX_AUX_CLASSES.
     """
     if spec is not None and psi_file is not None:
         raise AuxgenError("give --psi or --psi-file, not both")
     if psi_file is not None:
-        path = Path(psi_file)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise AuxgenError(f"psi file {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise AuxgenError(f"psi file {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-        values = data.get("psi") if isinstance(data, dict) else data
-        if not isinstance(values, list):
-            raise AuxgenError(f"psi file {path} must hold a list of integers or {{\"psi\": [...]}}")
+        values = _read_psi_file(Path(psi_file))
     else:
-        text = (spec or "5").strip()
-        try:
-            values = [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise AuxgenError(f"--psi {text!r}: expected an integer or a comma-separated list") from None
+        values = psi_spec_values(spec)
         if len(values) == 1:
             values = values * num_primary
     if len(values) != num_primary:
         raise AuxgenError(
             f"psi has {len(values)} entries but the dataset has {num_primary} primary classes"
         )
-    if any((not isinstance(v, int)) or isinstance(v, bool) or v < 1 for v in values):
-        raise AuxgenError(f"psi entries must be positive integers (>= 1), got {values}")
+    if sum(values) > MAX_AUX_CLASSES:
+        raise AuxgenError(f"psi gives {sum(values)} auxiliary classes in all ({num_primary} primary classes), "
+                          f"over the limit of {MAX_AUX_CLASSES}; use a smaller --psi")
     return Hierarchy(tuple(values))
 
 
@@ -188,3 +249,53 @@ def cifar100_human(primary_level: int, aux_level: int) -> tuple[Hierarchy, torch
 def _check_level(level: int) -> None:
     if level not in CIFAR100_LEVELS:
         raise AuxgenError(f"CIFAR-100 level must be one of 3, 10, 20, 100; got {level}")
+
+
+# ----------------------------------------------------------------------------------------
+# The hierarchy of a run, and fixed auxiliary labels drawn from it.
+def human_hierarchy(fine_parent: list[int] | tuple[int, ...], num_primary: int) -> tuple[Hierarchy, torch.Tensor]:
+    """psi and the fine -> auxiliary map of a two-level label tree.
+
+    `fine_parent[f]` is the primary class of fine class f. psi[i] counts the fine classes
+    under primary class i; fine classes keep their order inside each block.
+    """
+    children: list[list[int]] = [[] for _ in range(num_primary)]
+    for f, p in enumerate(fine_parent):
+        children[p].append(f)
+    empty = [i for i, c in enumerate(children) if not c]
+    if empty:
+        raise AuxgenError(f"primary classes {empty} have no fine classes under them; every primary class "
+                          f"needs at least one for --method human")
+    hier = Hierarchy(tuple(len(c) for c in children))
+    local = {f: hier.offsets[p] + r for p, cs in enumerate(children) for r, f in enumerate(cs)}
+    return hier, torch.tensor([local[f] for f in range(len(fine_parent))], dtype=torch.long)
+
+
+def hierarchy_for(cfg: TrainConfig, data: Data) -> tuple[Hierarchy, torch.Tensor | None]:
+    """psi of a run, and for --method human the fine-label -> auxiliary-label map.
+
+    Data with a label tree (CIFAR-100, digit groups, two-level ImageFolder) gives the human
+    hierarchy; without --psi, MAXL then uses the tree's psi too, so the two compare like for like.
+    """
+    tree = None
+    if data.name == "cifar100":
+        tree = cifar100_human(cfg.primary_level, cfg.aux_level) if cfg.method == "human" else None
+    elif data.fine_parent is not None:
+        tree = human_hierarchy(data.fine_parent, data.num_classes)
+    if cfg.method == "human":
+        if cfg.psi or cfg.psi_file:
+            raise AuxgenError("--method human takes psi from the data's label tree; drop --psi/--psi-file")
+        if tree is None:
+            raise AuxgenError("--method human needs fine labels: --dataset cifar100, --dataset digits with "
+                              "--primary-groups 2|5, or an imagefolder with --hierarchy-depth 2")
+        return tree
+    if tree is not None and not cfg.psi and not cfg.psi_file:
+        return tree[0], None
+    return parse_psi(cfg.psi, cfg.psi_file, data.num_classes), None
+
+
+def random_labels(hier: Hierarchy, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One auxiliary class per sample, uniform inside its primary class's block, drawn once from `generator`."""
+    draw = torch.rand(len(labels), generator=generator)
+    psi = torch.tensor(hier.psi)
+    return torch.tensor(hier.offsets)[labels] + (draw * psi[labels]).long()

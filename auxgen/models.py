@@ -6,9 +6,14 @@ their own normalisation, so an exported generator needs nothing but the stored i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from auxgen.config import TrainConfig
 
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy
@@ -146,3 +151,11 @@ class LabelGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return mask_softmax(self.logits(x), y, self.block_id)
+
+
+def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy) -> tuple[MultiTaskNet, LabelGenerator | None]:
+    """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images."""
+    model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width)
+    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width)
+           if cfg.method == "maxl" else None)
+    return model, gen

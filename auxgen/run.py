@@ -17,8 +17,8 @@ from auxgen.config import TrainConfig
 from auxgen.data import Data, load_data
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy
-from auxgen.models import LabelGenerator, MultiTaskNet
-from auxgen.trainer import build_models, hierarchy_for, pick_device
+from auxgen.models import LabelGenerator, MultiTaskNet, build_models
+from auxgen.runtime import pick_device
 
 
 @dataclass
@@ -80,9 +80,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
     if device is not None:
         train_cfg["device"] = device
     cfg = TrainConfig.from_dict(train_cfg, where=str(run_dir / "config.json")).validate()
-    hier, _ = hierarchy_for(cfg, meta["num_primary"])
-    if list(hier.psi) != meta["psi"]:
-        raise AuxgenError(f"{run_dir}: psi in config.json does not match its options")
+    try:  # psi may come from the data (a label tree), so the run's record of it is the reference
+        hier = Hierarchy(tuple(meta["psi"]))
+    except (KeyError, TypeError):
+        raise AuxgenError(f"{run_dir / 'config.json'} holds no valid psi; the run directory is damaged") from None
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     if state.get("psi") != meta["psi"]:

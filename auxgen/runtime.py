@@ -1,10 +1,16 @@
-"""Process-level settings that make CPU work faster; none of them changes a result."""
+"""Where and in what precision work runs: device choice, the precision policy, and process-level
+settings that make CPU work faster (none of which changes a result)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+
+import torch
+
+from auxgen.errors import AuxgenError
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _tuned = False
@@ -27,3 +33,20 @@ def tune_cpu_allocator() -> bool:
     except (OSError, AttributeError):  # musl or another libc without mallopt
         _tuned = False
     return _tuned
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` (CUDA when present), `cpu` or `cuda`; asking for CUDA without one is a user error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AuxgenError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """The one precision policy of train, evaluation, export and verify: bf16 autocast on CUDA
+    when asked for, float32 otherwise (CPU bf16 is slower than float32 on most CPUs)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

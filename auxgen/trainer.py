@@ -1,16 +1,19 @@
 """The training loop around Algorithm 1: data, schedule, metrics, checkpoints and resume.
 
-One loop serves every method (maxl, single, random, human), so comparisons are fair: the
-methods differ only in where the auxiliary targets of the training step come from.
+One loop serves every method, so comparisons are fair: the methods differ only in their
+`TargetSource`, i.e. where the auxiliary targets of the training step come from (the label
+generator, nowhere, fixed hard labels, or frozen soft labels with their stored views).
+verify's --retrain and the label-quality benchmark train through this same loop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
+import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,14 +29,17 @@ from auxgen.checkpoint import load_checkpoint, save_checkpoint, write_json_atomi
 from auxgen.config import TrainConfig
 from auxgen.data import Data, Split, apply_views, draw_views, load_data
 from auxgen.errors import AuxgenError
-from auxgen.hierarchy import Hierarchy, cifar100_human, parse_psi
-from auxgen.losses import block_entropy, focal_loss
-from auxgen.maxl import grad_cosine, maxl_iteration, train_step
-from auxgen.models import LabelGenerator, MultiTaskNet
+from auxgen.hierarchy import Hierarchy, hierarchy_for, random_labels
+from auxgen.label_stats import LabelStats
+from auxgen.losses import focal_loss
+from auxgen.maxl import grad_cosine, maxl_iteration, meta_step, train_step
+from auxgen.models import LabelGenerator, MultiTaskNet, build_models
 from auxgen.progress import TrainProgress
+from auxgen.runtime import autocast, pick_device
 
 CHECKPOINT_FORMAT = 1
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "summary.json")
+RUN_MARKER = ".auxgen-run"  # written by auxgen alone: how --force recognises a run it may replace
+RUN_FILES = (RUN_MARKER, "config.json", "metrics.jsonl", "checkpoints", "summary.json")
 SYNC_EVERY = 10  # steps between host syncs (NaN check, progress); exact step still reported
 
 
@@ -43,29 +49,28 @@ class Diverged(AuxgenError):
     exit_code = 1
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise AuxgenError("--device cuda asked for, but no CUDA device is available; use --device cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+@dataclass
+class TargetSource:
+    """Where the training step's auxiliary targets come from.
 
+    kind: "maxl" (the label generator, co-trained), "none" (single-task), "hard" (fixed class
+    per row: random, human, kmeans) or "soft" (frozen soft labels, e.g. an export).
+    `labels` is indexed by the row of data.train: hard [N] int64, soft [N, K], or with stored
+    views soft [N, V, K] and `views` [N, V, 3]; each step then shows a random stored view of
+    each image with that view's own label, so a label always matches the image it goes with.
+    """
 
-def hierarchy_for(cfg: TrainConfig, num_primary: int) -> tuple[Hierarchy, torch.Tensor | None]:
-    """psi of a run, and for --method human the fine-label -> auxiliary-label map."""
-    if cfg.method == "human":
-        if cfg.psi or cfg.psi_file:
-            raise AuxgenError("--method human takes psi from the CIFAR-100 hierarchy; drop --psi/--psi-file")
-        return cifar100_human(cfg.primary_level, cfg.aux_level)
-    return parse_psi(cfg.psi, cfg.psi_file, num_primary), None
+    kind: str
+    labels: torch.Tensor | None = None
+    views: torch.Tensor | None = None
 
-
-def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy) -> tuple[MultiTaskNet, LabelGenerator | None]:
-    """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images."""
-    model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width)
-    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width)
-           if cfg.method == "maxl" else None)
-    return model, gen
+    def __post_init__(self) -> None:
+        if self.kind not in ("maxl", "none", "hard", "soft"):
+            raise ValueError(f"unknown target source {self.kind!r}")
+        if (self.labels is None) != (self.kind in ("maxl", "none")):
+            raise ValueError(f"a {self.kind!r} target source {'needs' if self.labels is None else 'takes no'} labels")
+        if self.views is not None and (self.kind != "soft" or self.labels.dim() != 3):
+            raise ValueError("stored views go with soft labels of shape [N, V, K]")
 
 
 def lr_at(base: float, epoch: int, epochs: int) -> float:
@@ -74,25 +79,20 @@ def lr_at(base: float, epoch: int, epochs: int) -> float:
     return base * 0.5 ** sum(epoch > m for m in milestones if m > 0)
 
 
-def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.inference_mode()
 def evaluate(model: MultiTaskNet, split: Split, device: torch.device, batch_size: int,
-             gamma: float = 2.0) -> dict[str, float]:
-    """Primary-task loss and accuracy on a split, in eval mode, in a fixed order."""
+             gamma: float = 2.0, bf16: bool = False) -> dict[str, float]:
+    """Primary-task loss and accuracy on a split, in eval mode, in a fixed order, under the run's precision."""
     was_training = model.training
     model.eval()
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    for start in range(0, len(split), batch_size):
-        x = split.images[start:start + batch_size].to(device)
-        y = split.labels[start:start + batch_size].to(device)
-        pri, _ = model(x)
-        loss_sum += focal_loss(pri, y, gamma) * len(y)
-        correct += (pri.argmax(1) == y).sum()
+    with autocast(bf16, device):
+        for start in range(0, len(split), batch_size):
+            x = split.images[start:start + batch_size].to(device)
+            y = split.labels[start:start + batch_size].to(device)
+            pri, _ = model(x)
+            loss_sum += focal_loss(pri, y, gamma) * len(y)
+            correct += (pri.argmax(1) == y).sum()
     model.train(was_training)
     n = max(len(split), 1)
     return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "n": len(split)}
@@ -112,16 +112,34 @@ class Run:
     gen_optimizer: torch.optim.Optimizer | None
     train_idx: torch.Tensor   # rows of data.train that train theta1
     meta_idx: torch.Tensor    # rows held out for the meta step (empty: reuse training batches)
-    fixed_aux: torch.Tensor | None  # auxiliary class per training row (random / human), on the device
+    targets: TargetSource     # labels and views on the device
     train_images: torch.Tensor      # data.train on the device
     train_labels: torch.Tensor
 
 
-def setup(cfg: TrainConfig, data: Data | None = None) -> Run:
-    """Load data, build models and optimisers from a seed."""
+def default_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, human_map: torch.Tensor | None) -> TargetSource:
+    """The target source a method names: maxl, single, or fixed random / human labels."""
+    if cfg.method == "maxl":
+        return TargetSource("maxl")
+    if cfg.method == "single":
+        return TargetSource("none")
+    if cfg.method == "random":  # drawn once from the seed: a fixed random class inside each sample's true block
+        return TargetSource("hard", random_labels(hier, data.train.labels, torch.Generator().manual_seed(cfg.seed + 1)))
+    if cfg.method == "human":
+        return TargetSource("hard", human_map[data.train.fine])
+    raise AuxgenError(f"method {cfg.method!r} needs its targets passed in")
+
+
+def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | None = None,
+          train_idx: torch.Tensor | None = None) -> Run:
+    """Load data, build models and optimisers from a seed.
+
+    `targets` overrides the method's own target source (verify's --retrain passes frozen
+    labels); `train_idx` restricts training to those rows of data.train.
+    """
     device = pick_device(cfg.device)
     data = data or load_data(cfg)
-    hier, human_map = hierarchy_for(cfg, data.num_classes)
+    hier, human_map = hierarchy_for(cfg, data)
     torch.manual_seed(cfg.seed)
     model, gen = build_models(cfg, data.image_shape[0], hier)
     model.to(device)
@@ -134,32 +152,25 @@ def setup(cfg: TrainConfig, data: Data | None = None) -> Run:
         gen_optimizer = torch.optim.SGD(gen.parameters(), lr=cfg.gen_lr, weight_decay=l2)
 
     n = len(data.train)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
     if cfg.method == "maxl" and cfg.meta_split > 0:
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))
         n_meta = int(round(n * cfg.meta_split))
         if n_meta < 2 or n - n_meta < cfg.batch_size:
             raise AuxgenError(f"--meta-split {cfg.meta_split} leaves {n_meta} meta and {n - n_meta} "
                               f"training samples; need at least 2 and one batch ({cfg.batch_size})")
         meta_idx, train_idx = perm[:n_meta].sort().values, perm[n_meta:].sort().values
     else:
-        train_idx, meta_idx = torch.arange(n), torch.arange(0)
+        train_idx, meta_idx = (torch.arange(n) if train_idx is None else train_idx), torch.arange(0)
     if len(train_idx) < cfg.batch_size:
         raise AuxgenError(f"{len(train_idx)} training samples is fewer than one batch; lower --batch-size")
 
-    fixed_aux = None
-    labels = data.train.labels
-    if cfg.method == "random":
-        # drawn once from the seed: a fixed random class inside each sample's true block
-        draw = torch.rand(n, generator=g)
-        psi = torch.tensor(hier.psi)
-        fixed_aux = torch.tensor(hier.offsets)[labels] + (draw * psi[labels]).long()
-    elif cfg.method == "human":
-        fixed_aux = human_map[data.train.fine]
-    if fixed_aux is not None:
-        fixed_aux = fixed_aux.to(device)
+    targets = targets or default_targets(cfg, data, hier, human_map)
+    if (targets.kind == "maxl") != (gen is not None):
+        raise AuxgenError("a maxl target source needs --method maxl, and --method maxl needs one")
+    targets = TargetSource(targets.kind, None if targets.labels is None else targets.labels.to(device),
+                           None if targets.views is None else targets.views.to(device))
     return Run(cfg, data, hier, device, model, gen, optimizer, gen_optimizer, train_idx, meta_idx,
-               fixed_aux, data.train.images.to(device), data.train.labels.to(device))
+               targets, data.train.images.to(device), data.train.labels.to(device))
 
 
 def run_metadata(run: Run) -> dict[str, Any]:
@@ -180,27 +191,40 @@ def run_metadata(run: Run) -> dict[str, Any]:
             "train_fingerprint": d.split_fingerprint("train"), "test_fingerprint": d.split_fingerprint("test"),
             "num_train": len(d.train), "num_test": len(d.test), "num_meta": len(run.meta_idx),
             "image_shape": list(d.image_shape), "class_names": d.class_names,
-            "augment": d.augment, "pad": d.pad,
+            "fine_names": d.fine_names, "augment": d.augment, "pad": d.pad,
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` holds an auxgen run: the marker file only auxgen writes."""
+    return (path / RUN_MARKER).is_file()
+
+
 def prepare_out_dir(out: Path, force: bool) -> None:
     """Refuse a non-empty folder unless --force names an earlier auxgen run to replace."""
-    if out.exists() and not out.is_dir():
-        raise AuxgenError(f"--out {out} is a file, not a folder")
+    for parent in [out, *out.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AuxgenError(f"--out {out}: {parent} is a file, not a folder")
+            break
     if out.exists() and any(out.iterdir()):
         if not force:
             raise AuxgenError(f"--out {out} is not empty; pass --resume to continue that run or "
                               f"--force to replace it")
-        if not (out / "config.json").is_file():
-            raise AuxgenError(f"--out {out} is not empty and holds no auxgen run; refusing to delete "
-                              f"its files even with --force")
+        if not is_run_dir(out):
+            raise AuxgenError(f"--out {out} is not empty and holds no auxgen run (no {RUN_MARKER} file); "
+                              f"refusing to delete its files even with --force")
         for name in RUN_FILES:
             p = out / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AuxgenError(f"--out {out} cannot be created ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise AuxgenError(f"--out {out} is not writable")
 
 
 def _state(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
@@ -222,16 +246,50 @@ def _state(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
     }
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show: bool = True,
-          on_epoch_end: Callable[[dict[str, Any]], None] | None = None, data: Data | None = None
-          ) -> dict[str, Any]:
+def _restore(run: Run, out: Path, gens: dict[str, torch.Generator]) -> tuple[list[dict], tuple[float, int], int, int]:
+    """Load checkpoints/last.pt into the run; (history, best, next epoch, global step)."""
+    last = out / "checkpoints" / "last.pt"
+    if not last.is_file():
+        if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip():
+            raise AuxgenError(f"--resume {out}: metrics.jsonl records finished epochs but checkpoints/last.pt is "
+                              f"missing; the run cannot continue (start a new one)")
+        print(f"note: {out} has no checkpoints/last.pt (no epoch finished); starting from epoch 1", file=sys.stderr)
+        return [], (-1.0, 0), 1, 0
+    state = load_checkpoint(last)
+    if state.get("psi") != list(run.hier.psi):
+        raise AuxgenError(f"--resume {out}: checkpoints/last.pt has psi {state.get('psi')} but config.json gives "
+                          f"{list(run.hier.psi)}; config.json no longer matches the checkpoint")
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        if run.generator is not None:
+            run.generator.load_state_dict(state["generator"])
+            run.gen_optimizer.load_state_dict(state["gen_optimizer"])
+        for k, g in gens.items():
+            g.set_state(state["rng"][k])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AuxgenError(f"--resume {out}: checkpoints/last.pt does not fit the run's config.json "
+                          f"({first[:160]}); was config.json edited?") from None
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["history"], (state["best_acc"], state["best_epoch"]), state["epoch"] + 1, state["global_step"]
+
+
+def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: bool = True,
+          on_epoch_end: Callable[[dict[str, Any]], None] | None = None, data: Data | None = None,
+          targets: TargetSource | None = None, train_idx: torch.Tensor | None = None,
+          return_run: bool = False) -> dict[str, Any]:
     """Train a run into `out` (config.json, metrics.jsonl, checkpoints/); returns the summary.
 
     With resume=True the run continues from checkpoints/last.pt with every optimiser, schedule
     and RNG state restored, so it ends exactly as an uninterrupted run would (on CPU).
+    out=None trains in memory and writes nothing (verify's --retrain, benchmarks); with
+    return_run=True the summary carries the trained `Run` under "run".
     """
-    out = Path(out)
-    run = setup(cfg, data)
+    out = None if out is None else Path(out)
+    run = setup(cfg, data, targets, train_idx)
     meta = run_metadata(run)
     gens = {"data": torch.Generator().manual_seed(cfg.seed + 2),
             "aug": torch.Generator().manual_seed(cfg.seed + 3)}
@@ -243,29 +301,17 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show: bool = 
             raise AuxgenError(f"the dataset differs from the one {out} was trained on "
                               f"(fingerprint mismatch); resume needs the same data")
         meta = saved
-        last = out / "checkpoints" / "last.pt"
-        if last.is_file():
-            state = load_checkpoint(last)
-            run.model.load_state_dict(state["model"])
-            run.optimizer.load_state_dict(state["optimizer"])
-            if run.generator is not None:
-                run.generator.load_state_dict(state["generator"])
-                run.gen_optimizer.load_state_dict(state["gen_optimizer"])
-            for k, g in gens.items():
-                g.set_state(state["rng"][k])
-            torch.set_rng_state(state["rng"]["torch"])
-            if "cuda" in state["rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            history, best = state["history"], (state["best_acc"], state["best_epoch"])
-            start_epoch, step = state["epoch"] + 1, state["global_step"]
-    write_json_atomic(out / "config.json", meta)
+        history, best, start_epoch, step = _restore(run, out, gens)
+    if out is not None:
+        write_json_atomic(out / "config.json", meta)
+        write_text_atomic(out / RUN_MARKER, f"auxgen run directory (auxgen {auxgen.__version__})\n")
 
     progress = TrainProgress(cfg.epochs, enabled=show)
     warned: set[str] = set()
     with progress:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            metrics, step = _train_epoch(run, epoch, step, gens, progress)
-            ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma)
+            metrics, step = _train_epoch(run, epoch, step, gens, progress, out)
+            ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma, cfg.bf16)
             metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
             found = _collapse_warnings(run, metrics, epoch)
             metrics["warnings"] = list(found.values())
@@ -277,37 +323,45 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, show: bool = 
             improved = metrics["test_acc"] > best[0]
             if improved:
                 best = (metrics["test_acc"], epoch)
-            state = _state(run, epoch, step, gens, history, best)
-            save_checkpoint(state, out / "checkpoints" / "last.pt")
-            if improved:
-                save_checkpoint(state, out / "checkpoints" / "best.pt")
-            write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+            if out is not None:
+                state = _state(run, epoch, step, gens, history, best)
+                save_checkpoint(state, out / "checkpoints" / "last.pt")
+                if improved:
+                    save_checkpoint(state, out / "checkpoints" / "best.pt")
+                write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
             progress.end_epoch(metrics)
             if on_epoch_end is not None:
                 on_epoch_end(metrics)
-    summary = {"run_dir": str(out), "method": cfg.method, "epochs": len(history),
-               "final_test_acc": history[-1]["test_acc"] if history else None,
-               "best_test_acc": best[0], "best_epoch": best[1],
-               "aux_usage_entropy": history[-1].get("aux_usage_entropy") if history else None,
-               "aux_usage_entropy_max": history[-1].get("aux_usage_entropy_max") if history else None,
-               "aux_sample_entropy_frac": history[-1].get("aux_sample_entropy_frac") if history else None}
-    write_json_atomic(out / "summary.json", summary)
+    last = history[-1] if history else {}
+    summary = {"run_dir": None if out is None else str(out), "method": cfg.method, "epochs": len(history),
+               "final_test_acc": last.get("test_acc"), "best_test_acc": best[0], "best_epoch": best[1],
+               **{k: last.get(k) for k in ("aux_usage_entropy", "aux_usage_entropy_max", "aux_block_usage_frac",
+                                           "aux_sample_entropy_frac")},
+               "history": [m["test_acc"] for m in history]}
+    if out is not None:
+        write_json_atomic(out / "summary.json", summary)
+    if return_run:
+        summary["run"] = run
     return summary
 
 
-def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
-                 progress: TrainProgress) -> tuple[dict[str, Any], int]:
-    cfg, data, dev, hier = run.cfg, run.data, run.device, run.hier
-    lr, gen_lr = lr_at(cfg.lr, epoch, cfg.epochs), lr_at(cfg.gen_lr, epoch, cfg.epochs)
-    for group in run.optimizer.param_groups:
+def _set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
+    for group in optimizer.param_groups if optimizer is not None else []:
         group["lr"] = lr
-    if run.gen_optimizer is not None:
-        for group in run.gen_optimizer.param_groups:
-            group["lr"] = gen_lr
+
+
+def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
+                 progress: TrainProgress, out: Path | None) -> tuple[dict[str, Any], int]:
+    cfg, data, dev, hier, src = run.cfg, run.data, run.device, run.hier, run.targets
+    lr, gen_lr = lr_at(cfg.lr, epoch, cfg.epochs), lr_at(cfg.gen_lr, epoch, cfg.epochs)
+    _set_lr(run.optimizer, lr)
+    _set_lr(run.gen_optimizer, gen_lr)
     l1 = cfg.gen_weight_decay if cfg.gen_decay == "l1" else 0.0  # l2 is in the optimiser
     run.model.train()
     if run.generator is not None:
         run.generator.train()
+    maxl = src.kind == "maxl"
+    alternate = maxl and cfg.schedule == "alternate"
 
     # the training set lives on the device (put there once per run): batches and augmentation
     # never cross the host-device boundary
@@ -317,41 +371,49 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     meta_order = (run.meta_idx[torch.randperm(len(run.meta_idx), generator=gens["data"])]
                   if len(run.meta_idx) else None)
 
-    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images (augmented), primary labels and fixed targets of rows `idx`."""
         idx = idx.to(dev)
-        x = images[idx]
-        if data.augment:  # views are drawn on the CPU generator, so runs replay on any device
-            x = apply_views(x, draw_views(len(idx), data.pad, gens["aug"]), data.pad)
-        return x, labels[idx]
+        x, target = images[idx], None
+        if src.views is not None:  # a random stored view per row, with that view's label
+            v = torch.randint(0, src.views.shape[1], (len(idx),), generator=gens["aug"]).to(dev)
+            x = apply_views(x, src.views[idx, v], data.pad)
+            target = src.labels[idx, v]
+        else:
+            if data.augment:  # views are drawn on the CPU generator, so runs replay on any device
+                x = apply_views(x, draw_views(len(idx), data.pad, gens["aug"]), data.pad)
+            if src.kind == "hard":
+                target = F.one_hot(src.labels[idx], hier.num_aux).float()
+            elif src.kind == "soft":
+                target = src.labels[idx].float()
+        return x, labels[idx], target
 
-    zero = torch.zeros((), device=dev)
-    sums = {k: zero.clone() for k in ("pri", "aux", "before", "after", "sample_h", "sample_frac")}
-    correct, n_frac = torch.zeros((), dtype=torch.long, device=dev), torch.zeros((), dtype=torch.long, device=dev)
-    usage = torch.zeros(hier.num_aux, device=dev)
-    log_psi = torch.tensor(hier.psi, dtype=torch.float32, device=dev).log()
+    sums = {k: torch.zeros((), device=dev) for k in ("pri", "aux", "before", "after")}
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    stats = LabelStats(hier.psi, dev)
     cosines: list[float] = []
     recent: list[torch.Tensor] = []
     t0 = time.perf_counter()
     progress.start_epoch(epoch, n_steps)
-    amp = autocast(cfg, dev)
+    amp = autocast(cfg.bf16, dev)
+    maxl_args = dict(alpha=lr, gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
+                     l1_decay=l1)
     for i in range(n_steps):
-        idx = order[i * B:(i + 1) * B]
-        x, y = batch(idx)
+        x, y, target = batch(order[i * B:(i + 1) * B])
         with amp:
-            if cfg.method == "maxl":
+            if maxl and not alternate:
                 meta_batch = None
                 if meta_order is not None:
-                    meta_batch = batch(meta_order[(i * B + torch.arange(B)) % len(meta_order)])
-                out = maxl_iteration(run.model, run.generator, run.optimizer, run.gen_optimizer, x, y, alpha=lr,
-                                     gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
-                                     l1_decay=l1, meta_batch=meta_batch, fused=cfg.fused_lookahead)
-                loss_pri, loss_aux, ok, target = out["loss_pri"], out["loss_aux"], out["correct"], out["target"]
-                after = out["meta_after"]
-                sums["before"] += out["meta_before"]
-                sums["after"] += after
+                    meta_batch = batch(meta_order[(i * B + torch.arange(B)) % len(meta_order)])[:2]
+                res = maxl_iteration(run.model, run.generator, run.optimizer, run.gen_optimizer, x, y,
+                                     meta_batch=meta_batch, fused=cfg.fused_lookahead, **maxl_args)
+                loss_pri, loss_aux, ok, target = res["loss_pri"], res["loss_aux"], res["correct"], res["target"]
+                sums["before"] += res["meta_before"]
+                sums["after"] += res["meta_after"]
             else:
-                target = (F.one_hot(run.fixed_aux[idx.to(dev)], hier.num_aux).float()
-                          if cfg.method in ("random", "human") else None)
+                if maxl:  # alternate: this pass trains theta1 only, on the generator's current labels
+                    with torch.no_grad():
+                        target = run.generator(x, y)
                 loss_pri, loss_aux, ok = train_step(run.model, run.optimizer, x, y, target, cfg.gamma)
             if cfg.cosine_every and target is not None and step % cfg.cosine_every == 0:
                 # measured right after the step, on the same batch and targets
@@ -360,52 +422,68 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
         sums["pri"] += loss_pri
         sums["aux"] += loss_aux
         correct += ok
-        recent.append(loss_pri + loss_aux + (after if cfg.method == "maxl" else 0.0))
+        recent.append(loss_pri + loss_aux + (res["meta_after"] if maxl and not alternate else 0.0))
         if target is not None:
-            usage += target.float().sum(0)
-            h = block_entropy(target.float())
-            sums["sample_h"] += h.sum()
-            multi = log_psi[y] > 0
-            sums["sample_frac"] += (h[multi] / log_psi[y][multi]).sum()
-            n_frac += multi.sum()
+            stats.add(target, y)
         if (i + 1) % SYNC_EVERY == 0 or i + 1 == n_steps:
-            bad = (~torch.isfinite(torch.stack(recent))).nonzero()
-            if len(bad):
-                at = i + 1 - len(recent) + int(bad[0])
-                raise Diverged(f"loss became NaN/Inf at epoch {epoch}, step {at + 1}/{n_steps}; stopped. "
-                               f"The last good checkpoint is checkpoints/last.pt (epoch {epoch - 1}); "
-                               f"try a lower --lr or --gen-lr")
+            _check_finite(recent, i + 1 - len(recent), epoch, n_steps, out)
             recent = []
             progress.update(i + 1, {"loss": float(sums["pri"]) / (i + 1), "acc": int(correct) / ((i + 1) * B)})
+
+    if alternate:  # the authors' code: a separate, reshuffled pass of meta steps from the trained theta1
+        meta_rows = run.train_idx if meta_order is None else run.meta_idx
+        meta_order = meta_rows[torch.randperm(len(meta_rows), generator=gens["data"])]
+        for i in range(len(meta_order) // B):
+            mx, my, _ = batch(meta_order[i * B:(i + 1) * B])
+            with amp:
+                before, after = meta_step(run.model, run.generator, run.gen_optimizer, mx, my, run.generator(mx, my),
+                                          **maxl_args)
+            sums["before"] += before
+            sums["after"] += after
+            recent.append(after)
+        _check_finite(recent, 0, epoch, n_steps, out)
 
     n = max(n_steps, 1)
     m: dict[str, Any] = {"epoch": epoch, "steps": n_steps, "lr": lr,
                          "train_loss_pri": float(sums["pri"]) / n, "train_loss_aux": float(sums["aux"]) / n,
                          "train_acc": int(correct) / (n * B)}
-    if cfg.method == "maxl":
-        m.update(gen_lr=gen_lr, meta_loss_before=float(sums["before"]) / n, meta_loss_after=float(sums["after"]) / n)
-    if cfg.method != "single":
-        p = usage / usage.sum().clamp_min(1e-12)
-        m.update(aux_usage_entropy=float(-torch.special.xlogy(p, p).sum()),
-                 aux_usage_entropy_max=math.log(hier.num_aux),
-                 aux_sample_entropy=float(sums["sample_h"]) / (n * B),
-                 aux_sample_entropy_frac=float(sums["sample_frac"]) / max(int(n_frac), 1))
+    if maxl:
+        m_steps = n if not alternate else max(len(meta_order) // B, 1)
+        m.update(gen_lr=gen_lr, meta_loss_before=float(sums["before"]) / m_steps,
+                 meta_loss_after=float(sums["after"]) / m_steps)
+    if src.kind != "none":
+        m.update(stats.summary())
     if cosines:
         m["grad_cosine"] = sum(cosines) / len(cosines)
     m["time_s"] = time.perf_counter() - t0
     return m, step
 
 
+def _check_finite(recent: list[torch.Tensor], first: int, epoch: int, n_steps: int, out: Path | None) -> None:
+    """Stop on a NaN/Inf loss, naming only checkpoints that exist."""
+    if not recent:
+        return
+    bad = (~torch.isfinite(torch.stack([torch.as_tensor(r, dtype=torch.float32) for r in recent]))).nonzero()
+    if not len(bad):
+        return
+    last = None if out is None else out / "checkpoints" / "last.pt"
+    where = (f"the last good checkpoint is {last} (epoch {epoch - 1})" if last is not None and last.is_file()
+             else "no checkpoint was written")
+    raise Diverged(f"loss became NaN/Inf at epoch {epoch}, step {first + int(bad[0]) + 1}/{n_steps}; stopped; "
+                   f"{where}; try a lower --lr or --gen-lr")
+
+
 def _collapse_warnings(run: Run, m: dict[str, Any], epoch: int) -> dict[str, str]:
     """The generator's two failure modes (kind -> message), once training is a quarter through (or at the end)."""
-    if run.cfg.method != "maxl" or (epoch <= run.cfg.epochs / 4 and epoch < run.cfg.epochs):
+    if run.targets.kind != "maxl" or (epoch <= run.cfg.epochs / 4 and epoch < run.cfg.epochs):
         return {}
     out = {}
-    if run.hier.num_aux > 1 and m["aux_usage_entropy"] < 0.5 * m["aux_usage_entropy_max"]:
-        out["collapse"] = (f"auxiliary classes collapsing: usage entropy {m['aux_usage_entropy']:.3f} is under half "
-                   f"its maximum {m['aux_usage_entropy_max']:.3f}; consider a larger --entropy-weight")
-    if m["aux_sample_entropy_frac"] > 0.95 and max(run.hier.psi) > 1:
+    block = m.get("aux_block_usage_frac")
+    if block is not None and block < 0.5:
+        out["collapse"] = (f"auxiliary classes collapsing: usage inside each primary class's block is "
+                           f"{100 * block:.1f}% of its maximum entropy; consider a larger --entropy-weight")
+    if m["aux_sample_entropy_frac"] is not None and m["aux_sample_entropy_frac"] > 0.95:
         out["uniform"] = (f"soft labels nearly uniform inside their blocks (per-sample entropy "
-                   f"{100 * m['aux_sample_entropy_frac']:.1f}% of its maximum): the auxiliary task adds little "
-                   f"beyond the primary labels; measure its value with `auxgen verify --retrain`")
+                          f"{100 * m['aux_sample_entropy_frac']:.1f}% of its maximum): the auxiliary task adds little "
+                          f"beyond the primary labels; measure its value with `auxgen verify --retrain`")
     return out

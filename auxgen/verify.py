@@ -11,6 +11,7 @@ Nothing here writes anywhere: the run and the export are only read.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from auxgen.checkpoint import sha256_file
-from auxgen.data import Data, apply_views, draw_views
+from auxgen.data import Data, apply_views
 from auxgen.errors import AuxgenError
 from auxgen.export.format import (
     FORMAT_NAME,
@@ -36,10 +37,9 @@ from auxgen.export.format import (
     wds_key,
 )
 from auxgen.export.script import load_generator_script
-from auxgen.maxl import train_step
-from auxgen.models import MultiTaskNet
 from auxgen.run import LoadedRun, load_run, load_run_data, read_run_config
-from auxgen.trainer import autocast, evaluate, lr_at
+from auxgen.runtime import autocast
+from auxgen.trainer import TargetSource, evaluate, train
 
 # How far a stored row may be from the value it stands for, per stored dtype. Storing rounds
 # each value to half an ulp (float16: 2^-11 relative), so the sum of a row is off by about that
@@ -90,8 +90,7 @@ def check_evaluation(run: LoadedRun, data: Data, tolerance: float = 0.0) -> Chec
     """Evaluate the checkpoint on the test split exactly as training did and compare."""
     cfg = run.cfg
     recorded = run.recorded_test_acc()
-    with autocast(cfg, run.device):
-        ev = evaluate(run.model, data.test, run.device, cfg.eval_batch_size, cfg.gamma)
+    ev = evaluate(run.model, data.test, run.device, cfg.eval_batch_size, cfg.gamma, cfg.bf16)
     recorded_data = run.meta.get("data", {})
     now = {"fingerprint": data.fingerprint(), "train_fingerprint": data.split_fingerprint("train"),
            "test_fingerprint": data.split_fingerprint("test")}
@@ -522,7 +521,7 @@ def soft_labels(run: LoadedRun, images: torch.Tensor, primary: torch.Tensor, bat
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(run.device)
         y = primary[start:start + batch_size].to(run.device)
-        with autocast(run.cfg, run.device):
+        with autocast(run.cfg.bf16, run.device):
             out.append(run.generator(x, y).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, run.hier.num_aux)
 
@@ -621,49 +620,29 @@ def _check_generator_script(run: LoadedRun, data: Data, export: Export, chosen: 
 # ------------------------------------------------------------------------------ 4. label quality
 def retrain(run: LoadedRun, data: Data, train_index: torch.Tensor, targets: torch.Tensor | None,
             epochs: int, seed: int, views: torch.Tensor | None = None) -> dict[str, Any]:
-    """Train a fresh MultiTaskNet on frozen targets (None: single-task) as the trainer would.
+    """Train a fresh multi-task network on frozen targets (None: single-task) through the trainer.
 
-    Same components as auxgen.trainer: seed, SGD, the lr_at schedule, augmentation views,
-    maxl.train_step and evaluate. `targets` [N, K] (or [N, V, K] with `views` [N, V, 3]) are the
-    labels of the training rows `train_index`; with views each step uses a random stored view
-    and its own label, so the label always matches the image it is shown with.
+    `targets` [N, K] (or [N, V, K] with `views` [N, V, 3]) are the labels of the training rows
+    `train_index`; the trainer's one loop, schedule and precision policy do the rest.
     """
-    cfg, dev = run.cfg, run.device
-    torch.manual_seed(seed)
-    model = MultiTaskNet(cfg.backbone, data.image_shape[0], run.hier.num_primary, run.hier.num_aux, cfg.width)
-    model.to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    g_data, g_aug = torch.Generator().manual_seed(seed + 2), torch.Generator().manual_seed(seed + 3)
-    images, labels, B = data.train.images, data.train.labels, cfg.batch_size
-    if len(train_index) < B:
-        raise AuxgenError(f"the export holds {len(train_index)} training samples, fewer than one batch ({B})")
-    history = []
-    for epoch in range(1, epochs + 1):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg.lr, epoch, epochs)
-        model.train()
-        order = torch.randperm(len(train_index), generator=g_data)
-        for i in range(len(order) // B):
-            rows = order[i * B:(i + 1) * B]
-            idx = train_index[rows]
-            x, target = images[idx], None
-            if views is not None:
-                v = torch.randint(0, views.shape[1], (len(rows),), generator=g_aug)
-                x = apply_views(x, views[rows, v], data.pad)
-                if targets is not None:
-                    target = targets[rows, v]
-            else:
-                if data.augment:
-                    x = apply_views(x, draw_views(len(idx), data.pad, g_aug), data.pad)
-                if targets is not None:
-                    target = targets[rows]
-            with autocast(cfg, dev):
-                train_step(model, opt, x.to(dev), labels[idx].to(dev),
-                           None if target is None else target.to(dev), cfg.gamma)
-        with autocast(cfg, dev):
-            ev = evaluate(model, data.test, dev, cfg.eval_batch_size, cfg.gamma)
-        history.append(ev["acc"])
-    return {"acc": history[-1], "best_acc": max(history), "history": history}
+    n = len(data.train)
+    if targets is None:
+        source = TargetSource("none")
+    else:
+        full = torch.zeros((n, *targets.shape[1:]), dtype=torch.float32)
+        full[train_index] = targets.float()
+        full_views = None
+        if views is not None:
+            full_views = torch.zeros((n, *views.shape[1:]), dtype=torch.long)
+            full_views[train_index] = views.long()
+        source = TargetSource("soft", full, full_views)
+    cfg = dataclasses.replace(run.cfg, method="single", epochs=epochs, seed=seed, meta_split=0.0,
+                              fused_lookahead=False)
+    if len(train_index) < cfg.batch_size:
+        raise AuxgenError(f"the export holds {len(train_index)} training samples, fewer than one batch "
+                          f"({cfg.batch_size})")
+    s = train(cfg, None, show=False, data=data, targets=source, train_idx=train_index)
+    return {"acc": s["final_test_acc"], "best_acc": max(s["history"]), "history": s["history"]}
 
 
 def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed: int | None = None,

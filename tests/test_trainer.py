@@ -94,8 +94,8 @@ def test_meta_split_holds_out_data():
 def test_random_labels_fixed_inside_true_block():
     run = setup(tiny_config(method="random", psi="3"))
     y = run.data.train.labels
-    assert torch.equal(run.hier.block_id()[run.fixed_aux], y)
-    assert torch.equal(setup(tiny_config(method="random", psi="3")).fixed_aux, run.fixed_aux)
+    assert torch.equal(run.hier.block_id()[run.targets.labels], y)
+    assert torch.equal(setup(tiny_config(method="random", psi="3")).targets.labels, run.targets.labels)
 
 
 def test_human_labels_on_cifar100(tmp_path):
@@ -103,10 +103,10 @@ def test_human_labels_on_cifar100(tmp_path):
     run = setup(tiny_config(dataset="cifar100", data_root=str(root), method="human", primary_level=3,
                             aux_level=10, batch_size=16))
     assert run.hier.psi == (5, 1, 4)
-    assert torch.equal(run.hier.block_id()[run.fixed_aux], run.data.train.labels)
+    assert torch.equal(run.hier.block_id()[run.targets.labels], run.data.train.labels)
     train(run.cfg, tmp_path / "h", show=False)
-    with pytest.raises(AuxgenError, match="human"):
-        tiny_config(method="human")
+    with pytest.raises(AuxgenError, match="needs fine labels"):
+        setup(tiny_config(method="human"))  # plain digits have no label tree
 
 
 def test_schedule_halves_at_quarters():
@@ -133,3 +133,90 @@ def test_out_dir_safety(tmp_path):
     with pytest.raises(AuxgenError, match="holds no auxgen run"):
         prepare_out_dir(other, force=True)
     assert (other / "notes.txt").read_text() == "keep me"
+    (other / "config.json").write_text("{}")  # a file of that name does not make a folder an auxgen run
+    with pytest.raises(AuxgenError, match="holds no auxgen run"):
+        prepare_out_dir(other, force=True)
+    assert (other / "notes.txt").read_text() == "keep me" and (other / "config.json").read_text() == "{}"
+
+
+def test_force_replaces_only_an_auxgen_run(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(epochs=1), out, show=False)
+    (out / "mine.txt").write_text("keep")
+    prepare_out_dir(out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_out_under_a_file_is_one_line_error(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(AuxgenError, match="is a file"):
+        prepare_out_dir(tmp_path / "f" / "run", force=False)
+
+
+def test_nan_without_any_checkpoint_names_none(tmp_path):
+    with pytest.raises(Diverged, match="no checkpoint was written") as e:
+        train(tiny_config(epochs=1, lr=1e12, gen_lr=1e12), tmp_path / "r", show=False)
+    assert "last.pt" not in str(e.value)
+
+
+def test_resume_without_last_checkpoint(tmp_path, capsys):
+    cfg = tiny_config(epochs=1)
+    out = tmp_path / "r"
+    train(cfg, out, show=False)
+    (out / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(AuxgenError, match="last.pt is missing"):  # finished epochs would be lost silently
+        train(cfg, out, resume=True, show=False)
+    (out / "metrics.jsonl").unlink()  # killed before the first epoch ended: start over, and say so
+    train(cfg, out, resume=True, show=False)
+    assert "starting from epoch 1" in capsys.readouterr().err
+
+
+def test_resume_with_edited_config_is_one_line_error(tmp_path):
+    cfg = tiny_config(epochs=1)
+    out = tmp_path / "r"
+    train(cfg, out, show=False)
+    meta = json.loads((out / "config.json").read_text())
+    meta["train"]["width"] = 16  # the checkpoint's tensors no longer fit
+    (out / "config.json").write_text(json.dumps(meta))
+    from auxgen.config import TrainConfig
+    with pytest.raises(AuxgenError, match="does not fit"):
+        train(TrainConfig.from_dict(meta["train"]), out, resume=True, show=False)
+
+
+def test_digit_groups_are_a_label_tree():
+    run = setup(tiny_config(method="human", primary_groups=5))
+    d = run.data
+    assert d.num_classes == 5 and d.fine_parent == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4] and run.hier.psi == (2,) * 5
+    assert torch.equal(d.train.labels, d.train.fine // 2)
+    # the human label of a digit is its place inside its group's block
+    assert torch.equal(run.targets.labels, d.train.fine)
+    assert setup(tiny_config(primary_groups=2)).hier.psi == (5, 5)  # maxl takes the tree's psi by default
+    assert setup(tiny_config(primary_groups=2, psi="3")).hier.psi == (3, 3)
+
+
+def test_frozen_soft_labels_with_views_train(tmp_path):
+    """verify's --retrain path: soft labels per stored view, each step shows a view with its own label."""
+    from auxgen.trainer import TargetSource
+
+    base = setup(tiny_config(method="single", psi="2", augment="on"))
+    n, k = len(base.data.train), base.hier.num_aux
+    views = torch.stack([torch.tensor([[base.data.pad, base.data.pad, 0], [0, 0, 1]])] * n)
+    soft = torch.zeros(n, 2, k)
+    soft[torch.arange(n), 0, base.hier.offsets[0]] = 1.0
+    soft[torch.arange(n), 1, base.hier.offsets[0] + 1] = 1.0
+    cfg = tiny_config(method="single", psi="2", augment="on", epochs=1)
+    s = train(cfg, None, show=False, targets=TargetSource("soft", soft, views), return_run=True)
+    assert s["run_dir"] is None and 0 <= s["final_test_acc"] <= 1
+    assert s["run"].targets.views.shape == (n, 2, 3)
+
+
+def test_alternate_schedule_trains_and_resumes_exactly(tmp_path):
+    cfg = tiny_config(epochs=2, schedule="alternate")
+    full = train(cfg, tmp_path / "a", show=False)
+    assert full["epochs"] == 2
+    train(tiny_config(epochs=1, schedule="alternate"), tmp_path / "b", show=False)
+    train(cfg, tmp_path / "b", resume=True, show=False)
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
+    for k, v in a["generator"].items():
+        assert torch.equal(v, b["generator"][k]), k
