@@ -17,34 +17,31 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import h5py
 import numpy as np
+
+if __package__:
+    from . import _common
+else:  # run as a script: python pipelines/numpy_reader.py
+    import _common
 
 FIELDS = ("index", "primary", "aux_soft", "aux_hard", "entropy")
 
 
 def apply_view(image: np.ndarray, dy: int, dx: int, flip: int, pad: int) -> np.ndarray:
     """docs/format.md's view rule for one [C, H, W] image: zero-pad by `pad`, crop, mirror if flip."""
-    c, h, w = image.shape
-    out = np.pad(image, ((0, 0), (pad, pad), (pad, pad)))[:, dy:dy + h, dx:dx + w]
-    return out[:, :, ::-1].copy() if flip else out
+    return _common.apply_view(image, (dy, dx, flip), pad)
 
 
 class LabelFile:
     """An auxgen HDF5 export; its label arrays are read once into memory (they are small next to images)."""
 
     def __init__(self, path: str) -> None:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != "auxgen-labels":
-                raise ValueError(f"{path} is not an auxgen label export (format attribute missing)")
-            self.attrs: dict[str, Any] = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                                          for k, v in f.attrs.items()}
+        with _common.open_export(path) as f:
+            self.attrs: dict[str, Any] = _common.read_attrs(f)
             self.splits: dict[str, dict[str, np.ndarray]] = {}
             for name in f:
-                g = f[name]
-                arrays = {k: g[k][()] for k in (*FIELDS, "views") if k in g}
-                arrays["keys"] = np.array([k.decode() if isinstance(k, bytes) else k for k in g["keys"][()]],
-                                          dtype=object)
+                arrays = _common.read_arrays(f[name], (*FIELDS, "views"))
+                arrays["keys"] = np.array(arrays["keys"], dtype=object)
                 self.splits[name] = arrays
         self.psi = [int(p) for p in self.attrs["psi"]]
         self.num_primary, self.num_aux = int(self.attrs["num_primary"]), int(self.attrs["num_aux"])

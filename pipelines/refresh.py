@@ -26,20 +26,17 @@ from typing import Any
 import torch
 
 if __package__:
-    from .torch_frozen import TwoHeadNet, apply_view, soft_focal_loss
+    from ._common import apply_views
+    from .torch_frozen import TwoHeadNet, soft_focal_loss
     from .wds_stream import shard_urls, stream
 else:  # run as a script: python pipelines/refresh.py
-    from torch_frozen import TwoHeadNet, apply_view, soft_focal_loss
+    from _common import apply_views
+    from torch_frozen import TwoHeadNet, soft_focal_loss
     from wds_stream import shard_urls, stream
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def apply_views(images: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Tensor:
-    """A view per image of a uint8 batch [B, C, H, W]; views [B, 3] = (dy, dx, flip)."""
-    return torch.stack([apply_view(im, v, pad) for im, v in zip(images, views, strict=True)])
 
 
 class RefreshedTargets:

@@ -20,50 +20,33 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+if __package__:
+    from ._common import apply_view, collate, open_export, read_arrays, read_attrs, take_view, to_uint8_chw
+else:  # run as a script: python pipelines/torch_frozen.py
+    from _common import apply_view, collate, open_export, read_arrays, read_attrs, take_view, to_uint8_chw
+
 
 # ------------------------------------------------------------------------------ reading and views
 def read_split(path: str | Path, split: str = "train") -> dict[str, Any]:
     """One split of an HDF5 export as numpy arrays, plus the file attributes under "attrs"."""
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != "auxgen-labels":
-            raise ValueError(f"{path} is not an auxgen label export")
+    with open_export(path) as f:
         if split not in f:
             raise KeyError(f"{path} has no {split!r} split (has {', '.join(f)})")
-        g = f[split]
-        out: dict[str, Any] = {k: g[k][()] for k in ("index", "primary", "aux_soft", "aux_hard", "views") if k in g}
-        out["keys"] = [k.decode() if isinstance(k, bytes) else str(k) for k in g["keys"][()]]
-        out["attrs"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
+        out = read_arrays(f[split], ("index", "primary", "aux_soft", "aux_hard", "views"))
+        out["attrs"] = read_attrs(f)
     return out
-
-
-def apply_view(image: torch.Tensor, view: torch.Tensor | Iterable[int], pad: int) -> torch.Tensor:
-    """docs/format.md's view rule on [C, H, W]: zero-pad by `pad`, rows dy..dy+H, cols dx..dx+W, then flip."""
-    dy, dx, flip = (int(v) for v in view)
-    h, w = image.shape[-2:]
-    out = F.pad(image, (pad, pad, pad, pad))[..., dy:dy + h, dx:dx + w]
-    return out.flip(-1) if flip else out
 
 
 def random_view(pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random crop-with-padding and flip, (dy, dx, flip), as auxgen trains with."""
     return torch.cat([torch.randint(0, 2 * pad + 1, (2,), generator=generator),
                       torch.randint(0, 2, (1,), generator=generator)])
-
-
-def to_uint8_chw(image: Any) -> torch.Tensor:
-    """A PIL image, HWC/HW numpy array or CHW tensor as a CHW tensor (uint8 kept as uint8)."""
-    if isinstance(image, torch.Tensor):
-        return image if image.dim() == 3 else image[None]
-    arr = np.asarray(image)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.array(arr, copy=True))
 
 
 def default_locate(base: Any) -> Callable[[str], int]:
@@ -114,7 +97,7 @@ class FrozenLabels(Dataset):
         aux = self.aux_soft[j]
         if self.views is not None:
             v = int(torch.randint(0, self.views.shape[1], ())) if self.view == "random" else 0
-            image, aux = apply_view(image, self.views[j, v], self.pad), aux[v]
+            image, aux = take_view(image, aux, self.views[j], v, self.pad)
         elif self.augment and self.pad:
             image = apply_view(image, random_view(self.pad), self.pad)
         return image, int(self.primary[j]), aux
@@ -216,11 +199,6 @@ def base_dataset(name: str, root: str, split: str) -> Any:
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "mnist": datasets.MNIST,
            "fashion-mnist": datasets.FashionMNIST}[name]
     return cls(root, train=train)
-
-
-def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, y, aux = zip(*batch, strict=True)
-    return torch.stack(x), torch.tensor(y), torch.stack(aux)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

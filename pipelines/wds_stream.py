@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
 if __package__:
-    from .torch_frozen import TwoHeadNet, accuracy, apply_view, train_epoch
+    from ._common import collate, decode_png, take_view
+    from .torch_frozen import TwoHeadNet, accuracy, train_epoch
 else:  # run as a script: python pipelines/wds_stream.py
-    from torch_frozen import TwoHeadNet, accuracy, apply_view, train_epoch
+    from _common import collate, decode_png, take_view
+    from torch_frozen import TwoHeadNet, accuracy, train_epoch
 
 Sample = tuple[torch.Tensor, int, torch.Tensor]
 
@@ -54,14 +55,6 @@ def shard_urls(folder: str | Path, split: str = "train") -> list[str]:
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     path = Path(folder) / "manifest.json"
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def decode_png(data: bytes) -> torch.Tensor:
-    """PNG bytes -> uint8 [C, H, W], keeping the stored channels (1 for grey, 3 for RGB)."""
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.array(arr, copy=True))
 
 
 def label_table(urls: list[str]) -> dict[str, tuple[int, np.ndarray, Any]]:
@@ -119,13 +112,8 @@ def stream(urls: list[str], batch_size: int = 64, shuffle: int = 1000, epoch: in
         image = decode_png(s["png"] if "png" in s else s["jpg"])
         aux = torch.from_numpy(np.asarray(aux, dtype=np.float32))
         if views:
-            v = rng.randrange(len(views))
-            image, aux = apply_view(image, views[v], pad), aux[v]
+            image, aux = take_view(image, aux, views, rng.randrange(len(views)), pad)
         return image, primary, aux
-
-    def collate(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, y, aux = zip(*samples, strict=True)
-        return torch.stack(x), torch.tensor(y), torch.stack(aux)
 
     stages: list[Any] = [wds.SimpleShardList(urls)]
     if shuffle:

@@ -205,6 +205,39 @@ def test_scripts_run_with_auxgen_blocked(export):
     assert r.returncode == 0 and "test primary accuracy" in r.stdout, r.stderr
 
 
+IMPORT_BLOCKED = """
+import importlib, sys
+
+class Block:
+    # a meta-path finder that fails every import of the blocked packages, and remembers it was asked
+    def __init__(self, names):
+        self.names, self.asked = set(names), []
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.names:
+            self.asked.append(name)
+            raise ImportError(f"{name} is blocked")
+        return None
+
+block = Block(sys.argv[2].split(","))
+sys.meta_path.insert(0, block)
+sys.path.insert(0, sys.argv[1])
+for name in sys.argv[3].split(","):
+    importlib.import_module("pipelines." + name)
+assert not block.asked, block.asked
+"""
+
+
+@pytest.mark.parametrize("blocked, modules", [
+    ("auxgen", ",".join(sorted(p.stem for p in (ROOT / "pipelines").glob("*.py") if p.stem != "__init__"))),
+    ("auxgen,torch,torchvision,PIL,webdataset", "numpy_reader"),  # numpy_reader: numpy + h5py only
+])
+def test_pipelines_import_with_packages_blocked(blocked, modules):
+    r = subprocess.run([sys.executable, "-c", IMPORT_BLOCKED, str(ROOT), blocked, modules],
+                       capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+
+
 def test_example_configs_load():
     from auxgen.config import resolve_config
 
