@@ -20,12 +20,24 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
 from auxgen.errors import AuxgenError
 
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "imagefolder")
-METHODS = ("maxl", "single", "random", "human")
+METHODS = ("maxl", "single", "random", "human", "kmeans")
 # sanity caps: beyond them a run cannot fit in memory, and a typo (one zero too many) would
 # otherwise fail deep inside torch with a traceback
 MAX_WIDTH = 1024
 MAX_IMAGE_SIZE = 1024
 MAX_SEED = 2**62  # torch seeds are 64-bit; the run derives seed + 1 .. seed + 3
+
+
+# The published hyper-parameters (shared/maxl.md), kept exactly; a preset fixes every option
+# of the optimisation and the objective, so later changes of auxgen's defaults cannot move it.
+_PAPER_COMMON = dict(backbone="vgg16", width=None, gen_width=None, epochs=200, batch_size=100, lr=0.01,
+                     momentum=0.0, weight_decay=0.0, lr_schedule="step", warmup_epochs=0, gen_weight_decay=5e-4,
+                     gamma=2.0, entropy_weight=0.2, usage_entropy="batch", sharpness_weight=0.0, meta_norm="none",
+                     gen_optimizer="sgd", meta_order=2, fused_lookahead=False, augment="auto", flip=True, psi=None)
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {**_PAPER_COMMON, "gen_lr": 1e-3, "gen_decay": "l2", "meta_split": 0.0, "schedule": "alternate"},
+    "paper-text": {**_PAPER_COMMON, "gen_lr": 1e-5, "gen_decay": "l1", "meta_split": 0.1, "schedule": "interleave"},
+}
 
 
 def _f(default: Any, help: str) -> Any:
@@ -36,6 +48,7 @@ def _f(default: Any, help: str) -> Any:
 class TrainConfig:
     """Everything that determines a training run (the output folder aside)."""
 
+    preset: str | None = _f(None, "Start from a named set of options: paper (the authors' public code), paper-text (the ICLR text); the file and flags override it.")
     dataset: str = _f("digits", f"Dataset: {', '.join(DATASETS)}.")
     data_root: str = _f("data", "Folder holding the dataset (the ImageFolder tree for imagefolder).")
     test_root: str | None = _f(None, "ImageFolder test tree; without it a seeded 20% split of data-root is the test set.")
@@ -47,7 +60,8 @@ class TrainConfig:
     hierarchy_depth: int = _f(1, "imagefolder: 1 (ROOT/CLASS/IMG) or 2 (ROOT/COARSE/FINE/IMG: coarse = primary, fine = human auxiliary labels, psi from the tree).")
     psi: str | None = _f(None, "Auxiliary classes per primary class: '5' (uniform) or '2,3,4' (one per class); at most 1000 per class and 10000 in all. Default 5.")
     psi_file: str | None = _f(None, "JSON file with psi as a list (or {\"psi\": [...]}).")
-    method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (CIFAR-100 finer labels).")
+    method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (the data's finer labels: CIFAR-100, digit groups, two-level ImageFolder), kmeans (k-means clusters of single-task features inside each primary class).")
+    features_from: str | None = _f(None, "--method kmeans: a finished single-task (or any) run whose network gives the features; without it a single-task network is trained first, in the same run, for the same epochs.")
     backbone: str = _f("vgg16", "Backbone of both networks: vgg16 (paper), resnet18 (CIFAR-style), cnn (small, fast).")
     width: int | None = _f(None, "Backbone base width (cnn 32, vgg16/resnet18 64 by default).")
     gen_width: int | None = _f(None, "Label generator's backbone width if it should differ (a narrower generator makes iterations cheaper).")
@@ -56,15 +70,22 @@ class TrainConfig:
     lr: float = _f(0.01, "Multi-task network learning rate (SGD); the meta step's inner step alpha follows it.")
     momentum: float = _f(0.0, "SGD momentum of the multi-task network (paper: none).")
     weight_decay: float = _f(0.0, "Weight decay of the multi-task network (paper: none).")
+    lr_schedule: str = _f("step", "step: halve at 25%, 50% and 75% of the epochs (the paper); cosine: cosine decay to zero after a linear warm-up.")
+    warmup_epochs: int = _f(0, "Epochs of linear learning-rate warm-up (cosine schedule).")
     gen_lr: float = _f(1e-3, "Label generator learning rate (SGD; authors' code 1e-3, paper text 1e-5).")
     gen_weight_decay: float = _f(5e-4, "Label generator weight decay.")
     gen_decay: str = _f("l2", "Kind of generator weight decay: l2 (authors' code) or l1 (paper text).")
     gamma: float = _f(2.0, "Focal loss focusing parameter; 0 is cross-entropy.")
     entropy_weight: float = _f(0.2, "Weight lambda of the entropy regulariser against class collapse.")
+    usage_entropy: str = _f("batch", "Usage term of the entropy regulariser: batch (entropy of the batch-mean label over all K, the paper) or block (per primary-class block).")
+    sharpness_weight: float = _f(0.0, "Weight of the mean per-sample label entropy (minimised); with the usage term this maximises the information a label carries about its sample.")
+    meta_norm: str = _f("none", "none: the meta-gradient as in the paper (scaled by the inner step alpha); alpha: divided by alpha, so it does not shrink with the learning rate.")
+    gen_optimizer: str = _f("sgd", "Label generator optimiser: sgd (paper) or adam.")
     meta_order: int = _f(2, "2: exact second-order meta-gradient; 1: finite-difference first-order variant.")
     meta_split: float = _f(0.0, "Fraction of the training set held out for the meta step; 0 reuses the training batches.")
     schedule: str = _f("interleave", "interleave: a training step then a meta step on each batch (the paper's Algorithm 1); alternate: each epoch a full pass of training steps, then a reshuffled full pass of meta steps (the authors' code).")
     fused_lookahead: bool = _f(False, "Run the meta step first and reuse its look-ahead as the training step (one pass cheaper; needs --meta-split 0).")
+    flip: bool = _f(True, "Horizontal flips in the augmentation (turn off for data like digits, whose mirror image is another class).")
     augment: str = _f("auto", "auto (crop+flip for 32x32 RGB sets and ImageFolder, none otherwise), on or off.")
     seed: int = _f(0, "Random seed of initialisation, shuffling, augmentation and random labels.")
     device: str = _f("auto", "auto (cuda when available), cpu or cuda.")
@@ -79,7 +100,9 @@ class TrainConfig:
         _check_numbers(self)
         choices = {"dataset": DATASETS, "method": METHODS, "augment": ("auto", "on", "off"),
                    "gen_decay": ("l1", "l2"), "device": ("auto", "cpu", "cuda"),
-                   "schedule": ("interleave", "alternate")}
+                   "schedule": ("interleave", "alternate"), "usage_entropy": ("batch", "block"),
+                   "meta_norm": ("none", "alpha"), "gen_optimizer": ("sgd", "adam"),
+                   "lr_schedule": ("step", "cosine"), "preset": (None, *PRESETS)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise AuxgenError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
@@ -242,6 +265,13 @@ def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainC
     """Defaults, then the file, then the command-line options that were given (not None)."""
     data = load_config_file(file) if file else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
+    preset = data.get("preset")
+    if preset is not None:  # defaults < preset < file < flags
+        if preset not in PRESETS:
+            raise AuxgenError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        file_data = load_config_file(file) if file else {}
+        given = {**file_data, **{k: v for k, v in overrides.items() if v is not None}}
+        data = {**PRESETS[preset], **given}
     cfg = TrainConfig.from_dict(data, where=str(file or "options")).validate()
     # saved runs must find their data and psi file from any working directory
     for name in ("data_root", "test_root", "psi_file"):

@@ -54,6 +54,7 @@ class Data:
     class_names: list[str]
     augment: bool
     pad: int
+    flip: bool = True  # horizontal flips in the augmentation
     fine_parent: list[int] | None = None  # primary class of each fine class, where the data has a label tree
     fine_names: list[str] | None = None
     _digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -87,7 +88,7 @@ def _hash_split(h: Any, split: Split) -> None:
 
 
 # ------------------------------------------------------------------------------ augmentation
-def draw_views(n: int, pad: int, generator: torch.Generator) -> torch.Tensor:
+def draw_views(n: int, pad: int, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
     """Random-crop-with-padding and flip parameters for n images: int64 [n, 3] = (dy, dx, flip).
 
     The crop takes rows dy..dy+H and columns dx..dx+W of the image zero-padded by `pad`, then
@@ -95,6 +96,8 @@ def draw_views(n: int, pad: int, generator: torch.Generator) -> torch.Tensor:
     """
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
     flips = torch.randint(0, 2, (n, 1), generator=generator)
+    if not flip:  # drawn all the same, so a run's random stream does not depend on the choice
+        flips.zero_()
     return torch.cat([offsets, flips], dim=1)
 
 
@@ -119,7 +122,7 @@ def load_data(cfg: TrainConfig) -> Data:
     rgb32 = cfg.dataset in ("cifar10", "cifar100", "svhn", "imagefolder")
     augment = {"auto": rgb32, "on": True, "off": False}[cfg.augment]
     size = train.images.shape[-1]
-    data = Data(cfg.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8))
+    data = Data(cfg.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8), flip=cfg.flip)
     if cfg.dataset == "digits" and cfg.primary_groups:
         data = _digit_groups(data, cfg.primary_groups)
     elif cfg.dataset == "imagefolder" and cfg.hierarchy_depth == 2:
@@ -137,7 +140,7 @@ def _digit_groups(data: Data, groups: int) -> Data:
         split.fine = split.labels.clone()
         split.labels = torch.tensor(parent)[split.fine]
     names = [f"{g * size}-{g * size + size - 1}" for g in range(groups)]
-    return Data(data.name, data.train, data.test, groups, names, data.augment, data.pad,
+    return Data(data.name, data.train, data.test, groups, names, data.augment, data.pad, data.flip,
                 fine_parent=parent, fine_names=[str(d) for d in range(10)])
 
 
@@ -166,7 +169,7 @@ def _two_level(data: Data) -> Data:
                                    zip(split.keys, split.labels.tolist(), strict=True)], dtype=torch.long)
     parent = [c for c, _ in sorted(index)]
     return Data(data.name, data.train, data.test, data.num_classes, data.class_names, data.augment, data.pad,
-                fine_parent=parent, fine_names=fine_names)
+                data.flip, fine_parent=parent, fine_names=fine_names)
 
 
 def _keys(prefix: str, n: int) -> list[str]:

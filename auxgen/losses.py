@@ -42,3 +42,30 @@ def entropy_regulariser(labels: torch.Tensor) -> torch.Tensor:
 def block_entropy(labels: torch.Tensor) -> torch.Tensor:
     """Per-sample entropy (nats) of soft labels; zeros outside the block contribute nothing."""
     return -torch.special.xlogy(labels, labels).sum(dim=1)
+
+
+def block_usage_regulariser(labels: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The usage term per primary-class block: mean over the primary classes in the batch of
+    sum_k ybar_ck log ybar_ck, ybar_c the mean label of the batch's samples of class c.
+
+    The mask already confines each sample's label to its block, so the batch-mean form above
+    mostly measures how often each primary class occurs; this form asks only that each block's
+    own auxiliary classes be used evenly. Like entropy_regulariser, it is a negative entropy.
+    """
+    labels = upcast(labels)
+    classes, inverse = torch.unique(y, return_inverse=True)
+    sums = torch.zeros(len(classes), labels.shape[1], dtype=labels.dtype, device=labels.device)
+    sums = sums.index_add(0, inverse, labels)
+    counts = torch.bincount(inverse, minlength=len(classes)).to(labels.dtype)
+    ybar = sums / counts[:, None]
+    return (ybar * torch.log(ybar.clamp_min(1e-30))).sum(dim=1).mean()
+
+
+def sample_entropy(labels: torch.Tensor) -> torch.Tensor:
+    """Mean per-sample entropy of soft labels (nats); minimising it sharpens each label.
+
+    With a usage term, (usage entropy - per-sample entropy) is the mutual information between
+    input and auxiliary class inside each block: labels that say something about the sample.
+    """
+    labels = upcast(labels)
+    return -(labels * torch.log(labels.clamp_min(1e-30))).sum(dim=1).mean()

@@ -7,21 +7,21 @@ decisions are made here, so the trainer can wrap them (autocast, DDP, compile) f
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call
 
-from auxgen.losses import entropy_regulariser, focal_loss, focal_terms
+from auxgen.losses import block_usage_regulariser, entropy_regulariser, focal_loss, focal_terms, sample_entropy
 
 
 def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.optim.Optimizer,
                    gen_optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, alpha: float,
                    gamma: float, entropy_weight: float, order: int = 2, l1_decay: float = 0.0,
-                   meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None, fused: bool = False
-                   ) -> dict[str, torch.Tensor]:
+                   meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None, fused: bool = False,
+                   **objective: Any) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: a training step on theta1, then a meta step on theta2.
 
     Without `meta_batch` the meta step reuses the training batch (the authors' code), and one
@@ -38,7 +38,7 @@ def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.opti
         if meta_batch is not None:
             raise ValueError("a fused iteration needs the meta step to reuse the training batch")
         return fused_iteration(model, generator, optimizer, gen_optimizer, x, y, alpha, gamma, entropy_weight,
-                               order, l1_decay)
+                               order, l1_decay, **objective)
     if meta_batch is None:
         labels = generator(x, y)
         target = labels.detach()
@@ -50,19 +50,19 @@ def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.opti
     if meta_batch is not None:
         labels = generator(mx, my)
     before, after = meta_step(model, generator, gen_optimizer, mx, my, labels, alpha, gamma, entropy_weight,
-                              order, l1_decay)
+                              order, l1_decay, **objective)
     return {"loss_pri": loss_pri, "loss_aux": loss_aux, "correct": correct, "target": target,
             "meta_before": before, "meta_after": after}
 
 
 def fused_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.optim.Optimizer,
                     gen_optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, alpha: float,
-                    gamma: float, entropy_weight: float, order: int = 2, l1_decay: float = 0.0
+                    gamma: float, entropy_weight: float, order: int = 2, l1_decay: float = 0.0, **objective: Any
                     ) -> dict[str, torch.Tensor]:
     """The meta step first, from the current theta1; its look-ahead gradient then *is* the training step."""
     labels = generator(x, y)
     m = meta_gradient(model, _trainable(generator), x, y, labels, alpha, gamma, entropy_weight, order,
-                      training_forward=True)
+                      training_forward=True, **objective)
     _apply(generator, gen_optimizer, m.gen_grads, l1_decay)
     for p, g in zip(model.parameters(), m.inner_grads, strict=True):
         p.grad = g  # the look-ahead's gradient is the training step's gradient
@@ -91,7 +91,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 def meta_step(model: nn.Module, generator: nn.Module, gen_optimizer: torch.optim.Optimizer,
               x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float,
-              entropy_weight: float, order: int = 2, l1_decay: float = 0.0
+              entropy_weight: float, order: int = 2, l1_decay: float = 0.0, **objective: Any
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 2: theta2 <- theta2 - beta grad_theta2[L(f_pri(x; theta1+), y) + lambda H(g(x, y))].
 
@@ -99,7 +99,7 @@ def meta_step(model: nn.Module, generator: nn.Module, gen_optimizer: torch.optim
     training step when the meta batch is the training batch). Returns detached primary losses
     on the meta batch before and after the look-ahead.
     """
-    m = meta_gradient(model, _trainable(generator), x, y, labels, alpha, gamma, entropy_weight, order)
+    m = meta_gradient(model, _trainable(generator), x, y, labels, alpha, gamma, entropy_weight, order, **objective)
     _apply(generator, gen_optimizer, m.gen_grads, l1_decay)
     return m.loss_before, m.loss_after
 
@@ -117,7 +117,8 @@ class MetaGradient(NamedTuple):
 
 def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                   labels: torch.Tensor, alpha: float, gamma: float, entropy_weight: float, order: int = 2,
-                  training_forward: bool = False) -> MetaGradient:
+                  training_forward: bool = False, usage: str = "batch", sharpness_weight: float = 0.0,
+                  meta_scale: float = 1.0) -> MetaGradient:
     """The generator's gradient of the meta objective, and the meta losses before/after the look-ahead.
 
     The look-ahead theta1+ = theta1 - alpha grad L_train(theta1; t) is computed functionally:
@@ -126,6 +127,12 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
     DARTS. `labels` = t = g(x, y; theta2), with its graph. training_forward=True makes the
     forward at theta1 a real training forward (it updates the running statistics), for the
     fused iteration whose look-ahead is the training step.
+
+    The objective (`**objective` of the callers) is
+      meta_scale * L_pri(theta1+) + entropy_weight * H_usage(t) + sharpness_weight * mean_b H(t_b),
+    H_usage the negative entropy of the batch-mean label over all K classes (usage="batch", the
+    paper) or of each primary block's mean label (usage="block"); meta_scale=1/alpha makes the
+    meta-signal the look-ahead's directional derivative, which does not shrink with the step size.
     """
     params = dict(model.named_parameters())
     stats = _no_running_stats(model)  # look-aheads use batch statistics and must not update the real ones
@@ -156,8 +163,11 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
             plus = aux_terms({n: p + eps * v[n] for n, p in theta.items()})
             minus = aux_terms({n: p - eps * v[n] for n, p in theta.items()})
         u = (plus - minus) / (2 * eps)
-    # the entropy term enters directly (the authors' first-order code leaves it out)
-    objective = -alpha * (labels * u.detach()).sum() + entropy_weight * entropy_regulariser(labels)
+    # the regularisers enter directly (the authors' first-order code leaves the entropy term out)
+    usage_term = entropy_regulariser(labels) if usage == "batch" else block_usage_regulariser(labels, y)
+    objective = -meta_scale * alpha * (labels * u.detach()).sum() + entropy_weight * usage_term
+    if sharpness_weight:
+        objective = objective + sharpness_weight * sample_entropy(labels)
     gen_grads = torch.autograd.grad(objective, gen_params)
     correct = (pri.detach().argmax(1) == y).sum()
     return MetaGradient(list(gen_grads), loss_before.detach(), loss_after.detach(), list(grads), loss_aux.detach(),

@@ -8,6 +8,7 @@ verify's --retrain and the label-quality benchmark train through this same loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -73,8 +74,16 @@ class TargetSource:
             raise ValueError("stored views go with soft labels of shape [N, V, K]")
 
 
-def lr_at(base: float, epoch: int, epochs: int) -> float:
-    """The paper halves every 50 of 200 epochs; for other lengths, halve at 25%, 50%, 75%."""
+def lr_at(base: float, epoch: int, epochs: int, schedule: str = "step", warmup: int = 0) -> float:
+    """Learning rate of a 1-based epoch.
+
+    step: the paper halves every 50 of 200 epochs; for other lengths, halve at 25%, 50%, 75%.
+    cosine: linear warm-up over `warmup` epochs, then cosine decay towards zero at the end.
+    """
+    if schedule == "cosine":
+        if epoch <= warmup:
+            return base * epoch / (warmup + 1)
+        return base * 0.5 * (1 + math.cos(math.pi * (epoch - warmup - 1) / max(epochs - warmup, 1)))
     milestones = [math.ceil(epochs * q / 4) for q in (1, 2, 3)]
     return base * 0.5 ** sum(epoch > m for m in milestones if m > 0)
 
@@ -127,7 +136,30 @@ def default_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, human_map: to
         return TargetSource("hard", random_labels(hier, data.train.labels, torch.Generator().manual_seed(cfg.seed + 1)))
     if cfg.method == "human":
         return TargetSource("hard", human_map[data.train.fine])
+    if cfg.method == "kmeans":
+        return kmeans_targets(cfg, data)
     raise AuxgenError(f"method {cfg.method!r} needs its targets passed in")
+
+
+def kmeans_targets(cfg: TrainConfig, data: Data, train_idx: torch.Tensor | None = None) -> TargetSource:
+    """--method kmeans: hard labels from k-means inside each primary class on single-task features.
+
+    The features come from --features-from RUN, or from a single-task network trained here first
+    with the same options and seed (in memory), so the run stays reproducible from its config.
+    """
+    from auxgen.kmeans import features, kmeans_labels
+
+    if cfg.features_from:
+        from auxgen.run import load_run
+
+        model, device = load_run(cfg.features_from, "last", device=cfg.device).model, pick_device(cfg.device)
+    else:
+        pre = train(dataclasses.replace(cfg, method="single"), None, show=False, data=data, train_idx=train_idx,
+                    return_run=True)
+        model, device = pre["run"].model, pre["run"].device
+    hier, _ = hierarchy_for(cfg, data)
+    hard, _ = kmeans_labels(features(model, data.train, device), data.train.labels.numpy(), hier, cfg.seed)
+    return TargetSource("hard", torch.from_numpy(hard))
 
 
 def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | None = None,
@@ -149,7 +181,8 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
     if gen is not None:
         gen.to(device)
         l2 = cfg.gen_weight_decay if cfg.gen_decay == "l2" else 0.0
-        gen_optimizer = torch.optim.SGD(gen.parameters(), lr=cfg.gen_lr, weight_decay=l2)
+        opt = torch.optim.Adam if cfg.gen_optimizer == "adam" else torch.optim.SGD
+        gen_optimizer = opt(gen.parameters(), lr=cfg.gen_lr, weight_decay=l2)
 
     n = len(data.train)
     if cfg.method == "maxl" and cfg.meta_split > 0:
@@ -191,7 +224,7 @@ def run_metadata(run: Run) -> dict[str, Any]:
             "train_fingerprint": d.split_fingerprint("train"), "test_fingerprint": d.split_fingerprint("test"),
             "num_train": len(d.train), "num_test": len(d.test), "num_meta": len(run.meta_idx),
             "image_shape": list(d.image_shape), "class_names": d.class_names,
-            "fine_names": d.fine_names, "augment": d.augment, "pad": d.pad,
+            "fine_names": d.fine_names, "augment": d.augment, "pad": d.pad, "flip": d.flip,
         },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -289,6 +322,9 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     return_run=True the summary carries the trained `Run` under "run".
     """
     out = None if out is None else Path(out)
+    if cfg.method == "kmeans" and targets is None:
+        data = data or load_data(cfg)
+        targets = kmeans_targets(cfg, data, train_idx)
     run = setup(cfg, data, targets, train_idx)
     meta = run_metadata(run)
     gens = {"data": torch.Generator().manual_seed(cfg.seed + 2),
@@ -353,7 +389,10 @@ def _set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
 def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
                  progress: TrainProgress, out: Path | None) -> tuple[dict[str, Any], int]:
     cfg, data, dev, hier, src = run.cfg, run.data, run.device, run.hier, run.targets
-    lr, gen_lr = lr_at(cfg.lr, epoch, cfg.epochs), lr_at(cfg.gen_lr, epoch, cfg.epochs)
+    # the inner step alpha of the look-ahead is the multi-task network's learning rate of the
+    # epoch, so it follows the same schedule; the generator's learning rate does too
+    lr = lr_at(cfg.lr, epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
+    gen_lr = lr_at(cfg.gen_lr, epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
     _set_lr(run.optimizer, lr)
     _set_lr(run.gen_optimizer, gen_lr)
     l1 = cfg.gen_weight_decay if cfg.gen_decay == "l1" else 0.0  # l2 is in the optimiser
@@ -381,7 +420,7 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
             target = src.labels[idx, v]
         else:
             if data.augment:  # views are drawn on the CPU generator, so runs replay on any device
-                x = apply_views(x, draw_views(len(idx), data.pad, gens["aug"]), data.pad)
+                x = apply_views(x, draw_views(len(idx), data.pad, gens["aug"], data.flip), data.pad)
             if src.kind == "hard":
                 target = F.one_hot(src.labels[idx], hier.num_aux).float()
             elif src.kind == "soft":
@@ -397,7 +436,8 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     progress.start_epoch(epoch, n_steps)
     amp = autocast(cfg.bf16, dev)
     maxl_args = dict(alpha=lr, gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
-                     l1_decay=l1)
+                     l1_decay=l1, usage=cfg.usage_entropy, sharpness_weight=cfg.sharpness_weight,
+                     meta_scale=1.0 / lr if cfg.meta_norm == "alpha" else 1.0)
     for i in range(n_steps):
         x, y, target = batch(order[i * B:(i + 1) * B])
         with amp:

@@ -1,0 +1,223 @@
+"""The label-quality yardstick: do the generated auxiliary labels carry information, and do they help?
+
+Offline, on real data (scikit-learn's digits): hierarchy tasks where the primary task is a
+grouping of digits and the human auxiliary task is the digit itself, the paper's CIFAR-100
+design in miniature. For each task, method and seed it trains through auxgen's own trainer and
+reports, on the test split:
+
+  acc        primary test accuracy of the method's own training (MAXL: co-training)
+  frozen     MAXL only: a fresh network trained on the generator's frozen soft labels
+  H/max      per-sample label entropy / log psi (1 = uniform inside the block)
+  usage      usage entropy of each block / log psi (1 = every auxiliary class used evenly)
+  NMI, ARI   agreement of hard labels with the human fine labels, within each primary class
+
+Means come with 95% intervals over seeds (t distribution). Usage:
+
+  python benchmarks/label_quality.py --quick              # CI-sized, about a minute
+  python benchmarks/label_quality.py --seeds 5 --out docs/label_quality.json
+
+Methods: single, random, human, kmeans, and maxl:VARIANT for each variant in VARIANTS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from auxgen.config import PRESETS, TrainConfig  # noqa: E402
+from auxgen.data import load_data  # noqa: E402
+from auxgen.hierarchy import hierarchy_for  # noqa: E402
+from auxgen.kmeans import features, kmeans_labels  # noqa: E402
+from auxgen.label_stats import LabelStats  # noqa: E402
+from auxgen.trainer import TargetSource, train  # noqa: E402
+
+# task name -> (digit groups, fraction of the training set)
+TASKS = {"g2": (2, 1.0), "g5": (5, 1.0), "g2-small": (2, 0.2), "g5-small": (5, 0.2)}
+# maxl variants: option overrides on top of the benchmark's base options
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},                        # auxgen's defaults (whatever config.py says)
+    "paper": dict(PRESETS["paper"]),      # the published hyper-parameters
+}
+BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off")
+
+
+def _nmi_ari(hard: np.ndarray, fine: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """NMI and ARI of hard labels with the fine labels inside each primary class, weighted by class size."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    nmi = ari = 0.0
+    for c in np.unique(y):
+        rows = y == c
+        nmi += rows.sum() * normalized_mutual_info_score(fine[rows], hard[rows])
+        ari += rows.sum() * adjusted_rand_score(fine[rows], hard[rows])
+    return nmi / len(y), ari / len(y)
+
+
+def _label_metrics(soft: torch.Tensor | None, hard: np.ndarray, split: Any, psi: tuple[int, ...]) -> dict[str, float]:
+    y, fine = split.labels.numpy(), split.fine.numpy()
+    nmi, ari = _nmi_ari(hard, fine, y)
+    out = {"nmi": nmi, "ari": ari}
+    stats = LabelStats(psi)
+    stats.add(soft if soft is not None else torch.nn.functional.one_hot(torch.from_numpy(hard), sum(psi)).double(),
+              split.labels)
+    s = stats.summary()
+    out.update(sample_frac=s["aux_sample_entropy_frac"], usage_frac=s["aux_block_usage_frac"])
+    return out
+
+
+def _subset(n: int, frac: float, seed: int) -> torch.Tensor | None:
+    if frac >= 1:
+        return None
+    g = torch.Generator().manual_seed(10_000 + seed)  # the same subset for every method of a seed
+    return torch.randperm(n, generator=g)[: int(round(n * frac))].sort().values
+
+
+@torch.inference_mode()
+def _generator_labels(run: Any, split: Any) -> torch.Tensor:
+    gen = run.generator.eval()
+    return torch.cat([gen(split.images[i:i + 500], split.labels[i:i + 500]).double()
+                      for i in range(0, len(split), 500)])
+
+
+def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
+    """Train one (task, method, seed) and measure its labels and accuracy."""
+    torch.set_num_threads(1)
+    groups, frac = TASKS[task]
+    name, _, variant = method.partition(":")
+    opts = {**BASE, **(VARIANTS[variant] if name == "maxl" else {}), "primary_groups": groups, "epochs": epochs,
+            "seed": seed, "method": name}
+    for k in ("dataset", "backbone", "width", "batch_size", "device", "augment"):  # the task fixes these
+        opts[k] = BASE[k]
+    cfg = TrainConfig(**opts).validate()
+    data = load_data(cfg)
+    idx = _subset(len(data.train), frac, seed)
+    hier, human_map = hierarchy_for(cfg, data)
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"task": task, "method": method, "seed": seed, "epochs": epochs}
+    if name == "kmeans":  # single-task features first, then k-means inside each class, then train on them
+        pre = train(dataclasses.replace(cfg, method="single"), None, show=False, data=data, train_idx=idx,
+                    return_run=True)["run"]
+        tr_f, te_f = features(pre.model, data.train, pre.device), features(pre.model, data.test, pre.device)
+        hard_tr, hard_te = kmeans_labels(tr_f, data.train.labels.numpy(), hier, seed, te_f, data.test.labels.numpy())
+        s = train(cfg, None, show=False, data=data, train_idx=idx,
+                  targets=TargetSource("hard", torch.from_numpy(hard_tr)))
+        row.update(acc=s["final_test_acc"], **_label_metrics(None, hard_te, data.test, hier.psi))
+    else:
+        s = train(cfg, None, show=False, data=data, train_idx=idx, return_run=True)
+        row["acc"] = s["final_test_acc"]
+        if name == "maxl":
+            run = s["run"]
+            soft_te = _generator_labels(run, data.test)
+            row.update(_label_metrics(soft_te, soft_te.argmax(1).numpy(), data.test, hier.psi))
+            soft_tr = _generator_labels(run, data.train).float()
+            frozen = train(dataclasses.replace(cfg, method="single"), None, show=False, data=data, train_idx=idx,
+                           targets=TargetSource("soft", soft_tr))
+            row["frozen"] = frozen["final_test_acc"]
+        elif name == "human":
+            row.update(_label_metrics(None, human_map[data.test.fine].numpy(), data.test, hier.psi))
+        elif name == "random":
+            row.update(_label_metrics(None, run_random_test(hier, data, seed), data.test, hier.psi))
+    row["time_s"] = time.perf_counter() - t0
+    return row
+
+
+def run_random_test(hier: Any, data: Any, seed: int) -> np.ndarray:
+    from auxgen.hierarchy import random_labels
+
+    return random_labels(hier, data.test.labels, torch.Generator().manual_seed(seed + 1)).numpy()
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t interval."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if len(v) < 2:
+        return (float(v.mean()) if len(v) else math.nan), math.nan
+    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def diff_ci(rows: list[dict], task: str, a: str, b: str, key_a: str = "acc", key_b: str = "acc") -> tuple[float, float]:
+    """Paired (same seed) difference a - b with its 95% interval."""
+    pa = {r["seed"]: r.get(key_a) for r in rows if r["task"] == task and r["method"] == a}
+    pb = {r["seed"]: r.get(key_b) for r in rows if r["task"] == task and r["method"] == b}
+    return mean_ci([pa[s] - pb[s] for s in sorted(pa.keys() & pb.keys()) if pa[s] is not None and pb[s] is not None])
+
+
+def table(rows: list[dict]) -> str:
+    """A markdown table: one line per (task, method), means with 95% intervals."""
+    def fmt(vals: list, scale: float = 100, digits: int = 1) -> str:
+        m, h = mean_ci([v for v in vals if v is not None])
+        if math.isnan(m):
+            return "-"
+        return f"{scale * m:.{digits}f}" + ("" if math.isnan(h) else f" ± {scale * h:.{digits}f}")
+
+    lines = ["| task | method | n | acc | frozen acc | H/max | usage | NMI | ARI |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    keys = sorted({(r["task"], r["method"]) for r in rows}, key=lambda k: (list(TASKS).index(k[0]), k[1]))
+    for task, method in keys:
+        rs = [r for r in rows if r["task"] == task and r["method"] == method]
+        def col(k: str, rs: list[dict] = rs) -> list:
+            return [r.get(k) for r in rs]
+
+        lines.append(f"| {task} | {method} | {len(rs)} | {fmt(col('acc'))} | {fmt(col('frozen'))} | "
+                     f"{fmt(col('sample_frac'), 1, 3)} | {fmt(col('usage_frac'), 1, 3)} | {fmt(col('nmi'), 1, 3)} | "
+                     f"{fmt(col('ari'), 1, 3)} |")
+    return "\n".join(lines)
+
+
+def comparisons(rows: list[dict]) -> str:
+    """Paired differences of every maxl variant (frozen and co-trained) against single and random."""
+    out = ["| task | comparison | difference (points) | verdict |", "| --- | --- | ---: | --- |"]
+    for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
+        for m in sorted({r["method"] for r in rows if r["task"] == task and r["method"].startswith("maxl")}):
+            for key, label in (("frozen", "frozen"), ("acc", "co-trained")):
+                for base in ("single", "random"):
+                    d, h = diff_ci(rows, task, m, base, key, "acc")
+                    if math.isnan(d):
+                        continue
+                    verdict = ("no measurable effect" if math.isnan(h) or abs(d) <= h
+                               else "helps" if d > 0 else "hurts")
+                    out.append(f"| {task} | {m} {label} - {base} | {100 * d:+.2f} ± {100 * h:.2f} | {verdict} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tasks", default="g2,g5,g2-small")
+    ap.add_argument("--methods", default="single,random,human,kmeans,maxl:default,maxl:paper")
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--quick", action="store_true", help="CI-sized: 2 seeds, 4 epochs, task g2-small")
+    ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = ap.parse_args()
+    if args.quick:
+        args.tasks, args.seeds, args.epochs = "g2-small", 2, 4
+    jobs = [(t, m, s, args.epochs) for t in args.tasks.split(",") for m in args.methods.split(",")
+            for s in range(args.seeds)]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(run_one, *zip(*jobs, strict=True)))
+    print(f"# label quality: digits, cnn width {BASE['width']}, batch {BASE['batch_size']}, {args.epochs} epochs, "
+          f"{args.seeds} seeds ({time.perf_counter() - t0:.0f} s)\n")
+    print(table(rows) + "\n\n" + comparisons(rows))
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
