@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,45 +18,121 @@ import torch
 
 from auxgen.errors import AuxgenError
 
+# Run files (config, metrics, checkpoints) are private to their owner by default: checkpoints
+# may embed data-derived statistics (batch-norm means of the training images, label usage), and
+# a run directory often sits in a shared home or scratch space. Exports meant to be shared
+# pass mode=0o644 explicitly.
+RUN_FILE_MODE = 0o600
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place."""
+# what every auxgen checkpoint holds, whatever else a format version adds
+CHECKPOINT_KEYS = ("format", "epoch", "model")
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = RUN_FILE_MODE) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it into place.
+
+    Readers see the old file or the new one, never half of one: a failed write (full disk,
+    permissions, a crash) leaves `path` as it was and removes the temporary file. The file gets
+    `mode` (RUN_FILE_MODE unless given). OS errors become one-line AuxgenErrors.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise AuxgenError(f"cannot write {path}: {_reason(e)}") from None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # mkstemp's 0600 would do for run files, but exports pass their own mode
+        _fsync(tmp)  # the rename must not reach the disk before the data (a crash would leave an empty file)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise AuxgenError(f"cannot write {path}: {_reason(e)}") from None
         raise
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+def write_text_atomic(path: str | Path, text: str, mode: int = RUN_FILE_MODE) -> None:
+    """Write UTF-8 text to `path` atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), mode)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+def write_json_atomic(path: str | Path, data: Any, mode: int = RUN_FILE_MODE) -> None:
+    """Write `data` as indented JSON to `path` atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", mode)
+
+
+def _torch_save(state: dict[str, Any], tmp: str) -> None:
+    # through a Python file object: torch's own file writer reports a full disk as a cryptic
+    # RuntimeError ("unexpected pos ..."), a Python file raises OSError(ENOSPC)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, mode: int = RUN_FILE_MODE) -> None:
+    """Save a checkpoint dict atomically (the previous checkpoint stays intact if this fails)."""
+    atomic_write(path, lambda tmp: _torch_save(state, tmp), mode)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load an auxgen checkpoint on the CPU; a missing, truncated or foreign file is an AuxgenError
+    that says which of those it is."""
     path = Path(path)
+    if path.is_dir():
+        raise AuxgenError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise AuxgenError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise AuxgenError(f"checkpoint {path} cannot be read ({type(e).__name__}); is it complete?") from None
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise AuxgenError(f"checkpoint {path} cannot be read ({_reason(e)})") from None
+    if size == 0:
+        raise AuxgenError(f"checkpoint {path} is empty (0 bytes); it was not written completely")
+    # torch.save writes a zip archive; a cut-off one keeps the local header but loses the
+    # central directory at the end
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise AuxgenError(f"checkpoint {path} is truncated ({size} bytes, the end of the archive is missing); "
+                          f"it was not written completely")
+    if head != b"PK\x03\x04":  # auxgen checkpoints are always zip archives (torch.save's format)
+        raise AuxgenError(f"checkpoint {path} is not an auxgen checkpoint (not the zip archive torch.save "
+                          f"writes: a plain pickle or another kind of file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError):  # weights_only refuses anything but tensors and containers
+            found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+            detail = f" ({found.group(1).strip()[:120]})" if found else ""
+            raise AuxgenError(f"checkpoint {path} is a torch file but not an auxgen checkpoint: it holds objects "
+                              f"a checkpoint never has{detail}") from None
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise AuxgenError(f"checkpoint {path} cannot be read as a torch file ({type(e).__name__}: {first}); "
+                          f"it is damaged or not a checkpoint") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        what = (f"a dict without {', '.join(k for k in CHECKPOINT_KEYS if k not in state)}"
+                if isinstance(state, dict) else f"a {type(state).__name__}")
+        raise AuxgenError(f"checkpoint {path} is a torch file but not an auxgen checkpoint (it holds {what})")
+    return state
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

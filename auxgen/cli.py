@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import warnings
 
@@ -48,19 +50,40 @@ def _register() -> None:
 _register()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `kill`): unwound like Ctrl-C, so temporary files are removed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _one_line(e: BaseException) -> str:
+    # messages quote paths and parser errors; whatever they hold, an error is one line
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     from auxgen.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread (an embedding host)
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rc = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except AuxgenError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + signal.SIGTERM if isinstance(e, Terminated) else 130)
+    except OSError as e:
+        # the file system said no where no check anticipated it (permissions, a full disk, a
+        # vanished mount): still the user's environment, not a bug, so one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:
         # click's usage errors (typer vendors click in newer releases, so match by shape, not type)
         show, code = getattr(e, "show", None), getattr(e, "exit_code", None)

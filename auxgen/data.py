@@ -9,6 +9,9 @@ which is what `export --views` stores so a downstream loader can rebuild the exa
 from __future__ import annotations
 
 import hashlib
+import io
+import pickle
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +121,11 @@ def load_data(cfg: TrainConfig) -> Data:
     """Load the dataset a config names, as tensors; a missing dataset is an AuxgenError."""
     loaders = {"digits": _digits, "cifar10": _cifar, "cifar100": _cifar, "mnist": _mnist,
                "fashion-mnist": _mnist, "svhn": _svhn, "imagefolder": _imagefolder}
-    train, test, names = loaders[cfg.dataset](cfg)
+    try:
+        train, test, names = loaders[cfg.dataset](cfg)
+    except OSError as e:  # permissions, a vanished mount, I/O errors: the file system's answer, one line
+        where = e.filename or cfg.data_root
+        raise AuxgenError(f"{cfg.dataset}: cannot read {where} ({e.strerror or type(e).__name__})") from None
     rgb32 = cfg.dataset in ("cifar10", "cifar100", "svhn", "imagefolder")
     augment = {"auto": rgb32, "on": True, "off": False}[cfg.augment]
     size = train.images.shape[-1]
@@ -207,10 +214,74 @@ def _missing(cfg: TrainConfig, looked: Path, what: str) -> AuxgenError:
     )
 
 
+# What a CIFAR batch pickle may name: numpy's array reconstruction and plain builtin types.
+# Unpickling calls whatever a pickle names, so a foreign file in a data slot must not get to
+# name anything else (os.system, ...).
+_CIFAR_PICKLE_GLOBALS = frozenset(
+    {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("copyreg", "_reconstructor")}
+    | {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
+    | {(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")}
+    | {("builtins", n) for n in ("bytearray", "bytes", "dict", "list", "tuple", "set", "frozenset", "int",
+                                  "float", "str", "object")}
+)
+
+
+class _ForeignGlobal(Exception):
+    """A pickle named something outside _CIFAR_PICKLE_GLOBALS."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise _ForeignGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, list[int]]:
+    """One CIFAR python batch: images uint8 [n, 3, 32, 32] and labels. Says whether a bad file is
+    empty, truncated, not a pickle, or a pickle that is not a CIFAR batch."""
+    raw = path.read_bytes()
+    if not raw:
+        raise AuxgenError(f"{path} is empty (0 bytes); re-download it")
+    try:
+        entry = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _ForeignGlobal as e:
+        raise AuxgenError(f"{path} is not a CIFAR batch: the pickle names {e}, which a CIFAR batch never does "
+                          f"(refused: unpickling it could run code)") from None
+    except Exception as e:
+        # every pickle of protocol 2+ (CIFAR's are 2) starts with the PROTO opcode
+        is_pickle = raw[:1] == b"\x80" and 2 <= raw[1:2][0] <= 5 if len(raw) > 1 else False
+        if is_pickle and (isinstance(e, EOFError) or "truncated" in str(e)):
+            raise AuxgenError(f"{path} is truncated ({len(raw)} bytes; the pickle ends early); re-download it"
+                              ) from None
+        if is_pickle:
+            raise AuxgenError(f"{path} is a damaged pickle ({type(e).__name__}: {' '.join(str(e).split())[:100]}); "
+                              f"re-download it") from None
+        raise AuxgenError(f"{path} is not a pickle file, so not a CIFAR python batch; is it the right file?") from None
+    if not isinstance(entry, dict):
+        raise AuxgenError(f"{path} is a pickle of a {type(entry).__name__}, not a CIFAR batch (a dict with "
+                          f"'data' and '{label_key}')")
+    missing = [k for k in ("data", label_key) if k not in entry]
+    if missing:
+        has = ", ".join(repr(k) for k in list(entry)[:6]) or "nothing"
+        raise AuxgenError(f"{path} is a pickle but not a CIFAR batch of this dataset: no "
+                          f"{' or '.join(map(repr, missing))} entry (it has {has})")
+    try:
+        data = np.asarray(entry["data"])
+        labels = [int(v) for v in entry[label_key]]
+    except (TypeError, ValueError, OverflowError):
+        raise AuxgenError(f"{path}: 'data' must be an array of pixels and '{label_key}' a list of integers") from None
+    if data.dtype != np.uint8 or data.size % 3072 or data.size // 3072 != len(labels):
+        raise AuxgenError(f"{path}: 'data' holds {data.size} {data.dtype} values for {len(labels)} labels; a CIFAR "
+                          f"batch holds 3072 uint8 values (3x32x32) per label")
+    bad = next((v for v in labels if not 0 <= v < num_classes), None)
+    if bad is not None:
+        raise AuxgenError(f"{path}: label {bad} is outside 0..{num_classes - 1}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
 def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     """CIFAR-10/100 from the python pickle batches (torchvision only downloads them)."""
-    import pickle
-
     root = Path(cfg.data_root).expanduser()
     c10 = cfg.dataset == "cifar10"
     folder = root / ("cifar-10-batches-py" if c10 else "cifar-100-python")
@@ -228,13 +299,9 @@ def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     for s in ("train", "test"):
         data, targets = [], []
         for f in files[s]:
-            with open(folder / f, "rb") as fh:
-                try:
-                    entry = pickle.load(fh, encoding="latin1")
-                except Exception:
-                    raise AuxgenError(f"{folder / f} is not a CIFAR pickle batch; re-download it") from None
-            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            targets += entry["labels" if c10 else "fine_labels"]
+            images_f, labels_f = _read_cifar_batch(folder / f, "labels" if c10 else "fine_labels", 10 if c10 else 100)
+            data.append(images_f)
+            targets += labels_f
         images = torch.from_numpy(np.ascontiguousarray(np.concatenate(data)))
         targets_t = torch.tensor(targets, dtype=torch.long)
         split = Split(images, targets_t, _keys(f"{cfg.dataset}/{s}", len(targets_t)))
@@ -255,19 +322,89 @@ def _mnist(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
                    else (datasets.FashionMNIST, "FashionMNIST"))
     if cfg.download:
         _download(cfg, root, lambda: [cls(str(root), train=t, download=True) for t in (True, False)])
+    raw = root / folder / "raw"
+    if not all((raw / f).is_file() for pair in _IDX_FILES.values() for f in pair):
+        raise _missing(cfg, raw, "the idx files (train-images-idx3-ubyte, ...)")
+    for images_f, labels_f in _IDX_FILES.values():  # torchvision reports bad files by assert or not at all
+        n_images = _check_idx(raw / images_f, 3)
+        n_labels = _check_idx(raw / labels_f, 1)
+        if n_images != n_labels:
+            raise AuxgenError(f"{raw / images_f} holds {n_images} images but {labels_f} {n_labels} labels; "
+                              f"the files do not belong together")
     try:
         tv = {s: cls(str(root), train=(s == "train")) for s in ("train", "test")}
-    except RuntimeError:
-        raise _missing(cfg, root / folder / "raw", "the idx files (train-images-idx3-ubyte, ...)") from None
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise AuxgenError(f"{cfg.dataset}: the idx files in {raw} cannot be read ({type(e).__name__}); "
+                          f"re-download them") from None
+    for s in ("train", "test"):
+        bad = tv[s].targets[(tv[s].targets < 0) | (tv[s].targets >= len(tv[s].classes))]
+        if len(bad):
+            raise AuxgenError(f"{raw / _IDX_FILES[s][1]}: label {int(bad[0])} is outside 0..{len(tv[s].classes) - 1}")
     splits = [Split(tv[s].data[:, None].contiguous(), tv[s].targets.long(),
                     _keys(f"{cfg.dataset}/{s}", len(tv[s].targets))) for s in ("train", "test")]
     return splits[0], splits[1], list(tv["train"].classes)
 
 
-def _svhn(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
-    """SVHN from train_32x32.mat / test_32x32.mat (torchvision only downloads them)."""
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _check_idx(path: Path, ndim: int) -> int:
+    """Check an uncompressed idx file of uint8 (magic 0x0000 08 ndim) against its size; the item count."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * ndim)
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08" or head[3] != ndim:
+        if head[:2] == b"\x1f\x8b":
+            raise AuxgenError(f"{path} is gzip-compressed; unpack it (gunzip) first")
+        raise AuxgenError(f"{path} is not an idx file of {ndim}-d uint8 data "
+                          f"(it starts with {head[:4].hex() or 'nothing'})")
+    if len(head) < 4 + 4 * ndim:
+        raise AuxgenError(f"{path} is truncated ({size} bytes; the header alone is {4 + 4 * ndim})")
+    dims = struct.unpack(f">{ndim}I", head[4:])
+    expected = 4 + 4 * ndim + int(np.prod(dims, dtype=np.int64))
+    if size < expected:
+        raise AuxgenError(f"{path} is truncated ({size} bytes; its header promises {expected}); re-download it")
+    if size > expected:
+        raise AuxgenError(f"{path} has {size - expected} bytes after the data its header describes; "
+                          f"is it the right file?")
+    return dims[0]
+
+
+def _load_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """images uint8 [N, 3, 32, 32] and labels 0..9 of one SVHN .mat file."""
     from scipy.io import loadmat
 
+    with open(path, "rb") as f:
+        head = f.read(128)
+    try:
+        mat = loadmat(str(path))
+    except NotImplementedError:  # scipy's answer to MATLAB v7.3 (HDF5) files
+        raise AuxgenError(f"{path} is a MATLAB v7.3 file, which cannot be read here; SVHN's own files are "
+                          f"v5: re-download them") from None
+    except Exception as e:
+        if head.startswith(b"MATLAB"):
+            raise AuxgenError(f"{path} is a MATLAB file but cannot be read ({' '.join(str(e).split())[:100]}); "
+                              f"it is truncated or damaged, re-download it") from None
+        raise AuxgenError(f"{path} is not a MATLAB .mat file; is it the right file?") from None
+    if "X" not in mat or "y" not in mat:
+        has = ", ".join(k for k in mat if not k.startswith("__")) or "nothing"
+        raise AuxgenError(f"{path} is a .mat file but not SVHN's: it needs variables X and y (it has {has})")
+    x, y = mat["X"], np.asarray(mat["y"])
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
+        raise AuxgenError(f"{path}: X is {x.dtype} of shape {list(x.shape)}; SVHN's is uint8 of shape [32, 32, 3, N]")
+    if y.size != x.shape[3] or not np.issubdtype(y.dtype, np.number):
+        raise AuxgenError(f"{path}: y holds {y.size} labels for {x.shape[3]} images")
+    labels = y.astype(np.int64).reshape(-1)
+    if len(labels) and (labels.min() < 0 or labels.max() > 10):
+        raise AuxgenError(f"{path}: labels must be 1..10 (10 for the digit 0), "
+                          f"found {int(labels.min())}..{int(labels.max())}")
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 2, 0, 1)))
+    return images, torch.from_numpy(labels % 10)  # SVHN stores 0 as 10
+
+
+def _svhn(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+    """SVHN from train_32x32.mat / test_32x32.mat (torchvision only downloads them)."""
     root = Path(cfg.data_root).expanduser()
     if cfg.download:
         from torchvision import datasets
@@ -279,9 +416,7 @@ def _svhn(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
         raise _missing(cfg, root, "train_32x32.mat and test_32x32.mat")
     splits = []
     for s, p in paths.items():
-        mat = loadmat(str(p))
-        images = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)))
-        labels = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1) % 10)  # SVHN stores 0 as 10
+        images, labels = _load_svhn_mat(p)
         splits.append(Split(images, labels, _keys(f"svhn/{s}", len(labels))))
     return splits[0], splits[1], [str(i) for i in range(10)]
 
@@ -295,6 +430,11 @@ def _scan_tree(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     if not classes or not items:
         raise AuxgenError(f"imagefolder: no class folders with images ({', '.join(IMAGE_EXTENSIONS)}) "
                           f"under {root}; expected ROOT/CLASS/IMAGE files")
+    # a class without images would still be a class of the network, one no sample ever teaches
+    empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in items)]
+    if empty:
+        raise AuxgenError(f"imagefolder: class folder {root / empty[0]} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+                          f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}; add images or remove it")
     return classes, items
 
 
@@ -307,14 +447,20 @@ def _load_images(root: Path, items: list[tuple[str, int]], size: int) -> torch.T
             with Image.open(root / rel) as img:
                 # resize the short side and centre-crop, keeping the aspect ratio
                 out[i] = np.asarray(ImageOps.fit(img.convert("RGB"), (size, size), Image.BILINEAR))
-        except OSError as e:
-            raise AuxgenError(f"imagefolder: cannot read image {root / rel}: {e}") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            # OSError: not an image, truncated, unreadable; ValueError: a mode PIL cannot convert to RGB
+            empty = (root / rel).is_file() and (root / rel).stat().st_size == 0
+            reason = "the file is empty (0 bytes)" if empty else " ".join(str(e).split())
+            raise AuxgenError(f"imagefolder: cannot read image {root / rel}: {reason}") from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def _imagefolder(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     root = Path(cfg.data_root).expanduser()
     classes, items = _scan_tree(root)
+    if len(classes) < 2:
+        raise AuxgenError(f"imagefolder: {root} has one class folder ({classes[0]}); a primary task needs at "
+                          f"least 2 classes (ROOT/CLASS/IMAGE files)")
 
     def split_of(tree: Path, its: list[tuple[str, int]]) -> Split:
         labels = torch.tensor([c for _, c in its], dtype=torch.long)
