@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -66,6 +71,7 @@ def train_command(
         if not (resume / "config.json").is_file():
             raise AuxgenError(f"--resume {resume}: no config.json there; is it an auxgen run directory?")
         cfg_data = load_config_file(resume / "config.json")
+        _check_saved_run(resume)
         allowed = {"device", "data_root", "test_root", "download", "eval_batch_size"}
         changed = sorted(k for k, v in overrides.items() if k not in allowed and cfg_data.get(k) != v)
         if changed or config is not None:
@@ -78,10 +84,86 @@ def train_command(
             raise AuxgenError("give --out DIR for a new run (or --resume DIR to continue one)")
         cfg = resolve_config(config, overrides)
         out_dir = out
-        prepare_out_dir(out_dir, force)
-    summary = train(cfg, out_dir, resume=resume is not None, show=not quiet)
+    with contextlib.ExitStack() as stack:
+        if resume is not None:
+            stack.enter_context(_locked(out_dir))
+            _remove_stale_temp_files(out_dir)
+            _check_writable(out_dir)
+        else:
+            # lock before prepare_out_dir when the folder exists: --force must not delete the
+            # files of a run that is still training
+            locked = out_dir.is_dir()
+            if locked:
+                stack.enter_context(_locked(out_dir))
+            prepare_out_dir(out_dir, force)
+            if not locked:
+                stack.enter_context(_locked(out_dir))
+        summary = train(cfg, out_dir, resume=resume is not None, show=not quiet)
     if not quiet:
         _print_summary(summary)
+
+
+def _check_saved_run(run_dir: Path) -> None:
+    """config.json of a run must carry what resume compares against (train options, data fingerprint)."""
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8-sig"))  # load_config_file checked it
+    data = saved.get("data")
+    if not isinstance(saved.get("train"), dict) or not isinstance(data, dict) or "fingerprint" not in data:
+        raise AuxgenError(f"--resume {run_dir}: config.json is not a run's configuration (it lacks the train "
+                          f"options or the data fingerprint); was it replaced by a hand-written config?")
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail before loading data and building models, not at the end of the first epoch."""
+    for d in (run_dir, run_dir / "checkpoints"):
+        if d.is_dir() and not os.access(d, os.W_OK | os.X_OK):
+            raise AuxgenError(f"--resume {run_dir}: {d} is not writable")
+
+
+# the temporary names atomic_write gives run files: .NAME.RANDOM.tmp
+_STALE_TEMP = re.compile(r"\.(config\.json|metrics\.jsonl|summary\.json|last\.pt|best\.pt|\.auxgen-run)\.[^/]+\.tmp")
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    """Temporary files a killed run left mid-write (a checkpoint's can be hundreds of MB).
+
+    Only called with the run directory locked, so no other process is writing them.
+    """
+    for d in (run_dir, run_dir / "checkpoints"):
+        if d.is_dir():
+            for f in d.iterdir():
+                if _STALE_TEMP.fullmatch(f.name) and f.is_file():
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory while training into it.
+
+    Two processes writing one run directory would interleave checkpoints and metrics of two
+    different trainings; the second is refused. The lock is flock(2) on the directory itself,
+    so no lock file is left behind, and the kernel releases it when the process dies (kill -9).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; run unlocked
+        yield
+        return
+    try:
+        fd = os.open(run_dir, os.O_RDONLY)
+    except OSError as e:
+        raise AuxgenError(f"cannot open run directory {run_dir} ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AuxgenError(f"another auxgen process is training into {run_dir}; wait for it or stop it "
+                              f"first") from None
+        except OSError:  # a file system without flock (some network mounts): run unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def _print_summary(s: dict) -> None:
