@@ -15,7 +15,7 @@ import torch
 
 from auxgen.data import apply_views
 from auxgen.errors import AuxgenError
-from auxgen.export import compute_soft_labels, expand_views, export_labels, read_manifest, wds_key
+from auxgen.export import FORMAT_VERSION, compute_soft_labels, expand_views, export_labels, read_manifest, wds_key
 from auxgen.export.format import parse_size
 from auxgen.export.manifest import check_files
 from auxgen.losses import block_entropy
@@ -59,7 +59,7 @@ def test_hdf5_round_trip_is_bit_exact(tiny_run, loaded, tmp_path):
     run, data = loaded
     assert summary["counts"] == {"train": len(data.train), "test": len(data.test)}
     with h5py.File(out, "r") as f:
-        assert f.attrs["format"] == "auxgen-labels" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "auxgen-labels" and f.attrs["format_version"] == FORMAT_VERSION
         assert list(f.attrs["psi"]) == list(run.hier.psi) and f.attrs["num_aux"] == run.hier.num_aux
         assert f.attrs["checkpoint_sha256"] == run.checkpoint_sha256
         assert json.loads(f.attrs["run_config"])["psi"] == list(run.hier.psi)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import json
 import os
 import re
@@ -13,63 +15,76 @@ from typing import Any
 
 import numpy as np
 import torch
+from webdataset.tariterators import base_plus_ext
 
 import auxgen
-from auxgen.checkpoint import load_checkpoint, sha256_file, write_json_atomic
+from auxgen.checkpoint import sha256_file, write_json_atomic
 from auxgen.data import Data
 from auxgen.errors import AuxgenError
 from auxgen.export.format import (
-    DEFAULT_SHARD_SIZE,
+    EXPORT_FILE_MODE,
     FORMAT_NAME,
     FORMAT_VERSION,
     GENERATOR_NAME,
     HDF5_GENERATOR_SUFFIX,
     HDF5_MANIFEST_SUFFIX,
     MANIFEST_NAME,
-    SPLITS,
     STATE_NAME,
-    parse_size,
+    wds_key,
 )
 from auxgen.export.hdf5 import Hdf5Sink
-from auxgen.export.labels import LabelStats, hard_and_entropy, iter_label_batches
+from auxgen.export.labels import hard_and_entropy, iter_label_batches
 from auxgen.export.manifest import file_entry, write_manifest
+from auxgen.export.options import ExportOptions
 from auxgen.export.pipeline import BackgroundWriter, SampleAssembler
 from auxgen.export.script import save_generator_script
+from auxgen.export.sink import Sink, SplitSource
+from auxgen.export.source import open_run
 from auxgen.export.views import draw_split_views
 from auxgen.export.wds import WdsSink
-from auxgen.run import LoadedRun, load_run, load_run_data, read_run_config, resolve_checkpoint
+from auxgen.label_stats import LabelStats
+from auxgen.run import LoadedRun, load_run_data
 
+_SHARD = re.compile(r"^(train|test)-\d{6}\.tar$")
 _OUR_FILES = re.compile(r"^(manifest\.json|generator\.pt|\.auxgen-export\.json|(train|test)-\d{6}\.tar|\..*\.tmp)$")
-MIN_SHARD_SIZE = 64 * 1024
+# names webdataset's reader skips as metadata (tar_file_iterator's skip_meta default)
+_WDS_META = re.compile(r"__[^/]*__($|/)")
 
 
-def export_labels(run_dir: str | Path, out: str | Path, fmt: str = "hdf5", checkpoint: str = "best",
-                  split: str = "all", dtype: str = "float32", views: int = 0, images: bool = True,
-                  shard_size: int | str | None = None, max_count: int | None = None, generator_script: bool = False,
-                  force: bool = False, resume: bool = False, batch_size: int = 500, seed: int = 0,
-                  data_root: str | None = None, device: str | None = None, show: bool = False) -> dict[str, Any]:
-    """Export a run's soft auxiliary labels (see docs/format.md); returns a summary of files, counts and label stats."""
+def export_labels(run_dir: str | Path, out: str | Path, fmt: str | None = None, *,
+                  options: ExportOptions | None = None, show: bool = False, **fields: Any) -> dict[str, Any]:
+    """Export a run's soft auxiliary labels (see docs/format.md); returns a summary of files, counts and label stats.
+
+    Options come as an `ExportOptions`, or as its fields by name (`fmt` also as the third
+    argument); fields given by name override those of `options`. Nothing is written or removed
+    until every check has passed; an export never writes over its inputs (the run, its
+    checkpoint, the dataset), with or without --force.
+    """
+    base = options or ExportOptions()
+    opts = dataclasses.replace(base, **({"fmt": fmt} if fmt is not None else {}), **fields).validated()
     out = Path(out)
-    size_limit = _check_options(fmt, split, dtype, views, shard_size, max_count, force, resume, batch_size)
-    splits = list(SPLITS) if split == "all" else [split]
-    if fmt == "hdf5":
-        _check_hdf5_out(out, force)
-    else:
-        _check_wds_out(out, force, resume)
-    run = _load(run_dir, checkpoint, device, data_root)
+    try:
+        _check_out(out, opts)
+    except OSError as e:  # e.g. a folder that cannot be listed
+        raise AuxgenError(f"--out {out}: {e.strerror or e}") from None
+    run = _load(run_dir, opts)
     data = load_run_data(run, check=True)
     if data.num_classes != run.hier.num_primary:
         raise AuxgenError(f"the data has {data.num_classes} classes but the run's psi covers {run.hier.num_primary}")
-    pad = int(run.meta["data"]["pad"])
-    info = _info(run, data, checkpoint, splits, dtype, views, pad, seed, batch_size)
+    _check_not_inputs(out, opts, run)
+    _check_keys(data, opts)
+    info = _info(run, data, opts)
     t0 = time.perf_counter()
-    if fmt == "hdf5":
-        result = _export_hdf5(run, data, out, info, splits, dtype, views, pad, seed, batch_size, generator_script,
-                              force, show)
-    else:
-        info.update(images=bool(images), shard_size=size_limit, max_count=max_count)
-        result = _export_wds(run, data, out, info, splits, dtype, views, pad, seed, batch_size, generator_script,
-                             images, size_limit, max_count, resume, show)
+    try:
+        if opts.fmt == "hdf5":
+            result = _export_hdf5(run, data, out, info, opts, show)
+        else:
+            result = _export_wds(run, data, out, info, opts, show)
+    except OSError as e:  # a full disk, a read-only or vanished folder: say which file, in one line
+        reason = e.strerror or " ".join(str(e).split())[:200]
+        hint = ("; the finished shards are kept: run again with --resume to continue"
+                if opts.fmt == "wds" and (out / STATE_NAME).is_file() else "")
+        raise AuxgenError(f"cannot write {e.filename or out}: {reason}{hint}") from None
     seconds = time.perf_counter() - t0
     computed = result.pop("computed")
     result.update(seconds=seconds, samples_per_s=computed / seconds if seconds > 0 else None,
@@ -77,54 +92,24 @@ def export_labels(run_dir: str | Path, out: str | Path, fmt: str = "hdf5", check
     return result
 
 
-# ------------------------------------------------------------------------------ checks
-def _check_options(fmt: str, split: str, dtype: str, views: int, shard_size: int | str | None,
-                   max_count: int | None, force: bool, resume: bool, batch_size: int) -> int:
-    if fmt not in ("hdf5", "wds"):
-        raise AuxgenError(f"--format {fmt!r}: choose hdf5 or wds")
-    if split not in ("train", "test", "all"):
-        raise AuxgenError(f"--split {split!r}: choose train, test or all")
-    if dtype not in ("float32", "float16"):
-        raise AuxgenError(f"--dtype {dtype!r}: choose float32 or float16")
-    if views < 0:
-        raise AuxgenError(f"--views {views}: give 0 (no views) or a positive number of views per image")
-    if batch_size < 1:
-        raise AuxgenError(f"--batch-size {batch_size}: must be at least 1")
-    if force and resume:
-        raise AuxgenError("give --force (start over) or --resume (continue), not both")
-    size = parse_size(shard_size)
-    if fmt == "hdf5":
-        for flag, given in (("--resume", resume), ("--shard-size", shard_size is not None),
-                            ("--max-count", max_count is not None)):
-            if given:
-                raise AuxgenError(f"{flag} applies to --format wds only")
-        return 0
-    if max_count is not None and max_count < 1:
-        raise AuxgenError(f"--max-count {max_count}: must be at least 1")
-    size = DEFAULT_SHARD_SIZE if size is None else size
-    if size < MIN_SHARD_SIZE:
-        raise AuxgenError(f"--shard-size {shard_size}: must be at least {MIN_SHARD_SIZE // 1024}KiB")
-    return size
-
-
-def _check_hdf5_out(out: Path, force: bool) -> None:
-    if out.is_dir():
-        raise AuxgenError(f"--out {out} is a folder; give a file name such as {out / 'labels.h5'}")
-    existing = [p for p in _hdf5_paths(out) if p.exists()]
-    if existing and not force:
-        raise AuxgenError(f"{existing[0]} exists; pass --force to replace the export, or choose another --out")
-
-
-def _hdf5_paths(out: Path) -> tuple[Path, Path, Path]:
-    return out, out.with_name(out.name + HDF5_MANIFEST_SUFFIX), out.with_name(out.name + HDF5_GENERATOR_SUFFIX)
-
-
-def _check_wds_out(out: Path, force: bool, resume: bool) -> None:
+# ------------------------------------------------------------------------------ checks (nothing written)
+def _check_out(out: Path, opts: ExportOptions) -> None:
+    """--out against what is there now: the right kind of path, and replaced only when asked."""
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise AuxgenError(f"--out {out}: {above} is a file, not a folder")
+    if opts.fmt == "hdf5":
+        if out.is_dir():
+            raise AuxgenError(f"--out {out} is a folder; give a file name such as {out / 'labels.h5'}")
+        existing = [p for p in _hdf5_paths(out) if p.exists()]
+        if existing and not opts.force:
+            raise AuxgenError(f"{existing[0]} exists; pass --force to replace the export, or choose another --out")
+        return
     if out.exists() and not out.is_dir():
         raise AuxgenError(f"--out {out} is a file; shards go into a folder")
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     state, manifest = out / STATE_NAME, out / MANIFEST_NAME
-    if resume:
+    if opts.resume:
         if not state.is_file():
             what = "is a finished export (it has a manifest)" if manifest.is_file() else "holds no unfinished export"
             raise AuxgenError(f"--resume: {out} {what}; nothing to resume")
@@ -135,80 +120,121 @@ def _check_wds_out(out: Path, force: bool, resume: bool) -> None:
     if foreign:
         raise AuxgenError(f"--out {out} holds files auxgen did not write ({', '.join(foreign[:3])}); "
                           f"choose an empty or new folder")
-    if not force:
+    if not opts.force:
         if state.is_file():
             raise AuxgenError(f"{out} holds an unfinished export; pass --resume to continue it "
                               f"or --force to start over")
         raise AuxgenError(f"{out} already holds an export; pass --force to replace it, or choose another --out")
-    # the manifest goes first, so a half-replaced folder never looks complete
-    for name in [MANIFEST_NAME] + [n for n in names if n != MANIFEST_NAME]:
-        (out / name).unlink(missing_ok=True)
 
 
-def _load(run_dir: str | Path, checkpoint: str, device: str | None, data_root: str | None) -> LoadedRun:
-    meta = read_run_config(run_dir)
-    if checkpoint not in ("best", "last"):  # a foreign checkpoint: say clearly what does not match
-        state = load_checkpoint(resolve_checkpoint(Path(run_dir), checkpoint))
-        if state.get("psi") != meta["psi"]:
-            raise AuxgenError(f"checkpoint {checkpoint} has psi {state.get('psi')} but {run_dir} has {meta['psi']}; "
-                              f"use a checkpoint of this run")
-        if state.get("data_fingerprint") not in (None, meta["data"]["fingerprint"]):
-            raise AuxgenError(f"checkpoint {checkpoint} was trained on different data ({state.get('dataset')}) "
-                              f"than {run_dir} ({meta['data']['name']}); use a checkpoint of this run")
-    try:
-        run = load_run(run_dir, checkpoint, device=device, data_root=data_root)
-    except RuntimeError as e:  # weights of another architecture
-        raise AuxgenError(f"checkpoint {checkpoint} does not fit the models of {run_dir} "
-                          f"({str(e).splitlines()[0]})") from None
+def _hdf5_paths(out: Path) -> tuple[Path, Path, Path]:
+    return out, out.with_name(out.name + HDF5_MANIFEST_SUFFIX), out.with_name(out.name + HDF5_GENERATOR_SUFFIX)
+
+
+def _load(run_dir: str | Path, opts: ExportOptions) -> LoadedRun:
+    run = open_run(run_dir, opts.checkpoint, opts.device, opts.data_root)
+    fingerprint = run.state.get("data_fingerprint")
+    if fingerprint not in (None, run.meta["data"].get("fingerprint")):
+        raise AuxgenError(f"checkpoint {opts.checkpoint} was trained on different data ({run.state.get('dataset')}) "
+                          f"than {run_dir} ({run.meta['data'].get('name')}); use a checkpoint of this run")
     if run.generator is None:
         raise AuxgenError(f"{run_dir} was trained with --method {run.cfg.method}, which has no label generator; "
                           f"export needs a maxl run")
     return run
 
 
-def _readable(*paths: Path) -> None:
-    """Give outputs the usual permissions (temporary files are created private to their owner)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in paths:
-        if p.exists():
-            os.chmod(p, 0o666 & ~umask)
+def _inputs(run: LoadedRun) -> list[tuple[str, Path]]:
+    """What an export reads: the run directory, the checkpoint, and the dataset's folders on disk."""
+    found = [("the run directory", run.run_dir), ("the checkpoint", run.checkpoint_path)]
+    if run.cfg.dataset != "digits":  # digits ships with scikit-learn: nothing of it is on disk
+        found.append(("the dataset", Path(run.cfg.data_root)))
+        if getattr(run.cfg, "test_root", None):
+            found.append(("the test dataset", Path(run.cfg.test_root)))
+    return [(what, p.expanduser().resolve()) for what, p in found]
 
 
-def _info(run: LoadedRun, data: Data, checkpoint: str, splits: list[str], dtype: str, views: int, pad: int,
-          seed: int, batch_size: int) -> dict[str, Any]:
+def _check_not_inputs(out: Path, opts: ExportOptions, run: LoadedRun) -> None:
+    """Refuse any output path that is, holds or lies inside an input (symbolic links followed)."""
+    outputs = _hdf5_paths(out) if opts.fmt == "hdf5" else (out,)
+    for o in outputs:
+        target = o.expanduser().resolve()
+        for what, src in _inputs(run):
+            if target == src or src in target.parents or target in src.parents:
+                how = ("is" if target == src else "lies inside" if src in target.parents else "holds")
+                raise AuxgenError(f"--out {out}: {o} {how} {what} ({src}); an export never writes over its "
+                                  f"own inputs, choose another --out")
+
+
+def _check_keys(data: Data, opts: ExportOptions) -> None:
+    """Every sample must get its own key, and (shards) a __key__ that webdataset reads back as it is."""
+    for s in opts.splits:
+        keys = getattr(data, s).keys
+        stored = [wds_key(k) for k in keys] if opts.fmt == "wds" else keys
+        first: dict[str, str] = {}
+        for key, sk in zip(keys, stored, strict=True):
+            if sk in first:
+                raise AuxgenError(f"samples {first[sk]!r} and {key!r} of the {s} split would both be stored under "
+                                  f"key {sk!r}; an export needs one key per sample (rename one of them)")
+            first[sk] = key
+            if opts.fmt == "wds" and (base_plus_ext(f"{sk}.cls") != (sk, "cls") or _WDS_META.match(sk)):
+                raise AuxgenError(f"sample {key!r} of the {s} split has no WebDataset key that readers give "
+                                  f"back unchanged ({sk!r}); export it as --format hdf5 or rename it")
+
+
+def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:
     """Fields shared by the manifest and the HDF5 attributes."""
     return {"auxgen_version": auxgen.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "psi": list(run.hier.psi), "num_primary": run.hier.num_primary, "num_aux": run.hier.num_aux,
-            "dtype": dtype, "views": views, "pad": pad, "seed": seed, "batch_size": batch_size,
-            "splits": splits, "checkpoint": checkpoint, "checkpoint_sha256": run.checkpoint_sha256,
-            "config_sha256": run.config_sha256, "run_dir": str(run.run_dir), "dataset": data.name,
-            "dataset_fingerprint": run.meta["data"]["fingerprint"], "test_acc": run.recorded_test_acc(),
-            "device": str(run.device)}
+            "dtype": opts.dtype, "views": opts.views, "pad": int(run.meta["data"]["pad"]), "seed": opts.seed,
+            "batch_size": opts.batch_size, "splits": opts.splits, "checkpoint": opts.checkpoint,
+            "checkpoint_sha256": run.checkpoint_sha256, "config_sha256": run.config_sha256,
+            "run_dir": str(run.run_dir), "dataset": data.name, "dataset_fingerprint": run.meta["data"]["fingerprint"],
+            "test_acc": run.recorded_test_acc(), "device": str(run.device)}
+
+
+def _publish(*paths: Path) -> None:
+    """Give finished outputs the documented EXPORT_FILE_MODE (temporary files are created private)."""
+    for p in paths:
+        if p.is_file():
+            os.chmod(p, EXPORT_FILE_MODE)
 
 
 # ------------------------------------------------------------------------------ the compute loop
-def _compute(run: LoadedRun, data: Data, sink: Any, splits: list[str], views: int, pad: int, seed: int,
-             batch_size: int, starts: dict[str, int], begin: Any, show: bool) -> int:
+def _split_sources(run: LoadedRun, data: Data, opts: ExportOptions, starts: dict[str, int] | None = None,
+                   start_shards: dict[str, int] | None = None) -> list[SplitSource]:
+    """What the sinks get of each exported split (views drawn from the seed, per split)."""
+    pad = int(run.meta["data"]["pad"])
+    out = []
+    for s in opts.splits:
+        sp = getattr(data, s)
+        views = draw_split_views(len(sp), opts.views, pad, opts.seed) if opts.views else None
+        out.append(SplitSource(s, sp.keys, sp.labels.numpy(), sp.images.numpy() if opts.images else None,
+                               None if views is None else views.numpy(), data.split_fingerprint(s),
+                               (starts or {}).get(s, 0), (start_shards or {}).get(s, 0)))
+    return out
+
+
+def _compute(run: LoadedRun, data: Data, sink: Sink, opts: ExportOptions, splits: list[SplitSource],
+             show: bool) -> int:
     """Run the generator over the splits and feed the sink on a writer thread; returns samples computed."""
-    v = max(views, 1)
-    total = sum(len(getattr(data, s)) - starts.get(s, 0) for s in splits)
+    v = max(opts.views, 1)
+    pad = int(run.meta["data"]["pad"])
+    total = sum(len(sp.keys) - sp.start for sp in splits)
     writer = BackgroundWriter(maxsize=4)
     done = 0
     with _Progress(total, show) as progress:
         try:
-            for s in splits:
-                sp = getattr(data, s)
-                start = starts.get(s, 0)
-                view_params = draw_split_views(len(sp), views, pad, seed) if views else None
-                writer.call(begin, s, sp, view_params, start)
-                if start >= len(sp):
+            for sp in splits:
+                writer.call(sink.begin_split, sp)
+                if sp.start >= len(sp.keys):
                     writer.call(sink.end_split)
                     continue
-                asm = SampleAssembler(s, sp.labels.numpy(), views, start)
-                for r0, soft in iter_label_batches(run.generator, sp.images, sp.labels, run.device, batch_size,
-                                                   view_params, pad, start * v):
+                split = getattr(data, sp.name)
+                asm = SampleAssembler(sp.name, sp.primary, opts.views, sp.start)
+                views = None if sp.views is None else torch.from_numpy(sp.views)
+                for r0, soft in iter_label_batches(run.generator, split.images, split.labels, run.device,
+                                                   opts.batch_size, views, pad, sp.start * v):
                     hard, ent = hard_and_entropy(soft)
                     for chunk in asm.add(r0, soft.cpu().numpy(), hard.cpu().numpy(), ent.cpu().numpy()):
                         writer.call(sink.write, chunk)
@@ -261,70 +287,73 @@ def _write_generator(run: LoadedRun, data: Data, path: Path, info: dict[str, Any
     meta = {k: info[k] for k in ("psi", "num_primary", "num_aux", "checkpoint_sha256", "config_sha256", "dataset")}
     meta.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, input="uint8 [B, C, H, W] images, int64 [B]",
                 image_shape=list(data.image_shape))
-    save_generator_script(run.generator, path, meta, example=(sp.images[:n], sp.labels[:n]))  # type: ignore[arg-type]
+    try:
+        save_generator_script(run.generator, path, meta, example=(sp.images[:n], sp.labels[:n]))  # type: ignore[arg-type]
+    except RuntimeError as e:  # torch reports a failed archive write (a full disk) as a RuntimeError
+        raise AuxgenError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
 
 
 # ------------------------------------------------------------------------------ HDF5
-def _export_hdf5(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], splits: list[str], dtype: str,
-                 views: int, pad: int, seed: int, batch_size: int, generator_script: bool, force: bool,
+def _export_hdf5(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: ExportOptions,
                  show: bool) -> dict[str, Any]:
     out, manifest_path, gen_path = _hdf5_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # temporary files of an interrupted export to this --out (the file, its manifest, its generator)
+    for stale in glob.glob(os.path.join(glob.escape(str(out.parent)), f".{glob.escape(out.name)}.*.tmp")):
+        os.unlink(stale)
     attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
              **{k: v for k, v in info.items() if k not in ("psi", "test_acc", "splits", "run_dir", "device")},
              "psi": np.asarray(info["psi"], dtype=np.int64),
              "test_acc": float("nan") if info["test_acc"] is None else float(info["test_acc"]),
              "run_config": json.dumps(run.meta, sort_keys=True)}
-    stats = LabelStats(run.hier.psi)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     try:
-        sink = Hdf5Sink(tmp, attrs, dtype, run.hier.num_aux, views, stats)
-
-        def begin(s: str, sp: Any, view_params: torch.Tensor | None, start: int) -> None:
-            sink.begin_split(s, sp.keys, sp.labels.numpy(), None if view_params is None else view_params.numpy(),
-                             data.split_fingerprint(s))
-
-        computed = _compute(run, data, sink, splits, views, pad, seed, batch_size, {}, begin, show)
-        if force:
-            manifest_path.unlink(missing_ok=True)
+        sink = Hdf5Sink(tmp, attrs, opts.dtype, run.hier.num_aux, opts.views, run.hier.psi)
+        computed = _compute(run, data, sink, opts, _split_sources(run, data, opts), show)
+        # a replaced export loses its manifest first, so the new file never pairs with the old manifest
+        manifest_path.unlink(missing_ok=True)
+        os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: the file never appears with mkstemp's 0600
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     files = [file_entry(out, out.parent)]
-    if generator_script:
-        _write_generator(run, data, gen_path, info, splits)
+    if opts.generator_script:
+        _write_generator(run, data, gen_path, info, opts.splits)
         files.append(file_entry(gen_path, out.parent))
     else:
         gen_path.unlink(missing_ok=True)  # a stale generator of a replaced export
-    counts = {s: len(getattr(data, s)) for s in splits}
-    info = {**info, "generator": gen_path.name if generator_script else None}
+    counts = {s: len(getattr(data, s)) for s in opts.splits}
+    info = {**info, "generator": gen_path.name if opts.generator_script else None}
     write_manifest(manifest_path, "hdf5", info, files, counts)
-    _readable(out, manifest_path, gen_path)
-    return _summary("hdf5", out, manifest_path, files, counts, stats, run, views, dtype, computed, {})
+    return _summary("hdf5", out, manifest_path, files, counts, sink.stats, run, opts, computed, {})
 
 
 # ------------------------------------------------------------------------------ WebDataset
-def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], splits: list[str], dtype: str,
-                views: int, pad: int, seed: int, batch_size: int, generator_script: bool, images: bool,
-                shard_size: int, max_count: int | None, resume: bool, show: bool) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
-    state_path = out / STATE_NAME
-    params = {k: info[k] for k in ("checkpoint_sha256", "config_sha256", "dataset_fingerprint", "splits", "dtype",
-                                   "views", "pad", "seed", "batch_size", "device", "images", "shard_size",
-                                   "max_count")}
+_STATE_PARAMS = ("checkpoint_sha256", "config_sha256", "dataset_fingerprint", "splits", "dtype", "views", "pad",
+                 "seed", "batch_size", "device", "images", "shard_size", "max_count")
+
+
+def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: ExportOptions,
+                show: bool) -> dict[str, Any]:
+    info = {**info, "images": bool(opts.images), "shard_size": opts.shard_size, "max_count": opts.max_count}
+    params = {k: info[k] for k in _STATE_PARAMS}
     params["format_version"] = FORMAT_VERSION
-    shards: dict[str, list[dict[str, Any]]] = {s: [] for s in splits}
-    if resume:
+    state_path = out / STATE_NAME
+    shards: dict[str, list[dict[str, Any]]] = {s: [] for s in opts.splits}
+    if opts.resume:
         state = _read_state(state_path)
         changed = sorted(k for k in set(params) | set(state["params"]) if params.get(k) != state["params"].get(k))
         if changed:
             raise AuxgenError(f"--resume: the export in {out} was started with different {', '.join(changed)}; "
                               f"repeat its options or start over with --force")
         info["created"] = state.get("created", info["created"])
-        shards = _kept_shards(out, state["shards"], splits)
-    starts = {s: sum(r["count"] for r in shards[s]) for s in splits}
+        shards = _kept_shards(out, state, opts.splits, run.hier.psi)
+    elif out.is_dir():
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    starts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
     resumed = {s: n for s, n in starts.items() if n}
 
     def save_state() -> None:
@@ -335,55 +364,76 @@ def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], spl
         save_state()
 
     save_state()
-    sink = WdsSink(out, dtype, run.hier.num_aux, views, max_count or 2**62, shard_size, run.hier.psi, on_record)
-
-    def begin(s: str, sp: Any, view_params: torch.Tensor | None, start: int) -> None:
-        sink.begin_split(s, sp.keys, sp.images.numpy() if images else None,
-                         None if view_params is None else view_params.numpy(), start, len(shards[s]))
-
-    computed = _compute(run, data, sink, splits, views, pad, seed, batch_size, starts, begin, show)
-    files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for s in splits for r in shards[s]]
+    sink = WdsSink(out, opts.dtype, run.hier.num_aux, opts.views, opts.max_count or 2**62, int(opts.shard_size or 0),
+                   run.hier.psi, on_record)
+    sources = _split_sources(run, data, opts, starts, {s: len(shards[s]) for s in opts.splits})
+    computed = _compute(run, data, sink, opts, sources, show)
+    files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for s in opts.splits for r in shards[s]]
     gen_path = out / GENERATOR_NAME
-    if generator_script:
-        _write_generator(run, data, gen_path, info, splits)
+    if opts.generator_script:
+        _write_generator(run, data, gen_path, info, opts.splits)
         files.append(file_entry(gen_path, out))
-    counts = {s: sum(r["count"] for r in shards[s]) for s in splits}
-    expected = {s: len(getattr(data, s)) for s in splits}
+    counts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
+    expected = {s: len(getattr(data, s)) for s in opts.splits}
     if counts != expected:  # a bug, not a user error: never write a manifest for an incomplete export
         raise RuntimeError(f"shards hold {counts} samples, expected {expected}")
     stats = LabelStats(run.hier.psi)
-    for s in splits:
+    for s in opts.splits:
         for r in shards[s]:
             stats.merge(LabelStats.from_dict(run.hier.psi, r["stats"]))
-    info = {**info, "generator": GENERATOR_NAME if generator_script else None}
+    info["generator"] = GENERATOR_NAME if opts.generator_script else None
     manifest_path = out / MANIFEST_NAME
+    _publish(*(out / f["path"] for f in files))  # shards kept from an earlier process, whatever wrote them
     write_manifest(manifest_path, "wds", info, files, counts)
-    _readable(manifest_path, gen_path, *(out / f["path"] for f in files))
     state_path.unlink()
-    return _summary("wds", out, manifest_path, files, counts, stats, run, views, dtype, computed, resumed)
+    return _summary("wds", out, manifest_path, files, counts, stats, run, opts, computed, resumed)
+
+
+def _clear(out: Path) -> None:
+    """Remove an earlier export from a folder (_check_out made sure it holds nothing else)."""
+    names = sorted(p.name for p in out.iterdir() if _OUR_FILES.match(p.name))
+    # the manifest goes first, so a half-replaced folder never looks complete
+    for name in [n for n in names if n == MANIFEST_NAME] + [n for n in names if n != MANIFEST_NAME]:
+        (out / name).unlink(missing_ok=True)
 
 
 def _read_state(path: Path) -> dict[str, Any]:
+    """The resume state, checked for the structure the exporter writes; anything else is damage."""
+    damaged = AuxgenError(f"{path} is damaged; start the export over with --force")
     try:
         state = json.loads(path.read_text())
-        state["params"], state["shards"]  # noqa: B018 - both must be there
-        return state
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise AuxgenError(f"{path} is damaged; start the export over with --force") from None
+    except (ValueError, OSError):
+        raise damaged from None
+    if not isinstance(state, dict) or not isinstance(state.get("params"), dict) \
+            or not isinstance(state.get("shards"), dict):
+        raise damaged
+    for split, records in state["shards"].items():
+        if not isinstance(records, list):
+            raise damaged
+        for r in records:
+            if not (isinstance(r, dict) and isinstance(r.get("path"), str) and _SHARD.match(r["path"])
+                    and r["path"].startswith(f"{split}-") and isinstance(r.get("count"), int) and r["count"] > 0
+                    and isinstance(r.get("bytes"), int) and isinstance(r.get("sha256"), str)
+                    and isinstance(r.get("stats"), dict)):
+                raise damaged
+    return state
 
 
-def _kept_shards(out: Path, recorded: dict[str, list[dict[str, Any]]],
-                 splits: list[str]) -> dict[str, list[dict[str, Any]]]:
+def _kept_shards(out: Path, state: dict[str, Any], splits: list[str],
+                 psi: tuple[int, ...]) -> dict[str, list[dict[str, Any]]]:
     """Finished shards whose size and sha256 check out, up to the first that does not; the rest are removed."""
     kept: dict[str, list[dict[str, Any]]] = {}
     for s in splits:
         kept[s] = []
-        for r in recorded.get(s, []):
+        for r in state["shards"].get(s, []):
             p = out / r["path"]
-            if p.is_file() and p.stat().st_size == r["bytes"] and sha256_file(p) == r["sha256"]:
-                kept[s].append(r)
-            else:
+            if not (p.is_file() and p.stat().st_size == r["bytes"] and sha256_file(p) == r["sha256"]):
                 break
+            try:
+                LabelStats.from_dict(psi, r["stats"])
+            except (KeyError, TypeError, ValueError, RuntimeError):
+                raise AuxgenError(f"{out / STATE_NAME} is damaged; start the export over with --force") from None
+            kept[s].append(r)
     keep_names = {r["path"] for rs in kept.values() for r in rs}
     for p in out.iterdir():
         if _OUR_FILES.match(p.name) and p.name.endswith((".tar", ".tmp")) and p.name not in keep_names:
@@ -392,10 +442,10 @@ def _kept_shards(out: Path, recorded: dict[str, list[dict[str, Any]]],
 
 
 def _summary(kind: str, out: Path, manifest: Path, files: list[dict[str, Any]], counts: dict[str, int],
-             stats: LabelStats, run: LoadedRun, views: int, dtype: str, computed: int,
+             stats: LabelStats, run: LoadedRun, opts: ExportOptions, computed: int,
              resumed: dict[str, int]) -> dict[str, Any]:
     return {"format": kind, "out": str(out), "manifest": str(manifest), "files": files,
             "total_bytes": sum(f["bytes"] for f in files), "counts": counts, "psi": list(run.hier.psi),
-            "num_aux": run.hier.num_aux, "views": views, "dtype": dtype, "checkpoint": str(run.checkpoint_path),
-            "stats": stats.summary(), "resumed": resumed, "computed": computed}
-
+            "num_aux": run.hier.num_aux, "views": opts.views, "dtype": opts.dtype,
+            "checkpoint": str(run.checkpoint_path), "stats": stats.summary(), "resumed": resumed,
+            "computed": computed}

@@ -7,7 +7,8 @@ import re
 from auxgen.errors import AuxgenError
 
 FORMAT_NAME = "auxgen-labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                       # 2: reversible WebDataset keys (percent-escaped '.' and '%')
+READABLE_VERSIONS = (1, 2)               # verify still reads version 1 exports (their '.' -> '_' keys)
 SPLITS = ("train", "test")
 MANIFEST_NAME = "manifest.json"          # inside a shard folder
 HDF5_MANIFEST_SUFFIX = ".manifest.json"  # beside an HDF5 file: labels/c100.h5.manifest.json
@@ -17,11 +18,28 @@ STATE_NAME = ".auxgen-export.json"       # resume state of an unfinished shard e
 SHARD_PATTERN = "{split}-%06d.tar"
 DEFAULT_SHARD_SIZE = 256 * 10**6
 TAR_TRAILER = 1024 + 10240               # end-of-archive blocks plus the padding to a full tar record
+# Exports are data to share: world-readable, whatever the umask (run directories stay private)
+EXPORT_FILE_MODE = 0o644
+
+_ESCAPES = {"%": "%25", ".": "%2E"}
+_UNESCAPE = re.compile(r"%(25|2E)")
 
 
-def wds_key(key: str) -> str:
-    """The webdataset `__key__` of a sample key: webdataset splits file names at the first dot."""
-    return key.replace(".", "_")
+def wds_key(key: str, version: int = FORMAT_VERSION) -> str:
+    """The webdataset `__key__` of a sample key.
+
+    webdataset ends a key at the first dot of a member's file name, so dots cannot stay. Version 2
+    percent-escapes '%' and '.' ('%25', '%2E'), which keeps keys distinct and reversible
+    (`key_of_wds`); version 1 replaced '.' by '_', which made `a.b.png` and `a_b.png` collide.
+    """
+    if version == 1:
+        return key.replace(".", "_")
+    return "".join(_ESCAPES.get(ch, ch) for ch in key)
+
+
+def key_of_wds(wkey: str) -> str:
+    """The sample key a (version 2) `__key__` stands for: the inverse of `wds_key`."""
+    return _UNESCAPE.sub(lambda m: "%" if m.group(1) == "25" else ".", wkey)
 
 
 def shard_name(split: str, index: int) -> str:

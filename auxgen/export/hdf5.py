@@ -11,8 +11,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from auxgen.export.labels import LabelStats
 from auxgen.export.pipeline import Chunk
+from auxgen.export.sink import SplitSource, add_chunk
+from auxgen.label_stats import LabelStats
 
 CHUNK_BYTES = 1 << 18
 GZIP_LEVEL = 4
@@ -24,15 +25,19 @@ def _chunks(n: int, row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...
 
 
 class Hdf5Sink:
-    """Writes an export into an HDF5 file (the caller gives a temporary path and renames it)."""
+    """Writes an export into an HDF5 file (the caller gives a temporary path and renames it).
+
+    `stats` accumulates the label statistics of everything written.
+    """
 
     def __init__(self, path: str, attrs: dict[str, Any], dtype: str, num_aux: int, views: int,
-                 stats: LabelStats) -> None:
+                 psi: tuple[int, ...]) -> None:
         # a large chunk cache holds partly written chunks until complete, so nothing is compressed twice
         self.f = h5py.File(path, "w", rdcc_nbytes=64 << 20, rdcc_nslots=10007)
         for k, v in attrs.items():
             self.f.attrs[k] = v
-        self.dtype, self.k, self.v, self.stats = np.dtype(dtype), num_aux, views, stats
+        self.dtype, self.k, self.v = np.dtype(dtype), num_aux, views
+        self.stats = LabelStats(psi)
         self.g: h5py.Group | None = None
 
     def _dataset(self, name: str, data: np.ndarray | None, shape: tuple[int, ...], dtype: Any) -> None:
@@ -44,29 +49,28 @@ class Hdf5Sink:
                               chunks=_chunks(max(shape[0], 1), shape[1:], itemsize),
                               compression="gzip", compression_opts=GZIP_LEVEL, shuffle=numeric)
 
-    def begin_split(self, split: str, keys: list[str], primary: np.ndarray, views: np.ndarray | None,
-                    fingerprint: str) -> None:
-        n = len(keys)
-        self.g = self.f.create_group(split)
+    def begin_split(self, split: SplitSource) -> None:
+        n = len(split.keys)
+        self.g = self.f.create_group(split.name)
         self.g.attrs["count"] = n
-        self.g.attrs["split_fingerprint"] = fingerprint
+        self.g.attrs["split_fingerprint"] = split.fingerprint
         vshape = (self.v,) if self.v else ()
-        self._dataset("keys", np.array(keys, dtype=object), (n,), h5py.string_dtype("utf-8"))
+        self._dataset("keys", np.array(split.keys, dtype=object), (n,), h5py.string_dtype("utf-8"))
         self._dataset("index", np.arange(n, dtype=np.int64), (n,), np.int64)
-        self._dataset("primary", primary.astype(np.int64), (n,), np.int64)
+        self._dataset("primary", split.primary.astype(np.int64), (n,), np.int64)
         self._dataset("aux_soft", None, (n, *vshape, self.k), self.dtype)
         self._dataset("aux_hard", None, (n, *vshape), np.int64)
         self._dataset("entropy", None, (n, *vshape), np.float32)
-        if views is not None:
-            self._dataset("views", views.astype(np.int32), (n, self.v, 3), np.int32)
+        if split.views is not None:
+            self._dataset("views", split.views.astype(np.int32), (n, self.v, 3), np.int32)
 
-    def write(self, c: Chunk) -> None:
+    def write(self, chunk: Chunk) -> None:
         assert self.g is not None
-        a, b = c.start, c.start + len(c)
-        self.g["aux_soft"][a:b] = c.soft.astype(self.dtype, copy=False)
-        self.g["aux_hard"][a:b] = c.hard
-        self.g["entropy"][a:b] = c.entropy
-        self.stats.add_chunk(c)
+        a, b = chunk.start, chunk.start + len(chunk)
+        self.g["aux_soft"][a:b] = chunk.soft.astype(self.dtype, copy=False)
+        self.g["aux_hard"][a:b] = chunk.hard
+        self.g["entropy"][a:b] = chunk.entropy
+        add_chunk(self.stats, chunk)
 
     def end_split(self) -> None:
         self.g = None

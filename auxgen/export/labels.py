@@ -8,11 +8,8 @@ algorithms by batch size), so the reference computation and the exporter share t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from typing import Any
 
-import numpy as np
 import torch
 
 from auxgen.data import apply_views
@@ -66,64 +63,3 @@ def compute_soft_labels(generator: torch.nn.Module, images_uint8: torch.Tensor, 
 def hard_and_entropy(soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """aux_hard (argmax, first on ties) and per-row entropy in nats, both from float32 labels."""
     return soft.argmax(dim=1), block_entropy(soft)
-
-
-class LabelStats:
-    """Running label statistics for the summary: auxiliary-class usage and per-sample entropy."""
-
-    def __init__(self, psi: tuple[int, ...] | list[int]) -> None:
-        self.psi = tuple(psi)
-        self.log_psi = np.log(np.asarray(self.psi, dtype=np.float64))
-        self.usage = np.zeros(sum(self.psi), dtype=np.float64)  # sum of soft labels per auxiliary class
-        self.hard = np.zeros(sum(self.psi), dtype=np.int64)     # hard-label counts per auxiliary class
-        self.rows, self.entropy_sum, self.frac_sum, self.frac_rows = 0, 0.0, 0.0, 0
-
-    def add(self, soft: np.ndarray, primary: np.ndarray, hard: np.ndarray, entropy: np.ndarray) -> None:
-        """Rows of float32 soft labels [R, K] with their primary labels, hard labels and entropies [R]."""
-        self.usage += soft.sum(0, dtype=np.float64)
-        self.hard += np.bincount(hard, minlength=len(self.usage))
-        self.rows += len(soft)
-        self.entropy_sum += float(entropy.sum(dtype=np.float64))
-        log_psi = self.log_psi[primary]
-        ok = log_psi > 0  # a block of one auxiliary class has no entropy to speak of
-        self.frac_sum += float((entropy[ok] / log_psi[ok]).sum())
-        self.frac_rows += int(ok.sum())
-
-    def add_chunk(self, c: Any, lo: int = 0, hi: int | None = None) -> None:
-        """Samples lo..hi of a pipeline Chunk (views flattened into rows)."""
-        k = c.soft.shape[-1]
-        sl = slice(lo, hi)
-        reps = c.soft.shape[1] if c.soft.ndim == 3 else 1
-        self.add(c.soft[sl].reshape(-1, k), np.repeat(c.primary[sl], reps), c.hard[sl].reshape(-1),
-                 c.entropy[sl].reshape(-1))
-
-    def merge(self, other: LabelStats) -> None:
-        self.usage += other.usage
-        self.hard += other.hard
-        self.rows += other.rows
-        self.entropy_sum += other.entropy_sum
-        self.frac_sum += other.frac_sum
-        self.frac_rows += other.frac_rows
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"usage": self.usage.tolist(), "hard": self.hard.tolist(), "rows": self.rows,
-                "entropy_sum": self.entropy_sum, "frac_sum": self.frac_sum, "frac_rows": self.frac_rows}
-
-    @classmethod
-    def from_dict(cls, psi: tuple[int, ...] | list[int], d: dict[str, Any]) -> LabelStats:
-        s = cls(psi)
-        s.usage, s.hard = np.asarray(d["usage"], dtype=np.float64), np.asarray(d["hard"], dtype=np.int64)
-        s.rows, s.entropy_sum, s.frac_sum, s.frac_rows = d["rows"], d["entropy_sum"], d["frac_sum"], d["frac_rows"]
-        return s
-
-    def summary(self) -> dict[str, Any]:
-        def ent(counts: np.ndarray) -> float:
-            p = counts / max(float(counts.sum()), 1e-12)
-            p = p[p > 0]
-            return float(-(p * np.log(p)).sum())
-
-        return {"aux_usage_entropy": ent(self.usage), "aux_hard_usage_entropy": ent(self.hard.astype(np.float64)),
-                "aux_usage_entropy_max": math.log(len(self.usage)),
-                "aux_classes_used": int((self.hard > 0).sum()), "aux_classes": len(self.usage),
-                "mean_sample_entropy": self.entropy_sum / self.rows if self.rows else None,
-                "sample_entropy_frac": self.frac_sum / self.frac_rows if self.frac_rows else None}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from auxgen.checkpoint import sha256_file, write_json_atomic
 from auxgen.errors import AuxgenError
-from auxgen.export.format import FORMAT_NAME, FORMAT_VERSION
+from auxgen.export.format import EXPORT_FILE_MODE, FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
 
 
 def file_entry(path: Path, base: Path, sha256: str | None = None) -> dict[str, Any]:
@@ -23,7 +22,7 @@ def write_manifest(path: Path, kind: str, info: dict[str, Any], files: list[dict
     """Write the manifest atomically; `info` holds the run-level fields (psi, hashes, dataset, ...)."""
     manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "kind": kind, **info,
                 "files": files, "counts": counts}
-    write_json_atomic(path, manifest)
+    write_json_atomic(path, manifest, mode=EXPORT_FILE_MODE)
     return manifest
 
 
@@ -34,25 +33,41 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise AuxgenError(f"{path} does not exist; is it an auxgen export?") from None
-    except json.JSONDecodeError:
+    except (ValueError, OSError):  # not JSON, not text, a folder
         raise AuxgenError(f"{path} is not valid JSON; the export is damaged") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise AuxgenError(f"{path} is not an auxgen label manifest (format is not {FORMAT_NAME!r})")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise AuxgenError(f"{path} has format_version {data.get('format_version')}; this auxgen reads "
-                          f"{FORMAT_VERSION}")
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     return data
 
 
 def check_files(manifest: dict[str, Any], base: Path) -> list[str]:
-    """Problems with the files a manifest lists (missing, wrong size, wrong sha256); empty when all check out."""
+    """Problems with the files a manifest lists (not inside base, missing, wrong size, wrong sha256).
+
+    Empty when every listed file checks out; a manifest that lists no files is a problem too.
+    """
+    files = manifest.get("files")
+    if not isinstance(files, list) or not files:
+        return ["manifest lists no files"]
     problems = []
-    for f in manifest["files"]:
-        p = base / f["path"]
-        if not p.is_file():
-            problems.append(f"{f['path']}: missing")
-        elif os.path.getsize(p) != f["bytes"]:
-            problems.append(f"{f['path']}: {os.path.getsize(p)} bytes, manifest says {f['bytes']}")
-        elif sha256_file(p) != f["sha256"]:
-            problems.append(f"{f['path']}: sha256 differs from the manifest")
+    root = base.resolve()
+    for entry in files:
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        target = (root / rel).resolve() if isinstance(rel, str) and rel else None
+        if target is None or root not in target.parents:
+            problems.append(f"manifest entry {entry!r} does not name a file inside {base}")
+        elif not target.is_file():
+            problems.append(f"{rel} is listed in the manifest but missing")
+        elif target.stat().st_size != entry.get("bytes"):
+            problems.append(f"{rel} has {target.stat().st_size} bytes, manifest says {entry.get('bytes')}")
+        else:
+            try:
+                digest = sha256_file(target)
+            except OSError as e:
+                problems.append(f"{rel} cannot be read ({e.strerror})")
+                continue
+            if digest != entry.get("sha256"):
+                problems.append(f"{rel} sha256 differs from the manifest (the file was changed or damaged)")
     return problems

@@ -13,6 +13,7 @@ from torch import nn
 
 from auxgen.checkpoint import atomic_write
 from auxgen.errors import AuxgenError
+from auxgen.export.format import EXPORT_FILE_MODE
 
 EXTRA_FILE = "auxgen.json"  # metadata stored inside the TorchScript archive
 
@@ -47,7 +48,7 @@ def save_generator_script(generator: nn.Module, path: str | Path, meta: dict[str
     extra = {EXTRA_FILE: json.dumps(meta, sort_keys=True)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        atomic_write(path, lambda tmp: torch.jit.save(module, tmp, _extra_files=extra))
+        atomic_write(path, lambda tmp: torch.jit.save(module, tmp, _extra_files=extra), mode=EXPORT_FILE_MODE)
     if example is not None:
         x, y = example
         loaded, _ = load_generator_script(path)

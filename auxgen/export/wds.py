@@ -1,8 +1,13 @@
-"""WebDataset sink: per-split tar shards written with webdataset's ShardWriter.
+"""WebDataset sink: per-split tar shards, written with the standard library's `tarfile`.
 
 Each shard is written under a temporary name, hashed while it is written, renamed when
 complete and then recorded in the resume state, so an interrupted export keeps every
 finished shard and `--resume` continues at the first shard that is missing or damaged.
+
+The tars are what webdataset's own writer produces (members `{__key__}.{ext}` in sorted
+extension order, mode 0444, owner `bigdata`), written here directly because its writer
+offers no supported way to choose the tar format, and GNU headers are much cheaper to build
+than the PAX headers tarfile uses by default (tarfile copies each TarInfo to build one).
 """
 
 from __future__ import annotations
@@ -18,13 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 from numpy.lib import format as npy_format
 from PIL import Image
 
-from auxgen.export.format import SHARD_PATTERN, TAR_TRAILER, wds_key
-from auxgen.export.labels import LabelStats
+from auxgen.export.format import EXPORT_FILE_MODE, TAR_TRAILER, shard_name, wds_key
 from auxgen.export.pipeline import Chunk
+from auxgen.export.sink import SplitSource, add_chunk
+from auxgen.label_stats import LabelStats
+
+TAR_FORMAT = tarfile.GNU_FORMAT
+TAR_ENCODING = "utf-8"      # member names, whatever the machine's locale
+MEMBER_MODE = 0o444         # as webdataset's TarWriter
+MEMBER_OWNER = "bigdata"    # as webdataset's TarWriter
+MEMBER_MTIME = 0            # shards are reproducible byte for byte
 
 
 def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
@@ -43,9 +54,20 @@ def encode_png(image_chw: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _tar_bytes(sample: dict[str, Any]) -> int:
-    """Bytes a sample adds to a tar: a 512-byte header per file plus its data padded to 512."""
-    return sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if not k.startswith("_"))
+def _blocks(n: int) -> int:
+    return -(-n // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def tar_bytes(key: str, files: dict[str, bytes]) -> int:
+    """Bytes a sample adds to a GNU tar: per file a header, a long-name record when the name
+    exceeds 100 bytes, and the data, each padded to 512-byte blocks."""
+    total = 0
+    for ext, data in files.items():
+        name = len(f"{key}.{ext}".encode(TAR_ENCODING))
+        if name > tarfile.LENGTH_NAME:
+            total += tarfile.BLOCKSIZE + _blocks(name + 1)
+        total += tarfile.BLOCKSIZE + _blocks(len(data))
+    return total
 
 
 def _shard_written(record: dict[str, Any]) -> None:
@@ -55,15 +77,16 @@ def _shard_written(record: dict[str, Any]) -> None:
 class _HashingFile:
     """A write-only file that hashes what passes through it, so no shard is read back to hash it."""
 
-    def __init__(self, path: str) -> None:
-        self.f = open(path, "wb")  # noqa: SIM115 - closed by the shard writer's post hook or abort
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, "wb")  # noqa: SIM115 - closed by the shard writer's finish or abort
         self.h = hashlib.sha256()
         self.n = 0
 
     def write(self, data: bytes) -> int:
+        n = self.f.write(data)
         self.h.update(data)
         self.n += len(data)
-        return self.f.write(data)
+        return n
 
     def tell(self) -> int:
         return self.n
@@ -75,69 +98,76 @@ class _HashingFile:
         self.f.close()
 
 
-class _ShardWriter(wds.ShardWriter):
-    """ShardWriter with temporary names, hashing, and a hard size bound that counts tar headers.
+class _ShardWriter:
+    """The shards of one split, with a hard size bound that counts tar headers.
 
-    The stock writer counts payload only (a label-only sample is mostly tar headers) and
-    closes a shard after it has passed maxsize; this one starts a new shard *before* a
-    sample would push it past maxsize, so a shard exceeds it only if one sample alone does.
+    A new shard starts *before* a sample would push the current one past maxsize (or past
+    maxcount samples), so a shard exceeds maxsize only if one sample alone does.
     """
 
     def __init__(self, folder: Path, split: str, maxcount: int, maxsize: int, start_shard: int,
                  on_shard: Callable[[str, int, int, str], None]) -> None:
-        self.folder, self.on_shard = folder, on_shard
-        self._fh: _HashingFile | None = None
-        self._tmp: str | None = None
-        pattern = os.path.join(str(folder).replace("%", "%%"), SHARD_PATTERN.format(split=split))
-        super().__init__(pattern, maxcount=maxcount,
-                         maxsize=maxsize, start_shard=start_shard, verbose=0, opener=self._open, post=self._post,
-                         encoder=False, mtime=0)
-        # mtime 0 makes shards reproducible byte for byte
+        self.folder, self.split, self.maxcount, self.maxsize = folder, split, maxcount, maxsize
+        self.shard, self.on_shard = start_shard, on_shard
+        self.tar: tarfile.TarFile | None = None
+        self.fh: _HashingFile | None = None
+        self.name, self.count, self.size = "", 0, 0
 
-    def next_stream(self) -> None:
-        super().next_stream()
-        # GNU headers (long names as GNU longname records): tarfile builds a PAX header by copying
-        # each TarInfo, which made header writing the export's main cost. webdataset 1.0.2 drops
-        # its own `format` argument, so set it on the tarfile it opened.
-        self.tarstream.tarstream.format = tarfile.GNU_FORMAT
+    def _open(self) -> None:
+        self.name = shard_name(self.split, self.shard)
+        self.shard += 1
+        self.fh = _HashingFile(self.folder / f".{self.name}.tmp")
+        self.tar = tarfile.open(fileobj=self.fh, mode="w|", format=TAR_FORMAT,  # type: ignore[call-overload]
+                                encoding=TAR_ENCODING)
+        self.count = self.size = 0
 
-    def _open(self, fname: str) -> _HashingFile:
-        self._tmp = os.path.join(os.path.dirname(fname), f".{os.path.basename(fname)}.tmp")
-        self._fh = _HashingFile(self._tmp)
-        return self._fh
-
-    def _post(self, fname: str) -> None:
-        assert self._fh is not None and self._tmp is not None
-        fh, tmp = self._fh, self._tmp
+    def _finish(self) -> None:
+        assert self.tar is not None and self.fh is not None
+        self.tar.close()  # end-of-archive blocks, padded to a whole tar record
+        fh, tmp, final = self.fh, self.folder / f".{self.name}.tmp", self.folder / self.name
         fh.flush()
         os.fsync(fh.f.fileno())
         fh.close()
-        os.replace(tmp, fname)
-        self._fh = self._tmp = None
-        self.on_shard(os.path.basename(fname), self.count, fh.n, fh.h.hexdigest())
+        os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: a finished shard never appears private
+        os.replace(tmp, final)
+        self.tar = self.fh = None
+        self.on_shard(self.name, self.count, fh.n, fh.h.hexdigest())
 
-    def write(self, obj: dict[str, Any]) -> None:
-        need = _tar_bytes(obj)
-        if self.tarstream is None or self.count >= self.maxcount or (
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        """Add one sample: `files` maps extensions (cls, aux.npy, ...) to their bytes."""
+        need = tar_bytes(key, files)
+        if self.tar is None or self.count >= self.maxcount or (
                 self.count > 0 and self.size + need + TAR_TRAILER > self.maxsize):
-            self.next_stream()
-        self.tarstream.write(obj)
+            if self.tar is not None:
+                self._finish()
+            self._open()
+        assert self.tar is not None
+        for ext in sorted(files):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(files[ext]), MEMBER_MTIME, MEMBER_MODE
+            info.uname = info.gname = MEMBER_OWNER
+            self.tar.addfile(info, io.BytesIO(files[ext]))
         self.count += 1
-        self.total += 1
         self.size += need
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self._finish()
 
     def abort(self) -> None:
         """Drop the shard in progress (its temporary file) without finishing it."""
-        if self._fh is not None:
-            self._fh.close()
-            if self._tmp and os.path.exists(self._tmp):
-                os.unlink(self._tmp)
-            self._fh = self._tmp = None
-        self.tarstream = None
+        if self.fh is not None:
+            self.fh.close()
+            (self.folder / f".{self.name}.tmp").unlink(missing_ok=True)
+        self.tar = self.fh = None
 
 
 class WdsSink:
-    """Writes samples into `folder/{split}-NNNNNN.tar` shards; reports each finished shard to `on_record`."""
+    """Writes samples into `folder/{split}-NNNNNN.tar` shards; reports each finished shard to `on_record`.
+
+    A record holds the shard's name, split, first sample, count, bytes, sha256 and the label
+    statistics of its samples (so a resumed export can report statistics of the whole export).
+    """
 
     def __init__(self, folder: Path, dtype: str, num_aux: int, views: int, maxcount: int, maxsize: int,
                  psi: tuple[int, ...], on_record: Callable[[dict[str, Any]], None]) -> None:
@@ -146,10 +176,9 @@ class WdsSink:
         self.header = npy_header((views, num_aux) if views else (num_aux,), self.dtype)
         self.writer: _ShardWriter | None = None
 
-    def begin_split(self, split: str, keys: list[str], images: np.ndarray | None, views: np.ndarray | None,
-                    start: int, start_shard: int) -> None:
-        self.split, self.keys, self.images, self.views = split, keys, images, views
-        self.start_shard, self.shard_start = start_shard, start
+    def begin_split(self, split: SplitSource) -> None:
+        self.split = split
+        self.shard_start = split.start
         self.chunks: deque[Chunk] = deque()
         self.writer = None  # opened with the first sample: a finished split gets no empty shard
 
@@ -159,35 +188,36 @@ class WdsSink:
         for c in self.chunks:
             lo, hi = max(a, c.start), min(b, c.start + len(c))
             if lo < hi:
-                stats.add_chunk(c, lo - c.start, hi - c.start)
+                add_chunk(stats, c, lo - c.start, hi - c.start)
         while self.chunks and self.chunks[0].start + len(self.chunks[0]) <= b:
             self.chunks.popleft()
         self.shard_start = b
-        record = {"path": name, "split": self.split, "start": a, "count": count, "bytes": nbytes,
+        record = {"path": name, "split": self.split.name, "start": a, "count": count, "bytes": nbytes,
                   "sha256": sha, "stats": stats.to_dict()}
         self.on_record(record)
         _shard_written(record)
 
-    def write(self, c: Chunk) -> None:
+    def write(self, chunk: Chunk) -> None:
+        sp = self.split
         if self.writer is None:
-            self.writer = _ShardWriter(self.folder, self.split, self.maxcount, self.maxsize, self.start_shard,
+            self.writer = _ShardWriter(self.folder, sp.name, self.maxcount, self.maxsize, sp.start_shard,
                                        self._record)
-        self.chunks.append(c)
-        soft = c.soft.astype(self.dtype, copy=False)
-        for j in range(len(c)):
-            i = c.start + j
-            meta: dict[str, Any] = {"key": self.keys[i], "split": self.split, "index": i}
+        self.chunks.append(chunk)
+        soft = chunk.soft.astype(self.dtype, copy=False)
+        for j in range(len(chunk)):
+            i = chunk.start + j
+            meta: dict[str, Any] = {"key": sp.keys[i], "split": sp.name, "index": i}
             if self.v:
-                meta.update(aux_hard=c.hard[j].tolist(), entropy=c.entropy[j].tolist(),
-                            views=self.views[i].tolist())  # type: ignore[index]
+                assert sp.views is not None
+                meta.update(aux_hard=chunk.hard[j].tolist(), entropy=chunk.entropy[j].tolist(),
+                            views=sp.views[i].tolist())
             else:
-                meta.update(aux_hard=int(c.hard[j]), entropy=float(c.entropy[j]))
-            sample: dict[str, Any] = {"__key__": wds_key(self.keys[i]), "cls": b"%d" % int(c.primary[j]),
-                                      "aux.npy": self.header + soft[j].tobytes(),
-                                      "json": json.dumps(meta).encode()}
-            if self.images is not None:
-                sample["png"] = encode_png(self.images[i])
-            self.writer.write(sample)
+                meta.update(aux_hard=int(chunk.hard[j]), entropy=float(chunk.entropy[j]))
+            files = {"cls": b"%d" % int(chunk.primary[j]), "aux.npy": self.header + soft[j].tobytes(),
+                     "json": json.dumps(meta).encode()}
+            if sp.images is not None:
+                files["png"] = encode_png(sp.images[i])
+            self.writer.write(wds_key(sp.keys[i]), files)
 
     def end_split(self) -> None:
         if self.writer is not None:

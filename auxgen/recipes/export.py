@@ -37,14 +37,14 @@ def export_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
 ) -> None:
     """Export soft auxiliary labels of a trained run as HDF5 or WebDataset shards, with a manifest."""
-    from auxgen.export import export_labels
+    from auxgen.export import ExportOptions, export_labels
 
     if out is None:
         raise AuxgenError("give --out: a file such as labels/run.h5 (hdf5) or a folder such as shards/run (wds)")
-    summary = export_labels(run_dir, out, fmt=fmt, checkpoint=checkpoint, split=split, dtype=dtype, views=views,
-                            images=images, shard_size=shard_size, max_count=max_count, generator_script=generator,
-                            force=force, resume=resume, batch_size=batch_size, seed=seed, data_root=data_root,
-                            device=device, show=not quiet)
+    options = ExportOptions(fmt=fmt, checkpoint=checkpoint, split=split, dtype=dtype, views=views, images=images,
+                            shard_size=shard_size, max_count=max_count, generator_script=generator, force=force,
+                            resume=resume, batch_size=batch_size, seed=seed, data_root=data_root, device=device)
+    summary = export_labels(run_dir, out, options=options, show=not quiet)
     if not quiet:
         print_summary(summary)
 
@@ -72,9 +72,12 @@ def print_summary(s: dict) -> None:
         table.add_row("resumed", ", ".join(f"{k} from sample {v}" for k, v in s["resumed"].items()))
     table.add_row("auxiliary classes", f"K = {s['num_aux']}, {st['aux_classes_used']} used as hard labels")
     table.add_row("usage entropy", f"{st['aux_usage_entropy']:.3f} of max {st['aux_usage_entropy_max']:.3f} nats")
-    if st["mean_sample_entropy"] is not None:
-        frac = st["sample_entropy_frac"]
-        table.add_row("per-sample entropy", f"{st['mean_sample_entropy']:.3f} nats"
+    if st.get("aux_block_usage_frac") is not None:
+        table.add_row("block usage", f"{100 * st['aux_block_usage_frac']:.1f}% of max entropy "
+                                     f"(mean over primary blocks)")
+    if st["aux_sample_entropy"] is not None:
+        frac = st["aux_sample_entropy_frac"]
+        table.add_row("per-sample entropy", f"{st['aux_sample_entropy']:.3f} nats"
                       + (f" ({100 * frac:.1f}% of max)" if frac is not None else ""))
     if s.get("samples_per_s"):
         table.add_row("speed", f"{s['samples_per_s']:,.0f} samples/s ({s['seconds']:.1f}s)")

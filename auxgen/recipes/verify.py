@@ -37,26 +37,40 @@ def verify_command(
     json_out: str = typer.Option(None, "--json", help="Write the report as JSON to this file ('-': stdout)."),
 ) -> None:
     """Re-run the evaluation of a checkpoint, check an export against its run, re-derive labels, retrain."""
+    from auxgen.checkpoint import write_text_atomic
     from auxgen.verify import verify
 
     if json_out not in (None, "-"):
-        target = Path(json_out).resolve()
-        for root in (run_dir, labels):
-            if root is not None and (target == Path(root).resolve() or Path(root).resolve() in target.parents):
-                raise AuxgenError(f"--json {json_out}: verify never writes into the run or the export; "
-                                  f"choose a path outside {root}")
+        _check_json_target(Path(json_out), run_dir, labels)
     report = verify(run_dir, labels, checkpoint, tolerance, sample, seed, atol, retrain, baseline, min_gain,
                     device, data_root)
+    text = json.dumps(report.to_dict(), indent=2) + "\n"
     if json_out == "-":
-        print(json.dumps(report.to_dict(), indent=2))
+        print(text, end="")
     else:
         _print(report)
         if json_out:
-            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            try:
+                write_text_atomic(json_out, text)
+            except OSError as e:
+                raise AuxgenError(f"--json {json_out}: cannot write the report ({e.strerror or e})") from None
     if not report.passed:
         failed = [c.name for c in report.checks if c.status == "fail"]
         raise VerificationFailed(f"verification failed: {', '.join(failed)}")
+
+
+def _check_json_target(target: Path, run_dir: Path, labels: Path | None) -> None:
+    """--json names a file that can be written and lies outside the run and the export (checked before any work)."""
+    if target.is_dir():
+        raise AuxgenError(f"--json {target} is a folder; give a file name such as {target / 'report.json'}")
+    above = next((p for p in target.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise AuxgenError(f"--json {target}: {above} is a file, not a folder")
+    resolved = target.resolve()
+    for root in (run_dir, labels):
+        if root is not None and (resolved == Path(root).resolve() or Path(root).resolve() in resolved.parents):
+            raise AuxgenError(f"--json {target}: verify never writes into the run or the export; "
+                              f"choose a path outside {root}")
 
 
 def _print(report) -> None:

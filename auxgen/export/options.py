@@ -1,0 +1,63 @@
+"""`ExportOptions`: everything that shapes an export, in one validated object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from auxgen.errors import AuxgenError
+from auxgen.export.format import DEFAULT_SHARD_SIZE, SPLITS, parse_size
+
+MIN_SHARD_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how; field names are the `auxgen export` options (docs/format.md)."""
+
+    fmt: str = "hdf5"                  # hdf5 or wds
+    checkpoint: str = "best"           # best, last or a path to a .pt file
+    split: str = "all"                 # train, test or all
+    dtype: str = "float32"             # storage type of aux_soft: float32 or float16
+    views: int = 0                     # seeded augmented views per image (0: the images themselves)
+    images: bool = True                # wds: put the PNG images into the shards
+    shard_size: int | str | None = None  # wds: largest shard in bytes, or a size like "256MB"
+    max_count: int | None = None       # wds: most samples per shard
+    generator_script: bool = False     # also write the generator as TorchScript
+    force: bool = False                # replace an earlier export at --out
+    resume: bool = False               # wds: continue an interrupted export
+    batch_size: int = 500              # rows per generator batch (recorded: recompute with it)
+    seed: int = 0                      # seed of the --views draws
+    data_root: str | None = None       # where the dataset is now, if it moved since training
+    device: str | None = None          # where the generator runs (default: the run's choice)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(SPLITS) if self.split == "all" else [self.split]
+
+    def validated(self) -> ExportOptions:
+        """These options checked, with shard_size in bytes (wds) or None (hdf5); bad usage is an AuxgenError."""
+        if self.fmt not in ("hdf5", "wds"):
+            raise AuxgenError(f"--format {self.fmt!r}: choose hdf5 or wds")
+        if self.split not in ("train", "test", "all"):
+            raise AuxgenError(f"--split {self.split!r}: choose train, test or all")
+        if self.dtype not in ("float32", "float16"):
+            raise AuxgenError(f"--dtype {self.dtype!r}: choose float32 or float16")
+        if self.views < 0:
+            raise AuxgenError(f"--views {self.views}: give 0 (no views) or a positive number of views per image")
+        if self.batch_size < 1:
+            raise AuxgenError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.force and self.resume:
+            raise AuxgenError("give --force (start over) or --resume (continue), not both")
+        size = parse_size(self.shard_size)
+        if self.fmt == "hdf5":
+            for flag, given in (("--resume", self.resume), ("--shard-size", self.shard_size is not None),
+                                ("--max-count", self.max_count is not None)):
+                if given:
+                    raise AuxgenError(f"{flag} applies to --format wds only")
+            return replace(self, shard_size=None)
+        if self.max_count is not None and self.max_count < 1:
+            raise AuxgenError(f"--max-count {self.max_count}: must be at least 1")
+        size = DEFAULT_SHARD_SIZE if size is None else size
+        if size < MIN_SHARD_SIZE:
+            raise AuxgenError(f"--shard-size {self.shard_size}: must be at least {MIN_SHARD_SIZE // 1024}KiB")
+        return replace(self, shard_size=size)

@@ -1,0 +1,226 @@
+"""Reading an export back (HDF5 file or shard folder) as numpy arrays, for verify and tests.
+
+Damage never raises: whatever cannot be read becomes a line in `Export.problems`. Shards are
+read with webdataset's own tar iteration and key grouping, so a sample reads here exactly as
+it reads for a stock `webdataset` pipeline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
+
+from auxgen.errors import AuxgenError
+from auxgen.export.format import FORMAT_VERSION, HDF5_MANIFEST_SUFFIX, MANIFEST_NAME, SPLITS
+from auxgen.export.manifest import check_files
+
+_SHARD = re.compile(r"^(train|test)-\d{6}\.tar$")
+_H5_FIELDS = ("keys", "index", "primary", "aux_soft", "aux_hard", "entropy")
+
+
+@dataclass
+class ExportSplit:
+    """One split of an export as numpy arrays (rows in file order)."""
+
+    keys: list[str]
+    index: np.ndarray
+    primary: np.ndarray
+    aux_soft: np.ndarray           # [N, K] or [N, V, K], stored dtype
+    aux_hard: np.ndarray           # [N] or [N, V]
+    entropy: np.ndarray            # [N] or [N, V]
+    views: np.ndarray | None = None      # [N, V, 3]
+    images: list[np.ndarray | None] | None = None  # CHW uint8 per sample (shards with png)
+    wds_keys: list[str] | None = None    # each sample's __key__ (shards)
+
+
+@dataclass
+class Export:
+    """An export read back: what the files hold, and what went wrong reading them."""
+
+    path: Path
+    kind: str                      # hdf5 or wds
+    manifest: dict[str, Any] | None
+    attrs: dict[str, Any]          # HDF5 file attributes (empty for shards)
+    splits: dict[str, ExportSplit]
+    problems: list[str]            # damage found while reading, files that do not match the manifest included
+    readable: bool                 # the label arrays could be read at all
+    files_checked: int = 0         # files the manifest lists (each checked for size and sha256)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Format facts from the HDF5 attributes, else from the manifest."""
+        return self.attrs or self.manifest or {}
+
+    @property
+    def version(self) -> Any:
+        """The format_version the export claims (HDF5 attributes first, then the manifest)."""
+        return self.meta.get("format_version", FORMAT_VERSION)
+
+
+def manifest_path(path: Path) -> Path:
+    """The manifest of an export: inside a shard folder, or beside an HDF5 file."""
+    return path / MANIFEST_NAME if path.is_dir() else path.with_name(path.name + HDF5_MANIFEST_SUFFIX)
+
+
+def read_export(path: str | Path) -> Export:
+    """Read an HDF5 export or a shard folder and check its files against the manifest; damage becomes problems."""
+    path = Path(path)
+    if not path.exists():
+        raise AuxgenError(f"--labels {path} does not exist")
+    kind = "wds" if path.is_dir() else "hdf5"
+    problems: list[str] = []
+    manifest = _read_manifest(manifest_path(path), problems)
+    checked = 0
+    if manifest is not None:
+        problems += check_files(manifest, path if kind == "wds" else path.parent)
+        checked = len(manifest["files"]) if isinstance(manifest.get("files"), list) else 0
+    if kind == "hdf5":
+        attrs, splits, readable = _read_hdf5(path, problems)
+    else:
+        attrs, readable = {}, True
+        splits = _read_shards(path, problems)
+    return Export(path, kind, manifest, attrs, splits, problems, readable and bool(splits), checked)
+
+
+def _read_manifest(mpath: Path, problems: list[str]) -> dict[str, Any] | None:
+    if not mpath.is_file():
+        problems.append(f"no manifest ({mpath} is missing)")
+        return None
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, OSError):  # not JSON, not UTF-8, unreadable
+        manifest = None
+    if not isinstance(manifest, dict):
+        problems.append(f"manifest {mpath} is not a JSON object")
+        return None
+    return manifest
+
+
+def _attr(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _read_hdf5(path: Path, problems: list[str]) -> tuple[dict[str, Any], dict[str, ExportSplit], bool]:
+    import h5py
+
+    splits: dict[str, ExportSplit] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+            for name in f:
+                g = f[name]
+                if name not in SPLITS or not isinstance(g, h5py.Group):
+                    problems.append(f"unexpected {'group' if isinstance(g, h5py.Group) else 'object'} /{name}")
+                    continue
+                missing = [d for d in _H5_FIELDS if not isinstance(g.get(d), h5py.Dataset)]
+                if missing:
+                    problems.append(f"/{name} lacks {', '.join(missing)}")
+                    continue
+                keys = [k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in g["keys"][()]]
+                views = g["views"][()] if isinstance(g.get("views"), h5py.Dataset) else None
+                splits[name] = ExportSplit(keys, g["index"][()], g["primary"][()], g["aux_soft"][()],
+                                           g["aux_hard"][()], g["entropy"][()], views)
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+        problems.append(f"{path} cannot be read as HDF5 (truncated or damaged?): {_one_line(e)}")
+        return {}, {}, False
+    return attrs, splits, True
+
+
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's own message (webdataset appends the stream to its args)."""
+    text = str(e.args[0]) if e.args else type(e).__name__
+    return (text.split(" @ ")[0].strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def _shard_samples(path: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
+    """The samples of one shard as webdataset groups them ({"__key__", ext: bytes, ...})."""
+    def unreadable(e: Exception) -> bool:
+        problems.append(f"{path.name} is not a readable tar file: {_one_line(e)}")
+        return True  # keep what was read; the damage is reported
+
+    def ungroupable(e: Exception) -> bool:  # e.g. two members of one sample with the same name
+        problems.append(f"{path.name}: {_one_line(e)}")
+        return True
+
+    def split_name(fname: str) -> tuple[str | None, str | None]:
+        key, ext = base_plus_ext(fname)
+        if key is None:
+            problems.append(f"{path.name}: member {fname} has no extension (webdataset skips it)")
+        return key, ext
+
+    try:
+        with open(path, "rb") as stream:
+            files = tar_file_expander([{"url": str(path), "stream": stream}], handler=unreadable)
+            yield from group_by_keys(files, keys=split_name, handler=ungroupable)
+    except OSError as e:
+        problems.append(f"{path.name} cannot be read ({e.strerror})")
+
+
+def _read_shards(folder: Path, problems: list[str]) -> dict[str, ExportSplit]:
+    from PIL import Image
+
+    tars = sorted(p.name for p in folder.glob("*.tar"))
+    if not tars:
+        problems.append(f"no shards (*.tar) in {folder}")
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for name in tars:
+        m = _SHARD.match(name)
+        if not m:
+            problems.append(f"{name} is not named SPLIT-NNNNNN.tar")
+            continue
+        split = m.group(1)
+        for files in _shard_samples(folder / name, problems):
+            wkey = files["__key__"]
+            missing = [e for e in ("cls", "aux.npy", "json") if e not in files]
+            if missing:
+                problems.append(f"{name}: sample {wkey} lacks {', '.join(missing)}")
+                continue
+            try:
+                meta = json.loads(files["json"])
+                if not isinstance(meta, dict):
+                    raise TypeError("json is not an object")
+                aux = np.load(io.BytesIO(files["aux.npy"]), allow_pickle=False)
+                primary = int(files["cls"].decode().strip())
+                image = None
+                if "png" in files:
+                    with Image.open(io.BytesIO(files["png"])) as im:
+                        arr = np.asarray(im)
+                    image = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+            except Exception as e:  # any damage to one sample's files
+                problems.append(f"{name}: sample {wkey} cannot be decoded ({type(e).__name__})")
+                continue
+            if meta.get("split") != split:
+                problems.append(f"{name}: sample {wkey} says split {meta.get('split')!r}")
+            rows.setdefault(split, []).append({"wkey": wkey, "meta": meta, "aux": aux, "primary": primary,
+                                               "image": image})
+    splits = {}
+    for split, rs in rows.items():
+        try:
+            splits[split] = ExportSplit(
+                keys=[str(r["meta"].get("key")) for r in rs],
+                index=np.array([int(r["meta"].get("index", -1)) for r in rs], dtype=np.int64),
+                primary=np.array([r["primary"] for r in rs], dtype=np.int64),
+                aux_soft=np.stack([r["aux"] for r in rs]),
+                aux_hard=np.array([r["meta"].get("aux_hard", -1) for r in rs], dtype=np.int64),
+                entropy=np.array([r["meta"].get("entropy", np.nan) for r in rs], dtype=np.float32),
+                views=(np.array([r["meta"]["views"] for r in rs], dtype=np.int64)
+                       if all("views" in r["meta"] for r in rs) else None),
+                images=[r["image"] for r in rs] if any(r["image"] is not None for r in rs) else None,
+                wds_keys=[r["wkey"] for r in rs])
+        except (ValueError, TypeError) as e:
+            problems.append(f"split {split}: samples disagree in shape or type ({_one_line(e)})")
+    return splits

@@ -1,0 +1,209 @@
+"""Check 2, integrity: an export (HDF5 file or shard folder) against its manifest, docs/format.md and the run."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from auxgen.checkpoint import sha256_file
+from auxgen.data import Data
+from auxgen.export.format import FORMAT_NAME, READABLE_VERSIONS, wds_key
+from auxgen.export.read import Export, ExportSplit
+from auxgen.run import LoadedRun
+from auxgen.verify.result import CheckResult, problems_reason
+
+# How far a stored row may be from the value it stands for, per stored dtype. Storing rounds
+# each value to half an ulp (float16: 2^-11 relative), so the sum of a row is off by about that
+# much; re-derivation also absorbs float32 noise from different batch compositions.
+SUM_TOL = {"float32": 1e-5, "float16": 4e-3}
+ENTROPY_TOL = {"float32": 1e-4, "float16": 1e-2}
+
+
+def check_integrity(run: LoadedRun, data: Data, export: Export) -> CheckResult:
+    """Manifest hashes and sizes, run facts, shapes, blocks, sums, argmax, keys (docs/format.md)."""
+    problems = list(export.problems)  # unreadable files, and files that do not match the manifest
+    _check_manifest(export, problems)
+    _check_run_facts(export.manifest or {}, "manifest", run, problems)
+    if export.attrs:
+        a = export.attrs
+        if a.get("format") != FORMAT_NAME or a.get("format_version") not in READABLE_VERSIONS:
+            problems.append(f"HDF5 format attribute {a.get('format')!r} v{a.get('format_version')}")
+        _check_run_facts(a, "HDF5 attribute", run, problems)
+        if "run_config" in a:
+            try:
+                if json.loads(a["run_config"]) != run.meta:
+                    problems.append("HDF5 run_config differs from the run's config.json")
+            except (TypeError, ValueError):
+                problems.append("HDF5 run_config is not JSON")
+    meta = export.meta
+    dtype = meta.get("dtype", "float32")
+    n_views, pad = meta.get("views") or 0, meta.get("pad", data.pad)
+    counts = {}
+    if not (isinstance(n_views, int) and n_views >= 0 and isinstance(pad, int)):
+        problems.append(f"views {n_views!r} and pad {pad!r} are not counts")
+    elif export.readable:
+        psi = run.meta["psi"]
+        block_id = np.repeat(np.arange(len(psi)), psi)
+        for name, s in export.splits.items():
+            counts[name] = len(s.keys)
+            try:
+                _check_split(name, s, getattr(data, name), block_id, dtype, n_views, pad, export.version, problems)
+            except (ValueError, TypeError) as e:  # arrays of a type the format does not allow (strings, ...)
+                problems.append(f"/{name} holds values of the wrong type ({type(e).__name__})")
+        if pad != data.pad:
+            problems.append(f"pad {pad} but the run's data uses {data.pad}")
+    figures = {"kind": export.kind, "path": str(export.path), "files": export.files_checked, "counts": counts,
+               "dtype": dtype, "views": n_views, "problems": len(problems)}
+    if problems:
+        return CheckResult("integrity", "fail", problems_reason(problems), figures)
+    return CheckResult("integrity", "pass",
+                       f"{export.files_checked} file(s) match the manifest; {sum(counts.values())} samples "
+                       f"({', '.join(f'{k} {v}' for k, v in counts.items())}) consistent with the run, "
+                       f"psi, blocks, sums and argmax", figures)
+
+
+def _check_manifest(export: Export, problems: list[str]) -> None:
+    """What the manifest claims beyond its files' sizes and hashes (read_export checked those)."""
+    man = export.manifest
+    if man is None:
+        return
+    if man.get("format") != FORMAT_NAME or man.get("format_version") not in READABLE_VERSIONS:
+        problems.append(f"manifest format {man.get('format')!r} v{man.get('format_version')} is not "
+                        f"{FORMAT_NAME} v{'/'.join(map(str, READABLE_VERSIONS))}")
+    if export.attrs and export.attrs.get("format_version") != man.get("format_version"):
+        problems.append(f"manifest format_version {man.get('format_version')} but the HDF5 file says "
+                        f"{export.attrs.get('format_version')}")
+    if man.get("kind") != export.kind:
+        problems.append(f"manifest kind {man.get('kind')!r} but {export.path} is {export.kind}")
+    files = man.get("files") if isinstance(man.get("files"), list) else []
+    root = (export.path if export.kind == "wds" else export.path.parent).resolve()
+    listed = {(root / f["path"]).resolve() for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)}
+    if export.kind == "wds":
+        extra = sorted(p.name for p in export.path.glob("*.tar") if p.resolve() not in listed)
+        if extra:
+            problems.append(f"shards not in the manifest: {', '.join(extra)}")
+    elif export.path.resolve() not in listed:
+        problems.append(f"the manifest does not list {export.path.name}")
+    counts = man.get("counts")
+    actual = {s: len(v.keys) for s, v in export.splits.items()}
+    if export.readable and isinstance(counts, dict) and {k: v for k, v in counts.items() if v} != \
+            {k: v for k, v in actual.items() if v}:
+        problems.append(f"manifest counts {counts} but the export holds {actual}")
+
+
+def _check_run_facts(meta: dict[str, Any], where: str, run: LoadedRun, problems: list[str]) -> None:
+    if not meta:
+        return
+    for key, want in (("psi", run.meta["psi"]), ("num_primary", run.meta["num_primary"]),
+                      ("num_aux", run.meta["num_aux"])):
+        if key in meta and meta[key] != want:
+            problems.append(f"{where} {key} {meta[key]} but the run has {want}")
+        elif key not in meta:
+            problems.append(f"{where} lacks {key}")
+    ck = meta.get("checkpoint_sha256")
+    if ck != run.checkpoint_sha256:
+        hint = ""
+        for name in ("best", "last"):
+            p = run.run_dir / "checkpoints" / f"{name}.pt"
+            if p.is_file() and p != run.checkpoint_path and sha256_file(p) == ck:
+                hint = f"; it matches the run's {name} checkpoint: pass --checkpoint {name}"
+        problems.append(f"{where} checkpoint_sha256 {str(ck)[:12]} is not the run's checkpoint "
+                        f"{run.checkpoint_path.name} ({run.checkpoint_sha256[:12]}): labels of another "
+                        f"checkpoint{hint}")
+    if meta.get("config_sha256") != run.config_sha256:
+        problems.append(f"{where} config_sha256 differs from the run's config.json")
+    if meta.get("dataset_fingerprint") != run.meta["data"]["fingerprint"]:
+        problems.append(f"{where} dataset_fingerprint differs from the run's dataset")
+
+
+def _check_split(name: str, s: ExportSplit, split: Any, block_id: np.ndarray, dtype: str, n_views: int,
+                 pad: int, version: Any, problems: list[str]) -> None:
+    n, k = len(s.keys), len(block_id)
+    where = f"/{name}"
+    shape = (n, n_views, k) if n_views else (n, k)
+    if s.aux_soft.shape != shape:
+        problems.append(f"{where} aux_soft has shape {s.aux_soft.shape}, expected {shape}")
+        return
+    lead = shape[:-1]
+    for field_name in ("aux_hard", "entropy"):
+        if getattr(s, field_name).shape != lead:
+            problems.append(f"{where} {field_name} has shape {getattr(s, field_name).shape}, expected {lead}")
+            return
+    if s.index.shape != (n,) or s.primary.shape != (n,):
+        problems.append(f"{where} index/primary have shapes {s.index.shape}/{s.primary.shape}, expected ({n},)")
+        return
+    if str(s.aux_soft.dtype) != dtype:
+        problems.append(f"{where} aux_soft is {s.aux_soft.dtype}, the export says {dtype}")
+    if len(set(s.keys)) != n:
+        problems.append(f"{where} has {n - len(set(s.keys))} duplicate key(s)")
+    if s.wds_keys is not None:
+        rule = 1 if version == 1 else 2
+        bad = sum(w != wds_key(key, rule) for w, key in zip(s.wds_keys, s.keys, strict=True))
+        if bad:
+            problems.append(f"{where}: {bad} sample(s) whose __key__ is not their key escaped as format "
+                            f"version {rule} says (docs/format.md)")
+        if len(set(s.wds_keys)) != n:
+            problems.append(f"{where} has {n - len(set(s.wds_keys))} duplicate __key__(s)")
+    if len(set(s.index.tolist())) != n:
+        problems.append(f"{where} has duplicate indices")
+    if n and (s.index.min() < 0 or s.index.max() >= len(split)):
+        problems.append(f"{where} index outside 0..{len(split) - 1}")
+        return
+    idx = s.index
+    wrong_key = sum(a != split.keys[i] for a, i in zip(s.keys, idx.tolist(), strict=True))
+    if wrong_key:
+        problems.append(f"{where}: {wrong_key} key(s) differ from the dataset's key at their index")
+    wrong_primary = int((s.primary != split.labels.numpy()[idx]).sum())
+    if wrong_primary:
+        problems.append(f"{where}: {wrong_primary} primary label(s) differ from the dataset")
+    if s.images is not None:
+        ref = split.images.numpy()
+        bad_img = sum(im is None or im.shape != ref[i].shape or not np.array_equal(im, ref[i])
+                      for im, i in zip(s.images, idx.tolist(), strict=True))
+        if bad_img:
+            problems.append(f"{where}: {bad_img} stored image(s) differ from the dataset's")
+    if s.views is not None or n_views:
+        if s.views is None or s.views.shape != (n, n_views, 3):
+            problems.append(f"{where} views missing or not of shape {(n, n_views, 3)}")
+        elif n and (s.views[..., :2].min() < 0 or s.views[..., :2].max() > 2 * pad
+                    or not np.isin(s.views[..., 2], (0, 1)).all()):
+            problems.append(f"{where} views outside dy, dx in 0..{2 * pad}, flip in 0/1")
+    soft = s.aux_soft.astype(np.float64)
+    finite = np.isfinite(soft).all(axis=-1)
+    if not finite.all():
+        problems.append(f"{where}: {int((~finite).sum())} row(s) with NaN or Inf")
+    if not np.isfinite(s.entropy).all():
+        problems.append(f"{where}: entropy has NaN or Inf")
+    if not (0 <= s.primary).all() or not (s.primary < block_id.max() + 1).all():
+        problems.append(f"{where} primary outside 0..{block_id.max()}")
+        return
+    inside = block_id[None, :] == s.primary[:, None]           # [N, K]
+    if n_views:
+        inside = np.broadcast_to(inside[:, None, :], soft.shape)
+    outside_bad = ((soft != 0) & ~inside).any(axis=-1)
+    if outside_bad.any():
+        first = s.keys[int(np.argwhere(outside_bad)[0][0])]
+        problems.append(f"{where}: {int(outside_bad.sum())} row(s) with mass outside their block (first {first})")
+    if (soft < 0).any():
+        problems.append(f"{where}: negative probabilities")
+    tol = SUM_TOL.get(dtype, 1e-5)
+    off = np.abs(soft.sum(-1) - 1.0)
+    if (off[finite] > tol).any():
+        problems.append(f"{where}: {int((off[finite] > tol).sum())} row(s) do not sum to 1 "
+                        f"(worst off by {off[finite].max():.2e}, tolerance {tol:g})")
+    hard = s.aux_hard.astype(np.int64)
+    if hard.min(initial=0) < 0 or hard.max(initial=0) >= len(block_id):
+        problems.append(f"{where} aux_hard outside 0..{len(block_id) - 1}")
+        return
+    # aux_hard must be *an* argmax: rounding to float16 can tie values the exporter saw as distinct
+    at_hard = np.take_along_axis(soft, hard[..., None], axis=-1)[..., 0]
+    bad_hard = finite & (at_hard < soft.max(-1))
+    if bad_hard.any():
+        problems.append(f"{where}: {int(bad_hard.sum())} aux_hard value(s) are not the argmax of aux_soft")
+    ent = -(soft * np.log(np.where(soft > 0, soft, 1.0))).sum(-1)
+    etol = ENTROPY_TOL.get(dtype, 1e-4)
+    bad_ent = finite & (np.abs(ent - s.entropy) > etol)
+    if bad_ent.any():
+        problems.append(f"{where}: {int(bad_ent.sum())} entropy value(s) differ from that of aux_soft")
