@@ -68,15 +68,25 @@ def main() -> None:
     from auxgen.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
+    previous = None
     with contextlib.suppress(ValueError):  # ValueError: not the main thread (an embedding host)
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _run()
+    finally:
+        if previous is not None:  # a host that calls main() in-process keeps its own handler
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run() -> None:
     try:
         rc = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except AuxgenError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
-        print("interrupted; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM if isinstance(e, Terminated) else 130)
     except OSError as e:
         # the file system said no where no check anticipated it (permissions, a full disk, a
