@@ -45,6 +45,7 @@ def _register() -> None:
     app.command("train")(train_command)
     app.command("export")(export_command)
     app.command("verify")(verify_command)
+    from auxgen.recipes.report import report_command; app.command("report")(report_command)  # noqa: E702, I001
 
 
 _register()
