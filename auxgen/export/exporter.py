@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -161,8 +162,9 @@ def _check_not_inputs(out: Path, opts: ExportOptions, run: LoadedRun) -> None:
         for what, src in _inputs(run):
             if target == src or src in target.parents or target in src.parents:
                 how = ("is" if target == src else "lies inside" if src in target.parents else "holds")
-                raise AuxgenError(f"--out {out}: {o} {how} {what} ({src}); an export never writes over its "
-                                  f"own inputs, choose another --out")
+                name = f"--out {out}" if o == out else f"--out {out}: its {o.name}"
+                raise AuxgenError(f"{name} {how} {what} ({src}); an export never writes over its own inputs, "
+                                  f"choose another --out")
 
 
 def _check_keys(data: Data, opts: ExportOptions) -> None:
@@ -352,6 +354,7 @@ def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opt
         shards = _kept_shards(out, state, opts.splits, run.hier.psi)
     elif out.is_dir():
         _clear(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     starts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
     resumed = {s: n for s, n in starts.items() if n}
@@ -363,7 +366,13 @@ def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opt
         shards[record["split"]].append(record)
         save_state()
 
-    save_state()
+    try:
+        save_state()
+    except BaseException:
+        if created:  # a folder this call made and could not write into goes again
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     sink = WdsSink(out, opts.dtype, run.hier.num_aux, opts.views, opts.max_count or 2**62, int(opts.shard_size or 0),
                    run.hier.psi, on_record)
     sources = _split_sources(run, data, opts, starts, {s: len(shards[s]) for s in opts.splits})

@@ -65,6 +65,16 @@ class Export:
         return self.meta.get("format_version", FORMAT_VERSION)
 
 
+def numeric_problem(export: Export) -> str | None:
+    """Why the arrays cannot be used as numbers (labels not floats, indices or views not integers), or None."""
+    for name, s in export.splits.items():
+        for field, kinds in (("aux_soft", "f"), ("index", "iu"), ("primary", "iu"), ("views", "iu")):
+            a = getattr(s, field)
+            if a is not None and a.dtype.kind not in kinds:
+                return f"/{name} {field} holds {a.dtype} values, not {'floats' if kinds == 'f' else 'integers'}"
+    return None
+
+
 def manifest_path(path: Path) -> Path:
     """The manifest of an export: inside a shard folder, or beside an HDF5 file."""
     return path / MANIFEST_NAME if path.is_dir() else path.with_name(path.name + HDF5_MANIFEST_SUFFIX)

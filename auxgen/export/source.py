@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from auxgen.errors import AuxgenError
-from auxgen.run import LoadedRun, load_run
+from auxgen.run import LoadedRun, load_run, read_run_config
 
 
 def open_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
@@ -16,6 +16,8 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
     except RuntimeError as e:  # load_state_dict: weights of another architecture
         raise AuxgenError(f"checkpoint {checkpoint} does not fit the models of {run_dir} "
                           f"({_first_line(e)})") from None
+    except UnicodeDecodeError:
+        raise AuxgenError(f"{Path(run_dir) / 'config.json'} is not UTF-8 text; the run directory is damaged") from None
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
         # valid JSON / a loadable checkpoint, but not the structure auxgen writes
         raise AuxgenError(f"{run_dir}: config.json or checkpoint {checkpoint} is not what auxgen train writes "
@@ -23,6 +25,17 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
     if not isinstance(run.state, dict) or not isinstance(run.meta.get("data"), dict):
         raise AuxgenError(f"{run_dir}: config.json or checkpoint {checkpoint} is not what auxgen train writes")
     return run
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """A run directory with a readable config.json holding a JSON object; else an AuxgenError."""
+    try:
+        meta = read_run_config(run_dir)
+    except (ValueError, OSError) as e:  # not UTF-8 text, unreadable
+        raise AuxgenError(f"{Path(run_dir) / 'config.json'} cannot be read ({type(e).__name__}); "
+                          f"the run directory is damaged") from None
+    if not isinstance(meta, dict):
+        raise AuxgenError(f"{Path(run_dir) / 'config.json'} is not an auxgen run config (not a JSON object)")
 
 
 def _first_line(e: BaseException) -> str:

@@ -12,6 +12,7 @@ than the PAX headers tarfile uses by default (tarfile copies each TarInfo to bui
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -156,6 +157,10 @@ class _ShardWriter:
 
     def abort(self) -> None:
         """Drop the shard in progress (its temporary file) without finishing it."""
+        if self.tar is not None:
+            # closed here, so tarfile does not flush its buffer into a closed file when collected
+            with contextlib.suppress(Exception):
+                self.tar.close()
         if self.fh is not None:
             self.fh.close()
             (self.folder / f".{self.name}.tmp").unlink(missing_ok=True)

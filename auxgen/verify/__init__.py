@@ -15,8 +15,8 @@ from pathlib import Path
 
 from auxgen.errors import AuxgenError
 from auxgen.export.read import Export, ExportSplit, manifest_path, read_export
-from auxgen.export.source import open_run
-from auxgen.run import load_run_data, read_run_config
+from auxgen.export.source import check_run_dir, open_run
+from auxgen.run import load_run_data
 from auxgen.verify.evaluation import check_evaluation
 from auxgen.verify.integrity import check_integrity
 from auxgen.verify.quality import check_quality, retrain
@@ -33,7 +33,7 @@ def verify(run_dir: str | Path, labels: str | Path | None = None, checkpoint: st
            device: str | None = None, data_root: str | None = None) -> Report:
     """Run every applicable check. Bad usage raises AuxgenError; failures are results."""
     run_dir = Path(run_dir)
-    read_run_config(run_dir)  # not a run directory: bad usage
+    check_run_dir(run_dir)  # not a run directory: bad usage
     if sample < 1:
         raise AuxgenError("--sample must be at least 1")
     if retrain_epochs < 0:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from auxgen.data import Data
 from auxgen.errors import AuxgenError
-from auxgen.export.read import Export
+from auxgen.export.read import Export, numeric_problem
 from auxgen.run import LoadedRun
 from auxgen.trainer import TargetSource, train
 from auxgen.verify.result import CheckResult
@@ -51,6 +51,9 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
     """Frozen exported labels vs single-task (and random labels of the same psi), same seed and schedule."""
     if not export.readable or "train" not in export.splits:
         return CheckResult("quality", "fail", "needs the export's train split (export with --split all or train)")
+    bad_type = numeric_problem(export)
+    if bad_type:
+        return CheckResult("quality", "fail", bad_type)
     seed = run.cfg.seed if seed is None else seed
     s = export.splits["train"]
     train_index = torch.from_numpy(s.index.astype(np.int64))

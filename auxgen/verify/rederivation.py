@@ -10,7 +10,7 @@ import torch
 
 from auxgen.data import Data, apply_views
 from auxgen.errors import AuxgenError
-from auxgen.export.read import Export, manifest_path
+from auxgen.export.read import Export, manifest_path, numeric_problem
 from auxgen.export.script import load_generator_script
 from auxgen.run import LoadedRun
 from auxgen.runtime import autocast
@@ -38,6 +38,9 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
         return CheckResult("rederivation", "fail", "the export's labels could not be read (see integrity)")
     if run.generator is None:
         return CheckResult("rederivation", "fail", f"the run ({run.cfg.method}) has no generator to re-derive with")
+    bad_type = numeric_problem(export)
+    if bad_type:
+        return CheckResult("rederivation", "fail", bad_type)
     dtype = export.meta.get("dtype", "float32")
     atol = REDERIVE_ATOL.get(dtype, 1e-5) if atol is None else atol
     pad = int(export.meta.get("pad", data.pad))
