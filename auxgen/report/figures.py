@@ -49,8 +49,10 @@ def _run_colours(n: int) -> list[str]:
     return [cmap(i % 10) for i in range(n)]
 
 
-def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def _series(history: list[dict[str, Any]], key: str, method: str = "") -> tuple[list[float], list[float]]:
     xs, ys = [], []
+    if key == "train_loss_aux" and method == "single":  # recorded as 0: there is no auxiliary head to train
+        return xs, ys
     for i, row in enumerate(history):
         if key == "_usage_frac":  # usage over all K classes as a fraction of its maximum, like the block usage
             h, m = row.get("aux_usage_entropy"), row.get("aux_usage_entropy_max")
@@ -68,9 +70,13 @@ CURVE_PANELS: tuple[tuple[str, str, str, list[tuple[str, str, str]], float | Non
     ("curves_accuracy", "Primary task accuracy", "accuracy",
      [("test_acc", "test", "-"), ("train_acc", "train", "--")], None, "",
      "Accuracy of the primary task by epoch: test set (solid) and training batches (dashed)."),
-    ("curves_loss", "Training losses", "loss per batch",
-     [("train_loss_pri", "primary", "-"), ("train_loss_aux", "auxiliary", "--")], None, "",
-     "Mean training loss of the primary head (solid) and of the auxiliary head against its targets (dashed)."),
+    ("curves_loss", "Primary task loss", "loss",
+     [("test_loss", "test", "-"), ("train_loss_pri", "train", "--")], None, "",
+     "Loss of the primary head by epoch: test set (solid) and mean over training batches (dashed)."),
+    ("curves_aux_loss", "Auxiliary task loss (training)", "loss",
+     [("train_loss_aux", "auxiliary", "-")], None, "",
+     "Mean training loss of the auxiliary head against its targets (generated, random or human labels). "
+     "It cannot fall far below the entropy of soft targets."),
     ("curves_meta", "Meta loss (primary loss on the meta batch)", "loss",
      [("meta_loss_before", "before look-ahead", "--"), ("meta_loss_after", "after look-ahead", "-")], None, "",
      "MAXL only. The generator is trained to lower the primary loss after a look-ahead step on its labels: "
@@ -96,7 +102,7 @@ def curve_figures(runs: Sequence[RunInfo]) -> list[Fig]:
     colours = _run_colours(len(runs))
     figs = []
     for stem, title, ylabel, keys, ref, ref_text, caption in CURVE_PANELS:
-        drawn = [(r, k) for r in runs for k in keys if _series(r.history, k[0])[1]]
+        drawn = [(r, k) for r in runs for k in keys if _series(r.history, k[0], r.method)[1]]
         if not drawn:
             continue
         fig = Figure(figsize=(6.4, 3.9))
@@ -105,15 +111,15 @@ def curve_figures(runs: Sequence[RunInfo]) -> list[Fig]:
         marker = "o" if longest <= 30 else None  # a few epochs: points, so a 2-epoch line reads as two values
         for ri, r in enumerate(runs):
             for key, _, style in keys:
-                xs, ys = _series(r.history, key)
+                xs, ys = _series(r.history, key, r.method)
                 if ys:
                     ax.plot(xs, ys, linestyle=style, color=colours[ri], marker=marker, markersize=3.5, linewidth=1.6)
         if ref is not None:
             ax.axhline(ref, color="#999999", linewidth=0.9, linestyle=":")
             if ref_text:
                 ax.annotate(f"{ref_text} {ref:g}", (0.99, ref), xycoords=("axes fraction", "data"), ha="right",
-                            va="bottom", fontsize=8, color="#666666")
-        if stem in ("curves_usage", "curves_sample_entropy", "curves_accuracy"):
+                            va="top", fontsize=8, color="#666666")  # below the line: the curves sit above it
+        if stem in ("curves_usage", "curves_sample_entropy"):  # fractions: the whole range is the scale
             ax.set_ylim(-0.02, 1.02)
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -164,9 +170,16 @@ def usage_figure(an: Analysis) -> Fig:
     bottom.set_ylabel("samples (hard label)")
     bottom.set_xticks(centres)
     many = len(blocks) > 12 or max((len(b.name) for b in blocks), default=0) > 10
+    numbered = k <= 60  # auxiliary class numbers (as aux_hard in an export) under the bars, while they fit
+    if numbered:
+        bottom.set_xticks(xs, [str(b.offset + j) for b in blocks for j in range(b.psi)], minor=True)
+        bottom.tick_params(axis="x", which="minor", labelsize=7)  # tick_params persists; set_xticks' font does not
+        bottom.tick_params(axis="x", which="major", pad=14, length=0)
+        bottom.xaxis.remove_overlapping_locs = False  # a block's middle class sits under the block's name tick
     bottom.set_xticklabels([b.name for b in blocks], rotation=60 if many else 0, ha="right" if many else "center",
                            fontsize=8 if many else 9)
-    bottom.set_xlabel("primary class (one bar per auxiliary class of its block)")
+    bottom.set_xlabel("primary class" + (" (numbers: auxiliary classes of its block)" if numbered else
+                                         " (one bar per auxiliary class of its block)"))
     for ax in (top, bottom):
         ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
@@ -222,7 +235,7 @@ def human_figure(human: HumanAgreement, fine_names: list[str] | None, max_panels
         rotate = max(len(n) for n in names) > 3
         ax.set_xticklabels(names, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=7)
         ax.set_yticks(range(t.shape[0]))
-        ax.set_yticklabels([f"aux {r}" for r in range(t.shape[0])], fontsize=7)
+        ax.set_yticklabels([f"aux {c['offset'] + r}" for r in range(t.shape[0])], fontsize=7)
         ax.set_title(f"{c['name']}: NMI {c['nmi']:.2f} (chance {c['chance']:.2f})", fontsize=9)
     for ax in axes[len(per):]:
         ax.set_visible(False)
@@ -277,12 +290,19 @@ def grid_figure(labels: Labels, block: Block, examples: list[tuple[list[int], li
     ax.set_xticklabels(["most confident (highest soft mass)"] + (["least confident members"] if low else []),
                        fontsize=8)
     ax.xaxis.set_ticks_position("top")
+    if low:
+        for k, (_, worst) in enumerate(examples):
+            if not worst:
+                ax.text(top * (tw + gap) + sep + 2, k * row_h + th / 2,
+                        "no members" if block.hard[k] == 0 else "all shown on the left", fontsize=7.5,
+                        color="#888888", va="center")
     ax.set_yticks([k * row_h + th / 2 for k in range(block.psi)])
-    ax.set_yticklabels([f"aux {k}: {int(block.hard[k])} samples" for k in range(block.psi)], fontsize=8)
+    # the global index, as aux_hard in an export names it
+    ax.set_yticklabels([f"aux {block.offset + k}\n{int(block.hard[k])} of {block.n} samples\nmean mass "
+                        f"{block.mass[k]:.2f}" for k in range(block.psi)], fontsize=7.5)
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(f"{block.name}", fontsize=10, loc="left")
+    ax.set_title(f"Primary class {block.name}: {block.n} samples", fontsize=10, loc="left")
     fig.tight_layout()
-    return Fig(f"grid_{block.primary:04d}", f"Primary class {block.name}",
-               "", _png(fig))
+    return Fig(f"grid_{block.primary:04d}", f"Primary class {block.name}", "", _png(fig))

@@ -281,7 +281,8 @@ def _human(labels: Labels, hard: np.ndarray, offsets: np.ndarray, seed: int) -> 
         table = np.zeros((p, len(ids)), dtype=np.int64)
         np.add.at(table, (h, np.searchsorted(ids, f)), 1)
         shuffled = float(np.mean([nmi(f, rng.permutation(h)) for _ in range(5)]))
-        per.append({"primary": i, "name": name, "n": int(sel.sum()), "nmi": float(nmi(f, h)), "chance": shuffled,
+        per.append({"primary": i, "name": name, "n": int(sel.sum()), "offset": int(offsets[i]),
+                    "nmi": float(nmi(f, h)), "chance": shuffled,
                     "fine": ids.tolist(), "table": table})
     if not per:
         return None
