@@ -220,7 +220,8 @@ def human_figure(human: HumanAgreement, fine_names: list[str] | None, max_panels
     cell = 0.42
     pw = max(2.6, 1.4 + cell * widest)
     ph = max(2.4, 1.5 + cell * max(c["table"].shape[0] for c in per))
-    fig = Figure(figsize=(pw * ncols + 0.6, ph * nrows))
+    # constrained layout keeps rotated class names, the shared axis labels and the colour bar apart
+    fig = Figure(figsize=(pw * ncols + 1.2, ph * nrows + 0.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, c in zip(axes, per, strict=False):
         t = c["table"]
@@ -231,6 +232,7 @@ def human_figure(human: HumanAgreement, fine_names: list[str] | None, max_panels
                 ax.text(q, r, str(v), ha="center", va="center", fontsize=7,
                         color="white" if share[r, q] > 0.6 else "#222222")
         names = [fine_names[f] if fine_names and f < len(fine_names) else str(f) for f in c["fine"]]
+        names = [n.removeprefix(f"{c['name']}/") for n in names]  # a two-level tree names fine classes COARSE/FINE
         ax.set_xticks(range(len(names)))
         rotate = max(len(n) for n in names) > 3
         ax.set_xticklabels(names, rotation=45 if rotate else 0, ha="right" if rotate else "center", fontsize=7)
