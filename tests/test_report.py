@@ -128,6 +128,21 @@ def test_labels_from_an_export(runs, tmp_path):
     assert data["labels"]["source"] == "export" and data["labels"]["samples"] == 100
     assert data["labels"]["checkpoint_sha256"] == data["runs"][0]["checkpoint_sha256"]
     assert str(h5.resolve()) in (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    other = tmp_path / "other"  # another run: its config.json differs
+    shutil.copytree(runs["maxl"], other)
+    (other / "config.json").write_text((other / "config.json").read_text() + "\n")
+    with pytest.raises(AuxgenError, match="exported from another run"):
+        build_report([other], tmp_path / "r2", labels=h5)
+
+
+def test_partly_trained_run_is_reported_with_a_note(runs, tmp_path):
+    part = tmp_path / "part"
+    shutil.copytree(runs["maxl"], part)
+    metrics = part / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines(keepends=True)[0])
+    result = build_report([part], tmp_path / "r", max_samples=50)
+    assert any("1 of 2 epochs" in n for n in result.notes)
+    assert "1 of 2 epochs" in (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
 
 
 def test_user_strings_are_escaped(runs, tmp_path):

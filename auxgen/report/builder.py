@@ -126,7 +126,8 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
             try:
                 lab = labels_from_generator(first, checkpoint, split, max_samples, seed, device, data_root)
             except AuxgenError as e:  # e.g. the dataset is on another machine: the curves still stand
-                warnings.append(f"{first.name}: labels not shown: {e}")
+                warnings.append(f"{first.name}: labels not shown: {e} (--data-root names the dataset's new place; "
+                                f"--labels EXPORT shows an export's labels instead)")
         if lab is not None:
             notes += [f"{first.name} labels: {n}" for n in lab.notes]
             an = analyse(lab, seed)
