@@ -117,8 +117,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         if isinstance(e, pickle.UnpicklingError):  # weights_only refuses anything but tensors and containers
-            found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
-            detail = f" ({found.group(1).strip()[:120]})" if found else ""
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            detail = f" ({found.group(1)})" if found else ""
             raise AuxgenError(f"checkpoint {path} is a torch file but not an auxgen checkpoint: it holds objects "
                               f"a checkpoint never has{detail}") from None
         first = (str(e).strip().splitlines() or [""])[0][:120]

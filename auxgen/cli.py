@@ -51,8 +51,12 @@ def _register() -> None:
 _register()
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's time limit, `kill`): unwound like Ctrl-C, so temporary files are removed."""
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, `kill`): unwound like Ctrl-C, so temporary files are removed.
+
+    A BaseException, as KeyboardInterrupt is, so no `except Exception` on the way swallows it; not a
+    KeyboardInterrupt, which typer turns into a bare exit code.
+    """
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -85,9 +89,8 @@ def _run() -> None:
     except AuxgenError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt as e:
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"{what}; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
+    except (KeyboardInterrupt, Terminated) as e:
+        _interrupted("terminated" if isinstance(e, Terminated) else "interrupted")
         sys.exit(128 + signal.SIGTERM if isinstance(e, Terminated) else 130)
     except OSError as e:
         # the file system said no where no check anticipated it (permissions, a full disk, a
@@ -104,7 +107,13 @@ def _run() -> None:
         if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
+    if rc == 130:  # typer turns Ctrl-C into this exit code
+        _interrupted("interrupted")
     sys.exit(rc if isinstance(rc, int) else 0)
+
+
+def _interrupted(what: str) -> None:
+    print(f"{what}; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
 
 
 if __name__ == "__main__":

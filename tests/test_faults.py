@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -738,3 +740,195 @@ def test_a_second_trainer_on_a_busy_run_directory_is_refused(cli, tmp_path, fini
     assert snapshot(run) == before
     code, _, err = cli("train", "--out", run, "--force", *FAST)  # released: --force replaces it
     assert code == 0, err
+
+
+# ------------------------------------------------------------------------------ kills and resume
+# 3 epochs of ~90 steps: long enough that a kill after the first last.pt lands before the end
+KILL_ARGS = ["--backbone", "cnn", "--width", "4", "--epochs", "3", "--batch-size", "16", "--device", "cpu", "-q"]
+# a training process that kills itself (SIGKILL: no cleanup, no finally) at a chosen point:
+# AUXGEN_TEST_KILL=load (while loading the data) or save:N (halfway through the N-th checkpoint write)
+KILLER = r"""
+import io, os, signal, sys
+import torch
+import auxgen.checkpoint as ck
+import auxgen.data as data
+
+where, _, at = os.environ["AUXGEN_TEST_KILL"].partition(":")
+
+def die(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if where == "load":
+    data._digits = die
+else:
+    real, calls = ck._torch_save, [0]
+
+    def dying(state, tmp):
+        calls[0] += 1
+        if calls[0] == int(at):
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            with open(tmp, "wb") as f:
+                f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            die()
+        real(state, tmp)
+
+    ck._torch_save = dying
+from auxgen.cli import main
+sys.argv = ["auxgen", *sys.argv[1:]]
+main()
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # one thread, as the in-process runs of this suite (conftest), so runs agree to the bit
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+def _train_subprocess(out: Path, kill: str | None = None, **popen) -> subprocess.Popen:
+    cmd = ([sys.executable, "-c", KILLER] if kill else [sys.executable, "-m", "auxgen.cli"])
+    env = _env(AUXGEN_TEST_KILL=kill) if kill else _env()
+    return subprocess.Popen([*cmd, "train", "--out", str(out), *KILL_ARGS], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training ended before {path} appeared: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run every killed-and-resumed run must end identical to (a subprocess too)."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = _train_subprocess(out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return out
+
+
+def _history(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_end(run: Path, ref: Path) -> None:
+    """The resumed run ends bit-identical to the uninterrupted one: weights, optimiser, metrics."""
+    a, b = load_checkpoint(run / "checkpoints" / "last.pt"), load_checkpoint(ref / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for part in ("model", "generator"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    for part in ("optimizer", "gen_optimizer"):
+        for k, st in a[part]["state"].items():
+            for name, v in st.items():
+                assert torch.equal(torch.as_tensor(v), torch.as_tensor(b[part]["state"][k][name])), (part, k, name)
+    assert _history(run) == _history(ref)
+    assert temp_files(run) == []
+
+
+def test_kill_9_mid_run_then_resume_is_bit_identical(cli, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = _train_subprocess(out)
+    _wait_for(out / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] < 3  # killed before the end
+    code, _, err = cli("train", "--resume", out, "-q")
+    assert code == 0, err
+    assert_same_end(out, reference)
+
+
+@pytest.mark.parametrize("kill,stale", [
+    ("save:3", True),   # halfway through epoch 2's last.pt: epoch 1's stays intact
+    ("save:1", True),   # halfway through the first checkpoint: none yet, resume starts at epoch 1
+])
+def test_kill_9_during_a_checkpoint_write(cli, tmp_path, reference, kill, stale):
+    out = tmp_path / "run"
+    proc = _train_subprocess(out, kill=kill)
+    proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    assert [p.name.startswith(".last.pt.") for p in temp_files(out)] == [True]  # the half-written file
+    last = out / "checkpoints" / "last.pt"
+    assert (load_checkpoint(last)["epoch"] == 1) if kill == "save:3" else not last.exists()
+    code, _, err = cli("train", "--resume", out, "-q")
+    assert code == 0, err
+    assert_same_end(out, reference)  # and the stale temporary file is gone
+
+
+def test_kill_9_while_loading_data(cli, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = _train_subprocess(out, kill="load")
+    proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    assert out.is_dir() and list(out.iterdir()) == []  # nothing written yet
+    code, _, err = cli("train", "--resume", out, "-q")
+    one_line_error(code, err, "no config.json")
+    code, _, err = cli("train", "--out", out, *KILL_ARGS)  # the empty folder is taken as is
+    assert code == 0, err
+    assert_same_end(out, reference)
+
+
+def test_sigterm_mid_run_cleans_up_and_resumes(cli, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = _train_subprocess(out)
+    _wait_for(out / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("terminated;")
+    assert temp_files(out) == []  # unwound like Ctrl-C: a write in progress removed its temporary file
+    code, _, err = cli("train", "--resume", out, "-q")
+    assert code == 0, err
+    assert_same_end(out, reference)
+
+
+# ------------------------------------------------------------------------------ for trainer.py
+@pytest.mark.xfail(reason="lead: trainer.py must write best.pt before last.pt (last.pt is the commit point "
+                          "resume trusts); killed between the two, best.pt stays an older epoch than "
+                          "last.pt's best_epoch and resume never rewrites it", strict=True)
+def test_kill_9_between_last_and_best_keeps_best_consistent(cli, tmp_path, reference):
+    history = _history(reference)
+    improved = [m["test_acc"] > max([-1.0] + [h["test_acc"] for h in history[:i]]) for i, m in enumerate(history)]
+    later = [e for e in range(2, len(history) + 1) if improved[e - 1]]
+    if not later:
+        pytest.skip("the reference run improves only in epoch 1")
+    e = later[-1]  # the last epoch that improves: nothing after it rewrites best.pt
+    call = sum(1 + improved[i] for i in range(e - 1)) + 2  # epoch e's second write (best.pt today)
+    out = tmp_path / "run"
+    proc = _train_subprocess(out, kill=f"save:{call}")
+    proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    code, _, err = cli("train", "--resume", out, "-q")
+    assert code == 0, err
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["epoch"] == load_checkpoint(reference / "checkpoints" / "best.pt")["epoch"] == e
+
+
+@pytest.mark.xfail(reason="lead: trainer.prepare_out_dir must treat a folder that holds only auxgen's own "
+                          "temporary files (.NAME.*.tmp of a run killed while writing its first config.json) "
+                          "as empty; today neither --out (even --force) nor --resume accepts it", strict=True)
+def test_folder_left_by_a_kill_during_the_first_write_can_be_reused(cli, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".config.json.k2j3h4.tmp").write_text('{"train": ')
+    code, _, err = cli("train", "--out", out, *FAST)
+    assert code == 0, err
+
+
+@pytest.mark.xfail(reason="lead: trainer.py must refuse to resume from a checkpoint whose 'format' is not "
+                          "CHECKPOINT_FORMAT (a newer or older auxgen's), with a one-line error", strict=True)
+def test_resume_refuses_another_checkpoint_format(cli, tmp_path, finished_run):
+    run = _copy_run(finished_run, tmp_path / "run")
+    last = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["format"] = 99
+    state["epoch"] = 1  # so that resume has an epoch left to run with it
+    torch.save(state, last)
+    code, _, err = cli("train", "--resume", run, "-q")
+    one_line_error(code, err, "format")
