@@ -68,3 +68,28 @@ def test_views_are_crops_of_the_padded_image_and_flips():
         crop = padded[i, :, dy:dy + 8, dx:dx + 8]
         assert torch.equal(out[i], crop.flip(-1) if flip else crop)
     assert torch.equal(draw_views(5, 2, torch.Generator().manual_seed(0)), views)  # seeded
+
+
+def test_imagefolder_needs_two_classes_with_images(tmp_path):
+    write_imagefolder(tmp_path / "one", classes=("cat",), per_class=10)
+    with pytest.raises(AuxgenError, match="at least 2 classes"):
+        load_data(tiny_config(dataset="imagefolder", data_root=str(tmp_path / "one"), image_size=8))
+    write_imagefolder(tmp_path / "two", classes=("cat", "dog"), per_class=5)
+    (tmp_path / "two" / "emu").mkdir()
+    with pytest.raises(AuxgenError, match="emu holds no images"):
+        load_data(tiny_config(dataset="imagefolder", data_root=str(tmp_path / "two"), image_size=8))
+
+
+def test_cifar_batch_problems_are_named(tmp_path):
+    import pickle
+
+    write_cifar(tmp_path, "cifar10", n_train=20, n_test=10)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    good = batch.read_bytes()
+    cfg = tiny_config(dataset="cifar10", data_root=str(tmp_path))
+    for content, msg in [(good[:-7], "is truncated"), (b"GIF89a", "is not a pickle file"),
+                         (pickle.dumps(["a", "list"]), "is a pickle of a list, not a CIFAR batch"),
+                         (pickle.dumps({"data": np.zeros((1, 3072), np.uint8)}), "no 'labels' entry")]:
+        batch.write_bytes(content)
+        with pytest.raises(AuxgenError, match=msg):
+            load_data(cfg)

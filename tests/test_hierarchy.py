@@ -82,3 +82,29 @@ def test_human_hierarchy_shapes_and_labels():
         assert len(pairs) == a and len({b for _, b in pairs}) == a
     with pytest.raises(AuxgenError, match="finer"):
         cifar100_human(20, 10)
+
+
+@pytest.mark.parametrize("spec,msg", [("", "--psi is empty"), (" ", "--psi is empty"), ("2,,3", "empty item"),
+                                      ("3,", "empty item"), ("1001", "limit of 1000"), ("２", "not an integer")])
+def test_psi_specs_that_are_refused(spec, msg):
+    with pytest.raises(AuxgenError, match=msg):
+        parse_psi(spec, None, 3)
+
+
+def test_psi_caps_per_class_and_in_all(tmp_path):
+    assert parse_psi("1000", None, 10).num_aux == 10000
+    with pytest.raises(AuxgenError, match="11000 auxiliary classes in all .* limit of 10000"):
+        parse_psi("1000", None, 11)
+    f = tmp_path / "h.json"
+    f.write_text("[5000, 1]")
+    with pytest.raises(AuxgenError, match="entry 1 is 5000, over the limit of 1000"):
+        parse_psi(None, f, 2)
+
+
+def test_psi_file_that_is_a_folder_or_not_utf8(tmp_path):
+    with pytest.raises(AuxgenError, match="is a folder"):
+        parse_psi(None, tmp_path, 2)
+    f = tmp_path / "h.json"
+    f.write_bytes(b"[2, \xff]")
+    with pytest.raises(AuxgenError, match="not UTF-8"):
+        parse_psi(None, f, 2)
