@@ -12,8 +12,8 @@ from auxgen.errors import AuxgenError
 
 
 def report_command(
-    runs: list[Path] = typer.Argument(..., help="Run directories (from auxgen train); curves are overlaid, "
-                                      "labels are shown for the first.", show_default=False),
+    runs: list[Path] = typer.Argument(..., metavar="RUN", help="Run directories (from auxgen train); curves "
+                                      "are overlaid, labels are shown for the first.", show_default=False),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for index.html and its figures (outside the runs).",
                              show_default=False),
     labels: Path = typer.Option(None, "--labels", "-l", help="An export of the first run (HDF5 file or shard "
@@ -24,7 +24,7 @@ def report_command(
                                     "(a seeded choice beyond that)."),
     examples: int = typer.Option(8, "--examples", help="Most confident images shown per auxiliary class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample choice."),
-    device: str = typer.Option(None, "--device", help="Where the generator runs: auto, cpu or cuda [default: auto].",
+    device: str = typer.Option(None, "--device", help="Where the generator runs: auto (the default), cpu or cuda.",
                                show_default=False),
     data_root: str = typer.Option(None, "--data-root", help="Where the run's dataset is now, if it moved.",
                                   show_default=False),
@@ -37,7 +37,9 @@ def report_command(
         raise AuxgenError("give --out: a folder for the report, e.g. reports/run1")
     if examples < 1:
         raise AuxgenError("--examples must be at least 1")
-    command = "auxgen report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else None
+    # the page's footer repeats the command that made it, when this process is that command
+    command = ("auxgen report " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+               if len(sys.argv) > 1 and sys.argv[1] == "report" else None)
     result = build_report(runs, out, labels=labels, checkpoint=checkpoint, split=split, max_samples=max_samples,
                           seed=seed, device=device, data_root=data_root, force=force, examples=examples,
                           command=command)

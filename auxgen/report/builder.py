@@ -97,7 +97,9 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
     out = Path(out)
     run_paths = [Path(r) for r in runs]
     labels_path = None if labels is None else Path(labels)
-    infos = [read_run(r, checkpoint) for r in run_paths]
+    # a checkpoint file names one run's checkpoint: the first run's; the others are described by their best
+    others = checkpoint if checkpoint in ("best", "last") else "best"
+    infos = [read_run(r, checkpoint if i == 0 else others) for i, r in enumerate(run_paths)]
     check_out(out, run_paths, labels_path, force)
     name_runs(infos)
 
