@@ -321,3 +321,20 @@ def test_npy_payload_equals_numpy():
     for shape, dtype in (((7,), np.float32), ((3, 5), np.float16)):
         a = np.random.default_rng(0).random(shape).astype(dtype)
         assert npy_header(shape, a.dtype) + a.tobytes() == numpy_dumps(a)
+
+
+def test_summary_uses_the_shared_label_statistics(tiny_run, tmp_path, capsys):
+    """One LabelStats for training and export: its field names in the summary, block usage in the table."""
+    from auxgen.label_stats import LabelStats
+    from auxgen.recipes.export import print_summary
+
+    summary = export_labels(tiny_run, tmp_path / "l.h5", split="test")
+    st = summary["stats"]
+    assert {"aux_sample_entropy", "aux_sample_entropy_frac", "aux_block_usage_frac"} <= set(st)
+    with h5py.File(tmp_path / "l.h5") as f:
+        ref = LabelStats(summary["psi"])
+        ref.add(torch.from_numpy(f["test/aux_soft"][()]), torch.from_numpy(f["test/primary"][()]))
+    assert st == pytest.approx(ref.summary())
+    print_summary(summary)
+    table = capsys.readouterr().out
+    assert "block usage" in table and "per-sample entropy" in table

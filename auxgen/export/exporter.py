@@ -149,7 +149,7 @@ def _inputs(run: LoadedRun) -> list[tuple[str, Path]]:
     found = [("the run directory", run.run_dir), ("the checkpoint", run.checkpoint_path)]
     if run.cfg.dataset != "digits":  # digits ships with scikit-learn: nothing of it is on disk
         found.append(("the dataset", Path(run.cfg.data_root)))
-        if getattr(run.cfg, "test_root", None):
+        if run.cfg.test_root:
             found.append(("the test dataset", Path(run.cfg.test_root)))
     return [(what, p.expanduser().resolve()) for what, p in found]
 
@@ -178,7 +178,8 @@ def _check_keys(data: Data, opts: ExportOptions) -> None:
                 raise AuxgenError(f"samples {first[sk]!r} and {key!r} of the {s} split would both be stored under "
                                   f"key {sk!r}; an export needs one key per sample (rename one of them)")
             first[sk] = key
-            if opts.fmt == "wds" and (base_plus_ext(f"{sk}.cls") != (sk, "cls") or _WDS_META.match(sk)):
+            member = f"{sk}.cls"  # every sample has this member; the others split the same way
+            if opts.fmt == "wds" and (base_plus_ext(member) != (sk, "cls") or _WDS_META.match(member)):
                 raise AuxgenError(f"sample {key!r} of the {s} split has no WebDataset key that readers give "
                                   f"back unchanged ({sk!r}); export it as --format hdf5 or rename it")
 
