@@ -14,7 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from auxgen.config import TrainConfig, field_help, load_config_file, resolve_config
+from auxgen.data import load_data
 from auxgen.errors import AuxgenError
+from auxgen.hierarchy import hierarchy_for
+from auxgen.runtime import pick_device
 from auxgen.trainer import prepare_out_dir, train
 
 
@@ -84,6 +87,11 @@ def train_command(
             raise AuxgenError("give --out DIR for a new run (or --resume DIR to continue one)")
         cfg = resolve_config(config, overrides)
         out_dir = out
+        _check_out_outside_data(out_dir, cfg)
+    # what can fail on the inputs fails before --force deletes an earlier run in --out
+    pick_device(cfg.device)
+    data = load_data(cfg)
+    hierarchy_for(cfg, data)
     with contextlib.ExitStack() as stack:
         if resume is not None:
             stack.enter_context(_locked(out_dir))
@@ -98,9 +106,20 @@ def train_command(
             prepare_out_dir(out_dir, force)
             if not locked:
                 stack.enter_context(_locked(out_dir))
-        summary = train(cfg, out_dir, resume=resume is not None, show=not quiet)
+        summary = train(cfg, out_dir, resume=resume is not None, show=not quiet, data=data)
     if not quiet:
         _print_summary(summary)
+
+
+def _check_out_outside_data(out: Path, cfg: TrainConfig) -> None:
+    """An ImageFolder's subfolders are its classes: a run directory inside the tree would become one."""
+    if cfg.dataset != "imagefolder":
+        return
+    target = out.expanduser().resolve()
+    for root in (cfg.data_root, cfg.test_root):
+        if root and target.is_relative_to(Path(root).expanduser().resolve()):
+            raise AuxgenError(f"--out {out} is inside the ImageFolder tree {root}; its folder would become a "
+                              f"class of the data: put the run elsewhere")
 
 
 def _check_saved_run(run_dir: Path) -> None:
