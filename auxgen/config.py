@@ -80,6 +80,7 @@ class TrainConfig:
     usage_entropy: str = _f("batch", "Usage term of the entropy regulariser: batch (entropy of the batch-mean label over all K, the paper) or block (per primary-class block).")
     sharpness_weight: float = _f(0.0, "Weight of the mean per-sample label entropy (minimised); with the usage term this maximises the information a label carries about its sample.")
     meta_norm: str = _f("none", "none: the meta-gradient as in the paper (scaled by the inner step alpha); alpha: divided by alpha, so it does not shrink with the learning rate.")
+    meta_weight: float = _f(1.0, "Weight of the meta-gradient (the look-ahead primary loss) in the generator's objective; 0 turns it off, an ablation that leaves only the label regularisers.")
     gen_optimizer: str = _f("sgd", "Label generator optimiser: sgd (paper) or adam.")
     meta_order: int = _f(2, "2: exact second-order meta-gradient; 1: finite-difference first-order variant.")
     meta_split: float = _f(0.0, "Fraction of the training set held out for the meta step; 0 reuses the training batches.")

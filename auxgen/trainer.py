@@ -437,7 +437,7 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     amp = autocast(cfg.bf16, dev)
     maxl_args = dict(alpha=lr, gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
                      l1_decay=l1, usage=cfg.usage_entropy, sharpness_weight=cfg.sharpness_weight,
-                     meta_scale=1.0 / lr if cfg.meta_norm == "alpha" else 1.0)
+                     meta_scale=cfg.meta_weight / (lr if cfg.meta_norm == "alpha" else 1.0))
     for i in range(n_steps):
         x, y, target = batch(order[i * B:(i + 1) * B])
         with amp:

@@ -42,6 +42,7 @@ from auxgen.data import load_data  # noqa: E402
 from auxgen.hierarchy import hierarchy_for  # noqa: E402
 from auxgen.kmeans import features, kmeans_labels  # noqa: E402
 from auxgen.label_stats import LabelStats  # noqa: E402
+from auxgen.stats import mean_ci, verdict  # noqa: E402
 from auxgen.trainer import TargetSource, train  # noqa: E402
 
 # task name -> (digit groups, fraction of the training set)
@@ -50,8 +51,32 @@ TASKS = {"g2": (2, 1.0), "g5": (5, 1.0), "g2-small": (2, 0.2), "g5-small": (5, 0
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                        # auxgen's defaults (whatever config.py says)
     "paper": dict(PRESETS["paper"]),      # the published hyper-parameters
+    "paper-obj": dict(usage_entropy="batch", sharpness_weight=0.0, meta_norm="none", gen_optimizer="sgd",
+                      gen_lr=1e-3, entropy_weight=0.2, schedule="interleave"),
+    "mi": dict(usage_entropy="block", sharpness_weight=1.0, entropy_weight=1.0, gen_optimizer="sgd", gen_lr=1e-3),
+    "mi-adam": dict(usage_entropy="block", sharpness_weight=1.0, entropy_weight=1.0, gen_optimizer="adam",
+                    gen_lr=1e-3),
+    "mi-adam-norm": dict(usage_entropy="block", sharpness_weight=1.0, entropy_weight=1.0, gen_optimizer="adam",
+                         gen_lr=1e-3, meta_norm="alpha"),
+    "mi2-adam": dict(usage_entropy="block", sharpness_weight=1.0, entropy_weight=2.0, gen_optimizer="adam",
+                     gen_lr=1e-3),
+    "mi2-adam-3e-3": dict(usage_entropy="block", sharpness_weight=1.0, entropy_weight=2.0, gen_optimizer="adam",
+                          gen_lr=3e-3),
+    "mi2-adam-nometa": dict(usage_entropy="block", sharpness_weight=1.0, entropy_weight=2.0, gen_optimizer="adam",
+                            gen_lr=1e-3, meta_weight=0.0),
+    "mi-adam-nometa": dict(usage_entropy="block", sharpness_weight=1.0, entropy_weight=1.0, gen_optimizer="adam",
+                           gen_lr=1e-3, meta_weight=0.0),
+    "mi2-adam-norm": dict(usage_entropy="block", sharpness_weight=1.0, entropy_weight=2.0, gen_optimizer="adam",
+                          gen_lr=1e-3, meta_norm="alpha"),
+    "block-adam-norm": dict(usage_entropy="block", sharpness_weight=0.0, entropy_weight=0.2, gen_optimizer="adam",
+                            gen_lr=1e-3, meta_norm="alpha"),
+    "adam-norm": dict(usage_entropy="batch", sharpness_weight=0.0, entropy_weight=0.2, gen_optimizer="adam",
+                      gen_lr=1e-3, meta_norm="alpha"),
 }
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off")
+# the multi-task network's training, the same for every method (the paper's SGD is far too slow
+# for 40-epoch runs; see docs/label_quality.md)
+TRAINING = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine", warmup_epochs=2)
 
 
 def _nmi_ari(hard: np.ndarray, fine: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -97,10 +122,13 @@ def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     groups, frac = TASKS[task]
     name, _, variant = method.partition(":")
-    opts = {**BASE, **(VARIANTS[variant] if name == "maxl" else {}), "primary_groups": groups, "epochs": epochs,
+    opts = {**BASE, **TRAINING, **(VARIANTS[variant] if name == "maxl" else {}), "primary_groups": groups,
+            "epochs": epochs,
             "seed": seed, "method": name}
     for k in ("dataset", "backbone", "width", "batch_size", "device", "augment"):  # the task fixes these
         opts[k] = BASE[k]
+    if variant == "paper":  # the preset fixes the training too, except what the task fixes and its length
+        opts.update({k: v for k, v in PRESETS["paper"].items() if k not in BASE and k not in ("epochs", "psi")})
     cfg = TrainConfig(**opts).validate()
     data = load_data(cfg)
     idx = _subset(len(data.train), frac, seed)
@@ -138,16 +166,6 @@ def run_random_test(hier: Any, data: Any, seed: int) -> np.ndarray:
     from auxgen.hierarchy import random_labels
 
     return random_labels(hier, data.test.labels, torch.Generator().manual_seed(seed + 1)).numpy()
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t interval."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    if len(v) < 2:
-        return (float(v.mean()) if len(v) else math.nan), math.nan
-    return float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
 def diff_ci(rows: list[dict], task: str, a: str, b: str, key_a: str = "acc", key_b: str = "acc") -> tuple[float, float]:
@@ -189,9 +207,8 @@ def comparisons(rows: list[dict]) -> str:
                     d, h = diff_ci(rows, task, m, base, key, "acc")
                     if math.isnan(d):
                         continue
-                    verdict = ("no measurable effect" if math.isnan(h) or abs(d) <= h
-                               else "helps" if d > 0 else "hurts")
-                    out.append(f"| {task} | {m} {label} - {base} | {100 * d:+.2f} ± {100 * h:.2f} | {verdict} |")
+                    out.append(f"| {task} | {m} {label} - {base} | {100 * d:+.2f} ± {100 * h:.2f} | "
+                               f"{verdict(d, h)} |")
     return "\n".join(out)
 
 
