@@ -79,6 +79,7 @@ class TrainConfig:
     entropy_weight: float = _f(0.2, "Weight lambda of the entropy regulariser against class collapse.")
     usage_entropy: str = _f("batch", "Usage term of the entropy regulariser: batch (entropy of the batch-mean label over all K, the paper) or block (per primary-class block).")
     sharpness_weight: float = _f(0.0, "Weight of the mean per-sample label entropy (minimised); with the usage term this maximises the information a label carries about its sample.")
+    consistency_weight: float = _f(0.0, "Weight of a term asking the generator's label of an image to agree with its label of a slightly shifted copy (symmetric cross-entropy).")
     meta_norm: str = _f("none", "none: the meta-gradient as in the paper (scaled by the inner step alpha); alpha: divided by alpha, so it does not shrink with the learning rate.")
     meta_weight: float = _f(1.0, "Weight of the meta-gradient (the look-ahead primary loss) in the generator's objective; 0 turns it off, an ablation that leaves only the label regularisers.")
     gen_optimizer: str = _f("sgd", "Label generator optimiser: sgd (paper) or adam.")

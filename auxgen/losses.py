@@ -69,3 +69,13 @@ def sample_entropy(labels: torch.Tensor) -> torch.Tensor:
     """
     labels = upcast(labels)
     return -(labels * torch.log(labels.clamp_min(1e-30))).sum(dim=1).mean()
+
+
+def pair_cross_entropy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy of two soft labels of the same samples, batch mean (nats).
+
+    Smallest when both are the same one-hot label: the two views of an image agree, confidently.
+    """
+    a, b = upcast(a), upcast(b)
+    la, lb = torch.log(a.clamp_min(1e-30)), torch.log(b.clamp_min(1e-30))
+    return -0.5 * ((a * lb).sum(dim=1) + (b * la).sum(dim=1)).mean()

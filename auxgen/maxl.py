@@ -14,7 +14,14 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call
 
-from auxgen.losses import block_usage_regulariser, entropy_regulariser, focal_loss, focal_terms, sample_entropy
+from auxgen.losses import (
+    block_usage_regulariser,
+    entropy_regulariser,
+    focal_loss,
+    focal_terms,
+    pair_cross_entropy,
+    sample_entropy,
+)
 
 
 def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.optim.Optimizer,
@@ -118,7 +125,8 @@ class MetaGradient(NamedTuple):
 def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                   labels: torch.Tensor, alpha: float, gamma: float, entropy_weight: float, order: int = 2,
                   training_forward: bool = False, usage: str = "batch", sharpness_weight: float = 0.0,
-                  meta_scale: float = 1.0) -> MetaGradient:
+                  meta_scale: float = 1.0, pair_labels: torch.Tensor | None = None,
+                  consistency_weight: float = 0.0) -> MetaGradient:
     """The generator's gradient of the meta objective, and the meta losses before/after the look-ahead.
 
     The look-ahead theta1+ = theta1 - alpha grad L_train(theta1; t) is computed functionally:
@@ -133,6 +141,9 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
     H_usage the negative entropy of the batch-mean label over all K classes (usage="batch", the
     paper) or of each primary block's mean label (usage="block"); meta_scale=1/alpha makes the
     meta-signal the look-ahead's directional derivative, which does not shrink with the step size.
+    With `pair_labels` = g(x', y) of another view x' of the same images (with its graph), a
+    consistency term consistency_weight * symmetric cross-entropy(t, t') asks a label to survive
+    a small shift of its image, so the labels describe the content rather than its position.
     """
     params = dict(model.named_parameters())
     stats = _no_running_stats(model)  # look-aheads use batch statistics and must not update the real ones
@@ -168,6 +179,8 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
     objective = -meta_scale * alpha * (labels * u.detach()).sum() + entropy_weight * usage_term
     if sharpness_weight:
         objective = objective + sharpness_weight * sample_entropy(labels)
+    if consistency_weight and pair_labels is not None:
+        objective = objective + consistency_weight * pair_cross_entropy(labels, pair_labels)
     gen_grads = torch.autograd.grad(objective, gen_params)
     correct = (pri.detach().argmax(1) == y).sum()
     return MetaGradient(list(gen_grads), loss_before.detach(), loss_after.detach(), list(grads), loss_aux.detach(),

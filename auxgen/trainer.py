@@ -438,6 +438,13 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     maxl_args = dict(alpha=lr, gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
                      l1_decay=l1, usage=cfg.usage_entropy, sharpness_weight=cfg.sharpness_weight,
                      meta_scale=cfg.meta_weight / (lr if cfg.meta_norm == "alpha" else 1.0))
+    def pair(xx: torch.Tensor, yy: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's labels of a shifted copy of the batch, for the consistency term."""
+        if not cfg.consistency_weight:
+            return {}
+        shifted = apply_views(xx, draw_views(len(xx), data.pad, gens["aug"], data.flip), data.pad)
+        return {"pair_labels": run.generator(shifted, yy), "consistency_weight": cfg.consistency_weight}
+
     for i in range(n_steps):
         x, y, target = batch(order[i * B:(i + 1) * B])
         with amp:
@@ -446,7 +453,8 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
                 if meta_order is not None:
                     meta_batch = batch(meta_order[(i * B + torch.arange(B)) % len(meta_order)])[:2]
                 res = maxl_iteration(run.model, run.generator, run.optimizer, run.gen_optimizer, x, y,
-                                     meta_batch=meta_batch, fused=cfg.fused_lookahead, **maxl_args)
+                                     meta_batch=meta_batch, fused=cfg.fused_lookahead, **maxl_args,
+                                     **(pair(x, y) if meta_batch is None else {}))
                 loss_pri, loss_aux, ok, target = res["loss_pri"], res["loss_aux"], res["correct"], res["target"]
                 sums["before"] += res["meta_before"]
                 sums["after"] += res["meta_after"]
@@ -477,7 +485,7 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
             mx, my, _ = batch(meta_order[i * B:(i + 1) * B])
             with amp:
                 before, after = meta_step(run.model, run.generator, run.gen_optimizer, mx, my, run.generator(mx, my),
-                                          **maxl_args)
+                                          **maxl_args, **pair(mx, my))
             sums["before"] += before
             sums["after"] += after
             recent.append(after)
