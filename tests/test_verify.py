@@ -105,7 +105,7 @@ def test_cli_exit_codes_and_json(exported, tmp_path):
     assert data["passed"] and [c["name"] for c in data["checks"]] == ["evaluation", "integrity", "rederivation"]
     assert run_cli("verify", str(tmp_path / "nope")) == 2
     assert run_cli("verify", str(run), "--labels", str(tmp_path / "missing.h5")) == 2
-    assert run_cli("verify", str(run), "--baseline", "random") == 2
+    assert run_cli("verify", str(run), "--labels", str(root / "labels.h5"), "--retrain", "1", "--seeds", "0") == 2
     assert run_cli("verify", str(run), "--json", str(run / "r.json")) == 2
     assert not (run / "r.json").exists()
     bad = copy_export(root, "labels.h5", tmp_path)
@@ -250,18 +250,35 @@ def test_retrain_single_task_matches_the_trainer(tiny_run, tmp_path):
     assert ours["acc"] == ref["final_test_acc"]
 
 
-def test_quality_check_reports_all_three(exported):
+def test_quality_check_reports_all_three_arms_with_verdicts(exported):
     run, root = exported
-    report = verify(run, root / "labelonly", retrain_epochs=1, baseline="random")
+    report = verify(run, root / "labelonly", retrain_epochs=1, seeds=2)
     q = next(c for c in report.checks if c.name == "quality")
-    assert q.status == "pass"
     f = q.figures
-    assert {"acc_exported", "acc_single", "acc_random", "gain"} <= set(f)
-    assert f["gain"] == pytest.approx(f["acc_exported"] - f["acc_single"])
+    assert {"acc_exported", "acc_single", "acc_random", "gain_vs_single", "gain_vs_random"} <= set(f)
+    assert f["seeds"] == [0, 1] and all(len(v) == 2 for v in f["acc"].values())
+    diffs = [a - b for a, b in zip(f["acc"]["exported"], f["acc"]["single"], strict=True)]
+    assert f["gain_vs_single"] == pytest.approx(sum(diffs) / 2)
+    assert set(f["verdicts"].values()) <= {"helps", "hurts", "no measurable effect"}
+    # pass only when the labels beat random labels: anything else must not read as a success
+    assert (q.status == "pass") == (f["verdicts"]["random"] == "helps" and f["verdicts"]["single"] != "hurts")
     # the frozen labels do change training (else the comparison would be vacuous)
     assert f["history"]["exported"] != f["history"]["single"]
-    fail = verify(run, root / "labelonly", retrain_epochs=1, min_gain=1.0)
+    fail = verify(run, root / "labelonly", retrain_epochs=1, seeds=1, min_gain=1.0)
     assert status(fail)["quality"] == "fail"
+
+
+def test_verdicts_on_constructed_cases():
+    from auxgen.stats import mean_ci, paired_difference, verdict
+
+    same = [0.9, 0.8, 0.85]
+    assert verdict(*paired_difference(same, same)) == "no measurable effect"  # identical arms
+    assert verdict(*paired_difference([0.91, 0.81, 0.86], same)) == "helps"    # +1 point on every seed
+    assert verdict(*paired_difference(same, [0.91, 0.81, 0.86])) == "hurts"
+    assert verdict(*paired_difference([0.95, 0.7, 0.9], same)) == "no measurable effect"  # noisy
+    assert verdict(*paired_difference([0.95], [0.9])) == "no measurable effect"  # one seed: no interval
+    m, h = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(2.4841377, rel=1e-6)  # t(0.975, 2) * 1 / sqrt(3)
 
 
 def test_read_export_sees_views_and_float16(exported, tmp_path):

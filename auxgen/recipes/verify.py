@@ -28,8 +28,9 @@ def verify_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the re-derivation sample."),
     atol: float = typer.Option(None, "--atol", help="Re-derivation tolerance [default: 1e-5 float32, 1e-3 float16]."),
     retrain: int = typer.Option(0, "--retrain", help="Also retrain on the frozen labels for this many epochs, "
-                                "next to a single-task network (same seed, backbone, schedule)."),
-    baseline: str = typer.Option(None, "--baseline", help="With --retrain: also 'random' labels of the same psi."),
+                                "next to single-task and random-label networks (same seeds, backbone, schedule)."),
+    seeds: int = typer.Option(3, "--seeds", help="With --retrain: seeds per arm (frozen labels, single-task, random "
+                              "labels); verdicts need an interval, so at least 2."),
     min_gain: float = typer.Option(None, "--min-gain", help="With --retrain: fail unless frozen labels beat "
                                    "single-task by this much accuracy (e.g. 0.005)."),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda [default: the run's]."),
@@ -42,7 +43,7 @@ def verify_command(
 
     if json_out not in (None, "-"):
         _check_json_target(Path(json_out), run_dir, labels)
-    report = verify(run_dir, labels, checkpoint, tolerance, sample, seed, atol, retrain, baseline, min_gain,
+    report = verify(run_dir, labels, checkpoint, tolerance, sample, seed, atol, retrain, seeds, min_gain,
                     device, data_root)
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     if json_out == "-":
@@ -79,7 +80,8 @@ def _print(report) -> None:
     table.add_column("check")
     table.add_column("result")
     table.add_column("details", overflow="fold")
-    style = {"pass": "[green]pass[/green]", "fail": "[bold red]FAIL[/bold red]", "skip": "skip"}
+    style = {"pass": "[green]pass[/green]", "fail": "[bold red]FAIL[/bold red]", "skip": "skip",
+             "warn": "[yellow]warn[/yellow]"}
     for c in report.checks:
         table.add_row(c.name, style.get(c.status, c.status), c.reason)
     Console().print(table)

@@ -29,7 +29,7 @@ __all__ = ["CheckResult", "Export", "ExportSplit", "Report", "check_evaluation",
 
 def verify(run_dir: str | Path, labels: str | Path | None = None, checkpoint: str = "best",
            tolerance: float = 0.0, sample: int = 512, seed: int = 0, atol: float | None = None,
-           retrain_epochs: int = 0, baseline: str | None = None, min_gain: float | None = None,
+           retrain_epochs: int = 0, seeds: int = 3, min_gain: float | None = None,
            device: str | None = None, data_root: str | None = None) -> Report:
     """Run every applicable check. Bad usage raises AuxgenError; failures are results."""
     run_dir = Path(run_dir)
@@ -38,10 +38,8 @@ def verify(run_dir: str | Path, labels: str | Path | None = None, checkpoint: st
         raise AuxgenError("--sample must be at least 1")
     if retrain_epochs < 0:
         raise AuxgenError("--retrain must be a number of epochs (>= 1)")
-    if baseline not in (None, "random"):
-        raise AuxgenError(f"--baseline {baseline!r}: only 'random' is available")
-    if baseline and not retrain_epochs:
-        raise AuxgenError("--baseline needs --retrain EPOCHS")
+    if seeds < 1:
+        raise AuxgenError("--seeds must be at least 1")
     if retrain_epochs and labels is None:
         raise AuxgenError("--retrain needs --labels (the export to retrain on)")
     if tolerance < 0:
@@ -64,5 +62,5 @@ def verify(run_dir: str | Path, labels: str | Path | None = None, checkpoint: st
         report.checks.append(check_integrity(run, data, export))
         report.checks.append(check_rederivation(run, data, export, sample, seed, atol))
         if retrain_epochs:
-            report.checks.append(check_quality(run, data, export, retrain_epochs, None, baseline, min_gain))
+            report.checks.append(check_quality(run, data, export, retrain_epochs, None, seeds, min_gain))
     return report

@@ -1,5 +1,5 @@
 """Check 4, label quality (optional): retrain a fresh network on the frozen exported labels next to a
-single-task one (and random labels of the same psi), same seed and schedule."""
+single-task one and random labels of the same psi, over several seeds, with verdicts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from auxgen.data import Data
 from auxgen.errors import AuxgenError
 from auxgen.export.read import Export, numeric_problem
+from auxgen.hierarchy import random_labels
 from auxgen.run import LoadedRun
+from auxgen.stats import mean_ci, paired_difference, verdict
 from auxgen.trainer import TargetSource, train
 from auxgen.verify.result import CheckResult
 
@@ -47,8 +49,15 @@ def retrain(run: LoadedRun, data: Data, train_index: torch.Tensor, targets: torc
 
 
 def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed: int | None = None,
-                  baseline: str | None = None, min_gain: float | None = None) -> CheckResult:
-    """Frozen exported labels vs single-task (and random labels of the same psi), same seed and schedule."""
+                  seeds: int = 3, min_gain: float | None = None) -> CheckResult:
+    """Frozen exported labels against single-task and against random labels of the same psi.
+
+    Each arm trains `seeds` fresh networks (seeds seed, seed+1, ...) with the run's backbone and
+    schedule. Differences are paired by seed; a comparison "helps" or "hurts" only when its 95%
+    interval excludes zero, else it has "no measurable effect". The check passes only when the
+    labels help against random labels and do not hurt against single-task: labels that do no
+    better than random are not a success (status warn); labels that hurt fail.
+    """
     if not export.readable or "train" not in export.splits:
         return CheckResult("quality", "fail", "needs the export's train split (export with --split all or train)")
     bad_type = numeric_problem(export)
@@ -63,33 +72,47 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
     views = torch.from_numpy(s.views.astype(np.int64)) if s.views is not None and soft.dim() == 3 else None
     if views is None and soft.dim() == 3:
         soft = soft[:, 0]
-    results = {"exported": retrain(run, data, train_index, soft, epochs, seed, views),
-               "single": retrain(run, data, train_index, None, epochs, seed, views)}
-    if baseline == "random":
-        g = torch.Generator().manual_seed(seed + 1)
-        y = data.train.labels[train_index]
-        psi = torch.tensor(run.hier.psi)
-        pick = torch.tensor(run.hier.offsets)[y] + (torch.rand(len(y), generator=g) * psi[y]).long()
+    arms: dict[str, list[dict[str, Any]]] = {"exported": [], "single": [], "random": []}
+    for sd in range(seed, seed + seeds):
+        # a fixed random class inside each sample's true block, drawn from the seed like --method random
+        pick = random_labels(run.hier, data.train.labels[train_index], torch.Generator().manual_seed(sd + 1))
         rand = F.one_hot(pick, run.hier.num_aux).float()
         if views is not None:
             rand = rand[:, None].expand(-1, views.shape[1], -1)
-        results["random"] = retrain(run, data, train_index, rand, epochs, seed, views)
-    gain = results["exported"]["acc"] - results["single"]["acc"]
-    figures = {"epochs": epochs, "seed": seed, "backbone": run.cfg.backbone, "n_train": len(train_index),
-               "acc_exported": results["exported"]["acc"], "acc_single": results["single"]["acc"],
-               "gain": gain, "history": {k: v["history"] for k, v in results.items()}}
-    reason = (f"frozen labels {100 * results['exported']['acc']:.2f}% vs single-task "
-              f"{100 * results['single']['acc']:.2f}% ({100 * gain:+.2f} points)")
-    if "random" in results:
-        figures["acc_random"] = results["random"]["acc"]
-        figures["gain_random"] = results["random"]["acc"] - results["single"]["acc"]
-        reason += f"; random labels {100 * results['random']['acc']:.2f}%"
-    reason += f"; {epochs} epochs, seed {seed}, {run.cfg.backbone}"
-    if not all(math.isfinite(v["acc"]) for v in results.values()):
-        return CheckResult("quality", "fail", "retraining gave no finite accuracy", figures)
-    if min_gain is not None and gain < min_gain:
+        arms["exported"].append(retrain(run, data, train_index, soft, epochs, sd, views))
+        arms["single"].append(retrain(run, data, train_index, None, epochs, sd, views))
+        arms["random"].append(retrain(run, data, train_index, rand, epochs, sd, views))
+    acc = {k: [r["acc"] for r in v] for k, v in arms.items()}
+    if not all(math.isfinite(a) for v in acc.values() for a in v):
+        return CheckResult("quality", "fail", "retraining gave no finite accuracy")
+    figures: dict[str, Any] = {"epochs": epochs, "seeds": list(range(seed, seed + seeds)),
+                               "backbone": run.cfg.backbone, "n_train": len(train_index),
+                               "acc": acc, "history": {k: [r["history"] for r in v] for k, v in arms.items()}}
+    for k, v in acc.items():
+        figures[f"acc_{k}"], figures[f"acc_{k}_ci95"] = mean_ci(v)
+    parts = [f"frozen labels {_pct(acc['exported'])}, single-task {_pct(acc['single'])}, "
+             f"random labels {_pct(acc['random'])}"]
+    verdicts = {}
+    for base in ("single", "random"):
+        d, h = paired_difference(acc["exported"], acc[base])
+        verdicts[base] = verdict(d, h)
+        figures[f"gain_vs_{base}"], figures[f"gain_vs_{base}_ci95"] = d, h
+        parts.append(f"vs {base}: {100 * d:+.2f}" + ("" if math.isnan(h) else f" ± {100 * h:.2f}") +
+                     f" points, {verdicts[base]}")
+    figures["verdicts"] = verdicts
+    reason = "; ".join(parts) + f" ({epochs} epochs, {seeds} seed{'s' * (seeds > 1)}, {run.cfg.backbone})"
+    if seeds < 2:
+        reason += "; one seed gives no interval: use --seeds 3 or more for a verdict"
+    if min_gain is not None and figures["gain_vs_single"] < min_gain:
         figures["min_gain"] = min_gain
-        return CheckResult("quality", "fail", reason + f": gain below the required {100 * min_gain:+.2f}", figures)
+        return CheckResult("quality", "fail", reason + f"; gain below the required {100 * min_gain:+.2f}", figures)
+    if "hurts" in verdicts.values():
+        return CheckResult("quality", "fail", reason, figures)
+    if verdicts["random"] != "helps":
+        return CheckResult("quality", "warn", reason + "; not shown to beat random labels", figures)
     return CheckResult("quality", "pass", reason, figures)
 
 
+def _pct(values: list[float]) -> str:
+    m, h = mean_ci(values)
+    return f"{100 * m:.2f}%" + ("" if math.isnan(h) else f" ± {100 * h:.2f}")
