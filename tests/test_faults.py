@@ -51,6 +51,18 @@ def cli(capsys, monkeypatch):
     return lambda *args: run_cli(args, capsys, monkeypatch)
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """For inputs that must be refused before training: a run that starts anyway fails at once
+    (instead of training the default vgg16 for 200 epochs)."""
+    import auxgen.recipes.train as recipe
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started although the input is bad")
+
+    monkeypatch.setattr(recipe, "train", refuse)
+
+
 def one_line_error(code: int, err: str, fragment: str) -> str:
     """A non-zero exit and exactly one `error: ...` line holding `fragment`; returns the line."""
     assert code != 0, err
@@ -274,7 +286,7 @@ def test_unreadable_psi_file_simulated(tmp_path, monkeypatch):
     ("c.toml", "[train]\nbatch-size = [64]\n", "option batch_size must be an integer"),
     ("c.json", '{"epoch": 2}', "unknown option(s) epoch"),
 ])
-def test_bad_config_files(cli, tmp_path, name, content, fragment):
+def test_bad_config_files(cli, no_training, tmp_path, name, content, fragment):
     conf = tmp_path / name
     conf.write_text(content, encoding="utf-8")
     code, _, err = cli("train", "--config", conf, "--out", tmp_path / "r", "-q")
@@ -303,7 +315,7 @@ def test_config_not_utf8_and_bom(cli, tmp_path):
     assert code == 0, err
 
 
-def test_config_that_is_a_folder_or_missing(cli, tmp_path):
+def test_config_that_is_a_folder_or_missing(cli, no_training, tmp_path):
     code, _, err = cli("train", "--config", tmp_path, "--out", tmp_path / "r", "-q")
     one_line_error(code, err, "is a folder")
     code, _, err = cli("train", "--config", tmp_path / "none.toml", "--out", tmp_path / "r", "-q")
@@ -311,7 +323,7 @@ def test_config_that_is_a_folder_or_missing(cli, tmp_path):
 
 
 @needs_non_root
-def test_unreadable_config_file(cli, tmp_path):
+def test_unreadable_config_file(cli, no_training, tmp_path):
     conf = tmp_path / "c.json"
     conf.write_text("{}")
     conf.chmod(0)
@@ -319,7 +331,7 @@ def test_unreadable_config_file(cli, tmp_path):
     one_line_error(code, err, "cannot be read")
 
 
-def test_unreadable_config_file_simulated(cli, tmp_path, monkeypatch):
+def test_unreadable_config_file_simulated(cli, no_training, tmp_path, monkeypatch):
     conf = tmp_path / "c.json"
     conf.write_text("{}")
     real = Path.read_bytes
