@@ -79,6 +79,9 @@ def main() -> None:
     try:
         _run()
     finally:
+        from auxgen.distributed import shutdown
+
+        shutdown()  # leave a torchrun process group, if this command joined one
         if previous is not None:  # a host that calls main() in-process keeps its own handler
             signal.signal(signal.SIGTERM, previous)
 
@@ -87,7 +90,13 @@ def _run() -> None:
     try:
         rc = app(standalone_mode=False)  # returns typer.Exit's code instead of exiting
     except AuxgenError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        from auxgen.distributed import current
+
+        # under torchrun an error every rank raised alike is printed once, by rank 0
+        if not getattr(e, "everywhere", False) or current().is_main:
+            rank = current()
+            where = f" (rank {rank.rank})" if rank.enabled and not rank.is_main else ""
+            print(f"error{where}: {_one_line(e)}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, Terminated) as e:
         _interrupted("terminated" if isinstance(e, Terminated) else "interrupted")
