@@ -7,6 +7,7 @@ decisions are made here, so the trainer can wrap them (autocast, DDP, compile) f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -52,7 +53,7 @@ def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.opti
     else:
         with torch.no_grad():
             target = generator(x, y)
-    loss_pri, loss_aux, correct = train_step(model, optimizer, x, y, target, gamma)
+    loss_pri, loss_aux, correct = train_step(model, optimizer, x, y, target, gamma, reduce=objective.get("reduce"))
     mx, my = (x, y) if meta_batch is None else meta_batch
     if meta_batch is not None:
         labels = generator(mx, my)
@@ -80,18 +81,22 @@ def fused_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.opt
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, aux_target: torch.Tensor | None, gamma: float
+               y: torch.Tensor, aux_target: torch.Tensor | None, gamma: float,
+               reduce: Callable[[list[torch.Tensor]], None] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Step 1: theta1 <- theta1 - alpha grad[L(f_pri(x), y) + L(f_aux(x), t)], t held fixed.
 
-    `aux_target` is None for single-task training. Returns detached (primary loss,
-    auxiliary loss, number of correct primary predictions).
+    `aux_target` is None for single-task training. `reduce` (data-parallel runs) averages the
+    gradients over the processes in place between backward and step. Returns detached (primary
+    loss, auxiliary loss, number of correct primary predictions).
     """
     pri, aux = model(x)
     loss_pri = focal_loss(pri, y, gamma)
     loss_aux = focal_loss(aux, aux_target, gamma) if aux_target is not None else torch.zeros_like(loss_pri)
     optimizer.zero_grad(set_to_none=True)
     (loss_pri + loss_aux).backward()
+    if reduce is not None:
+        reduce([p.grad for p in model.parameters() if p.grad is not None])
     optimizer.step()
     return loss_pri.detach(), loss_aux.detach(), (pri.detach().argmax(1) == y).sum()
 
@@ -126,7 +131,8 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
                   labels: torch.Tensor, alpha: float, gamma: float, entropy_weight: float, order: int = 2,
                   training_forward: bool = False, usage: str = "batch", sharpness_weight: float = 0.0,
                   meta_scale: float = 1.0, pair_labels: torch.Tensor | None = None,
-                  consistency_weight: float = 0.0) -> MetaGradient:
+                  consistency_weight: float = 0.0,
+                  reduce: Callable[[list[torch.Tensor]], None] | None = None) -> MetaGradient:
     """The generator's gradient of the meta objective, and the meta losses before/after the look-ahead.
 
     The look-ahead theta1+ = theta1 - alpha grad L_train(theta1; t) is computed functionally:
@@ -144,16 +150,26 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
     With `pair_labels` = g(x', y) of another view x' of the same images (with its graph), a
     consistency term consistency_weight * symmetric cross-entropy(t, t') asks a label to survive
     a small shift of its image, so the labels describe the content rather than its position.
+
+    Data-parallel runs pass `reduce`, which averages tensors over the processes in place. Each
+    process holds a share of the batch; averaging the look-ahead's gradient, the look-ahead
+    primary gradient v and the generator gradients makes the look-ahead and the second-order
+    term those of the whole batch (exact for the primary term; the regularisers, being
+    nonlinear in the batch, are taken over each process's share).
     """
     params = dict(model.named_parameters())
     stats = _no_running_stats(model)  # look-aheads use batch statistics and must not update the real ones
     pri, aux = functional_call(model, (params, dict(model.named_buffers()) if training_forward else stats), (x,))
     loss_before, loss_aux = focal_loss(pri, y, gamma), focal_loss(aux, labels.detach(), gamma)
-    grads = torch.autograd.grad(loss_before + loss_aux, list(params.values()))
+    grads = list(torch.autograd.grad(loss_before + loss_aux, list(params.values())))
+    if reduce is not None:
+        reduce(grads)
     fast = {n: (p - alpha * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grads, strict=True)}
     loss_after = focal_loss(functional_call(model, (fast, stats), (x,))[0], y, gamma)
     v = torch.autograd.grad(loss_after, list(fast.values()), allow_unused=True)  # the aux head gets None
     v = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(fast.items(), v, strict=True)}
+    if reduce is not None:
+        reduce(list(v.values()))
 
     # theta1+ depends on theta2 only through t, and L_train is *linear* in t:
     #   L_aux(theta1; t) = mean_b sum_k t_bk l_bk(theta1),  l = focal_terms(f_aux(x; theta1)).
@@ -181,9 +197,11 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
         objective = objective + sharpness_weight * sample_entropy(labels)
     if consistency_weight and pair_labels is not None:
         objective = objective + consistency_weight * pair_cross_entropy(labels, pair_labels)
-    gen_grads = torch.autograd.grad(objective, gen_params)
+    gen_grads = list(torch.autograd.grad(objective, gen_params))
+    if reduce is not None:
+        reduce(gen_grads)
     correct = (pri.detach().argmax(1) == y).sum()
-    return MetaGradient(list(gen_grads), loss_before.detach(), loss_after.detach(), list(grads), loss_aux.detach(),
+    return MetaGradient(gen_grads, loss_before.detach(), loss_after.detach(), list(grads), loss_aux.detach(),
                         correct)
 
 

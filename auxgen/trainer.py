@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import auxgen
+from auxgen import distributed
 from auxgen.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from auxgen.config import TrainConfig
 from auxgen.data import Data, Split, apply_views, draw_views, load_data
@@ -169,11 +170,12 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
     `targets` overrides the method's own target source (verify's --retrain passes frozen
     labels); `train_idx` restricts training to those rows of data.train.
     """
-    device = pick_device(cfg.device)
+    device = distributed.current().device(pick_device(cfg.device))
     data = data or load_data(cfg)
     hier, human_map = hierarchy_for(cfg, data)
     torch.manual_seed(cfg.seed)
     model, gen = build_models(cfg, data.image_shape[0], hier)
+    model = distributed.convert_sync_bn(model, cfg, device)
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -322,6 +324,9 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     return_run=True the summary carries the trained `Run` under "run".
     """
     out = None if out is None else Path(out)
+    dist = distributed.init(pick_device(cfg.device))
+    dist.check_batch(cfg.batch_size)
+    write, show = out is not None and dist.is_main, show and dist.is_main  # rank 0 writes and shows
     if cfg.method == "kmeans" and targets is None:
         data = data or load_data(cfg)
         targets = kmeans_targets(cfg, data, train_idx)
@@ -338,7 +343,7 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
                               f"(fingerprint mismatch); resume needs the same data")
         meta = saved
         history, best, start_epoch, step = _restore(run, out, gens)
-    if out is not None:
+    if write:
         write_json_atomic(out / "config.json", meta)
         write_text_atomic(out / RUN_MARKER, f"auxgen run directory (auxgen {auxgen.__version__})\n")
 
@@ -359,12 +364,13 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
             improved = metrics["test_acc"] > best[0]
             if improved:
                 best = (metrics["test_acc"], epoch)
-            if out is not None:
+            if write:
                 state = _state(run, epoch, step, gens, history, best)
                 save_checkpoint(state, out / "checkpoints" / "last.pt")
                 if improved:
                     save_checkpoint(state, out / "checkpoints" / "best.pt")
                 write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+            dist.barrier()  # no rank runs ahead of the checkpoint a resume would start from
             progress.end_epoch(metrics)
             if on_epoch_end is not None:
                 on_epoch_end(metrics)
@@ -374,7 +380,7 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
                **{k: last.get(k) for k in ("aux_usage_entropy", "aux_usage_entropy_max", "aux_block_usage_frac",
                                            "aux_sample_entropy_frac")},
                "history": [m["test_acc"] for m in history]}
-    if out is not None:
+    if write:
         write_json_atomic(out / "summary.json", summary)
     if return_run:
         summary["run"] = run
@@ -401,6 +407,8 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
         run.generator.train()
     maxl = src.kind == "maxl"
     alternate = maxl and cfg.schedule == "alternate"
+    dist = distributed.current()
+    reduce = dist.average_ if dist.enabled else None  # gradients averaged over the processes
 
     # the training set lives on the device (put there once per run): batches and augmentation
     # never cross the host-device boundary
@@ -411,16 +419,18 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
                   if len(run.meta_idx) else None)
 
     def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Images (augmented), primary labels and fixed targets of rows `idx`."""
-        idx = idx.to(dev)
+        """Images (augmented), primary labels and fixed targets of this process's share of the rows `idx`."""
+        # random draws are made for the whole global batch, so every process's generators stay in step
+        part = dist.part(len(idx))
+        n, idx = len(idx), idx[part].to(dev)
         x, target = images[idx], None
         if src.views is not None:  # a random stored view per row, with that view's label
-            v = torch.randint(0, src.views.shape[1], (len(idx),), generator=gens["aug"]).to(dev)
+            v = torch.randint(0, src.views.shape[1], (n,), generator=gens["aug"])[part].to(dev)
             x = apply_views(x, src.views[idx, v], data.pad)
             target = src.labels[idx, v]
         else:
             if data.augment:  # views are drawn on the CPU generator, so runs replay on any device
-                x = apply_views(x, draw_views(len(idx), data.pad, gens["aug"], data.flip), data.pad)
+                x = apply_views(x, draw_views(n, data.pad, gens["aug"], data.flip)[part], data.pad)
             if src.kind == "hard":
                 target = F.one_hot(src.labels[idx], hier.num_aux).float()
             elif src.kind == "soft":
@@ -437,12 +447,13 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     amp = autocast(cfg.bf16, dev)
     maxl_args = dict(alpha=lr, gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
                      l1_decay=l1, usage=cfg.usage_entropy, sharpness_weight=cfg.sharpness_weight,
-                     meta_scale=cfg.meta_weight / (lr if cfg.meta_norm == "alpha" else 1.0))
+                     meta_scale=cfg.meta_weight / (lr if cfg.meta_norm == "alpha" else 1.0), reduce=reduce)
     def pair(xx: torch.Tensor, yy: torch.Tensor) -> dict[str, torch.Tensor]:
         """The generator's labels of a shifted copy of the batch, for the consistency term."""
         if not cfg.consistency_weight:
             return {}
-        shifted = apply_views(xx, draw_views(len(xx), data.pad, gens["aug"], data.flip), data.pad)
+        shifted = apply_views(xx, draw_views(len(xx) * dist.world, data.pad, gens["aug"], data.flip)[dist.part(
+            len(xx) * dist.world)], data.pad)
         return {"pair_labels": run.generator(shifted, yy), "consistency_weight": cfg.consistency_weight}
 
     for i in range(n_steps):
@@ -462,7 +473,7 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
                 if maxl:  # alternate: this pass trains theta1 only, on the generator's current labels
                     with torch.no_grad():
                         target = run.generator(x, y)
-                loss_pri, loss_aux, ok = train_step(run.model, run.optimizer, x, y, target, cfg.gamma)
+                loss_pri, loss_aux, ok = train_step(run.model, run.optimizer, x, y, target, cfg.gamma, reduce=reduce)
             if cfg.cosine_every and target is not None and step % cfg.cosine_every == 0:
                 # measured right after the step, on the same batch and targets
                 cosines.append(grad_cosine(run.model, x, y, target, cfg.gamma, run.model.backbone))
@@ -476,7 +487,7 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
         if (i + 1) % SYNC_EVERY == 0 or i + 1 == n_steps:
             _check_finite(recent, i + 1 - len(recent), epoch, n_steps, out)
             recent = []
-            progress.update(i + 1, {"loss": float(sums["pri"]) / (i + 1), "acc": int(correct) / ((i + 1) * B)})
+            progress.update(i + 1, {"loss": float(sums["pri"]) / (i + 1), "acc": int(correct) / ((i + 1) * len(y))})
 
     if alternate:  # the authors' code: a separate, reshuffled pass of meta steps from the trained theta1
         meta_rows = run.train_idx if meta_order is None else run.meta_idx
@@ -491,6 +502,8 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
             recent.append(after)
         _check_finite(recent, 0, epoch, n_steps, out)
 
+    if dist.enabled:  # rank 0 logs global numbers; BN statistics agree before evaluation and checkpoints
+        distributed.reduce_epoch(dist, sums, correct, stats, run.model, run.generator)
     n = max(n_steps, 1)
     m: dict[str, Any] = {"epoch": epoch, "steps": n_steps, "lr": lr,
                          "train_loss_pri": float(sums["pri"]) / n, "train_loss_aux": float(sums["aux"]) / n,

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from auxgen import distributed
 from auxgen.config import TrainConfig, field_help, load_config_file, resolve_config
 from auxgen.data import load_data
 from auxgen.errors import AuxgenError
@@ -76,6 +77,7 @@ def train_command(
     seed: int = _o("seed"),
     device: str = _o("device"),
     bf16: bool = typer.Option(None, "--bf16/--no-bf16", help=field_help("bf16"), show_default=False),
+    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=field_help("sync_bn"), show_default=False),
     cosine_every: int = _o("cosine_every"),
     eval_batch_size: int = _o("eval_batch_size"),
 ) -> None:
@@ -103,26 +105,34 @@ def train_command(
         out_dir = out
         _check_out_outside_data(out_dir, cfg)
     # what can fail on the inputs fails before --force deletes an earlier run in --out
-    pick_device(cfg.device)
-    data = load_data(cfg)
+    device = pick_device(cfg.device)
+    dist = distributed.init(device)  # torchrun: one process per GPU (or CPU share), rank 0 writes the run
+    dist.check_batch(cfg.batch_size)
+    distributed.check_sync_bn(cfg.sync_bn, cfg.method, cfg.meta_order, device)
+    data = dist.main_first(lambda: load_data(cfg))  # rank 0 first: a --download happens once
     hierarchy_for(cfg, data)
     with contextlib.ExitStack() as stack:
-        if resume is not None:
-            stack.enter_context(_locked(out_dir))
-            _remove_stale_temp_files(out_dir)
-            _check_writable(out_dir)
-        else:
-            # lock before prepare_out_dir when the folder exists: --force must not delete the
-            # files of a run that is still training
-            locked = out_dir.is_dir()
-            if locked:
-                stack.enter_context(_locked(out_dir))
-            prepare_out_dir(out_dir, force)
-            if not locked:
-                stack.enter_context(_locked(out_dir))
+        dist.on_main(lambda: _prepare(stack, out_dir, resume is not None, force))
         summary = train(cfg, out_dir, resume=resume is not None, show=not quiet, data=data)
-    if not quiet:
+    if not quiet and dist.is_main:
         _print_summary(summary)
+
+
+def _prepare(stack: contextlib.ExitStack, out_dir: Path, resume: bool, force: bool) -> None:
+    """Lock the run directory (held in `stack` while training) and make it ready to write into."""
+    if resume:
+        stack.enter_context(_locked(out_dir))
+        _remove_stale_temp_files(out_dir)
+        _check_writable(out_dir)
+    else:
+        # lock before prepare_out_dir when the folder exists: --force must not delete the
+        # files of a run that is still training
+        locked = out_dir.is_dir()
+        if locked:
+            stack.enter_context(_locked(out_dir))
+        prepare_out_dir(out_dir, force)
+        if not locked:
+            stack.enter_context(_locked(out_dir))
 
 
 def _check_out_outside_data(out: Path, cfg: TrainConfig) -> None:
