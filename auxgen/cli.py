@@ -12,7 +12,8 @@ import typer
 from auxgen import __version__
 from auxgen.errors import AuxgenError
 
-# torch warns on every TorchScript use; the generator export relies on it and users cannot act on it
+# auxgen no longer writes TorchScript by default, but torch's forward-mode AD (the exact meta-gradient) scripts
+# its own JVP decompositions on first use and warns about it: torch's doing, which users cannot act on
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|trace).* deprecated", category=FutureWarning)
 
 app = typer.Typer(

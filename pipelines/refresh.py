@@ -1,11 +1,14 @@
 """Refreshed targets: every N epochs, recompute the auxiliary targets for this loop's own augmented views.
 
-Frozen labels belong to the stored (unaugmented) image. With the exported TorchScript generator
-(`auxgen export --generator`: `generator.pt` in a shard folder, `X.h5.generator.pt` beside an HDF5
-file) a downstream loop can instead label exactly the views it trains on, and pick up a newer
-export of the generator when one is written (the file is re-read when its contents change).
+Frozen labels belong to the stored (unaugmented) image. With the exported generator (`auxgen export
+--generator`: `generator.pt2` and `generator.onnx` in a shard folder, `X.h5.generator.pt2` and
+`X.h5.generator.onnx` beside an HDF5 file) a downstream loop can instead label exactly the views it
+trains on, and pick up a newer export of the generator when one is written (the file is re-read when
+its contents change). A `.pt2` file is loaded with `torch.export.load`, a `.onnx` file runs in
+onnxruntime (a `.pt` TorchScript file of an older export with the deprecated `torch.jit.load`).
+Without torch, see onnx_refresh.py.
 
-    targets = RefreshedTargets(images, primary, "shards/c100/generator.pt", pad=4, every=5, views=2)
+    targets = RefreshedTargets(images, primary, "shards/c100/generator.pt2", pad=4, every=5, views=2)
     for epoch in range(1, epochs + 1):
         log = targets.maybe_refresh(epoch)           # {"tv": ..., "hard_changed": ...} when it refreshed
         for idx in batches_of_indices:
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +39,44 @@ else:  # run as a script: python pipelines/refresh.py
     from wds_stream import shard_urls, stream
 
 
+GENERATOR_NAMES = ("generator.pt2", "generator.onnx", "generator.pt")  # what a shard folder may hold, preferred first
+Labeller = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_generator(path: str | Path) -> Labeller:
+    """An exported generator file as a function (uint8 images [B, C, H, W], int64 primary [B]) -> soft labels [B, K].
+
+    By suffix: .pt2 (torch.export), .onnx (onnxruntime on the CPU), .pt (TorchScript, deprecated).
+    """
+    path = Path(path)
+    if path.suffix == ".pt2":
+        module = torch.export.load(str(path)).module()
+        return lambda x, y: module(x, y)
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+
+        def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = session.run(None, {names[0]: x.cpu().numpy(), names[1]: y.cpu().long().numpy()})[0]
+            return torch.from_numpy(out)
+
+        return run
+    if path.suffix == ".pt":
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    raise ValueError(f"{path}: expected a generator file ending in .pt2, .onnx or .pt")
+
+
+def find_generator(folder: str | Path) -> Path | None:
+    """The generator file of a shard folder (.pt2 first, then .onnx, then an older export's .pt), or None."""
+    return next((Path(folder) / n for n in GENERATOR_NAMES if (Path(folder) / n).is_file()), None)
 
 
 class RefreshedTargets:
@@ -53,7 +93,7 @@ class RefreshedTargets:
         self.images, self.primary, self.pad = images, primary.long(), pad
         self.every, self.n_views, self.batch_size = every, views, batch_size
         self.path = Path(generator)
-        self.gen: torch.jit.ScriptModule | None = None
+        self.gen: Labeller | None = None
         self.digest = ""
         self.rng = torch.Generator().manual_seed(seed)
         n = len(images)
@@ -66,7 +106,7 @@ class RefreshedTargets:
         digest = _digest(self.path)
         if digest == self.digest:
             return False
-        self.gen = torch.jit.load(str(self.path), map_location="cpu").eval()
+        self.gen = load_generator(self.path)
         switched = bool(self.digest)
         self.digest = digest
         return switched
@@ -122,7 +162,8 @@ def load_shard_images(folder: str | Path, split: str = "train") -> tuple[torch.T
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description="Train with auxiliary targets refreshed by the exported generator.")
     ap.add_argument("--shards", required=True, help="shard folder exported with images and --generator")
-    ap.add_argument("--generator", help="TorchScript generator [default: SHARDS/generator.pt]")
+    ap.add_argument("--generator", help="generator file, .pt2 or .onnx [default: SHARDS/generator.pt2, else "
+                                        "SHARDS/generator.onnx]")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--every", type=int, default=2, help="refresh the targets every N epochs")
     ap.add_argument("--views", type=int, default=2, help="views drawn and labelled per sample at each refresh")
@@ -136,9 +177,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
     pad = args.pad if args.pad is not None else int(manifest.get("pad", 0))
-    generator = Path(args.generator or Path(args.shards) / "generator.pt")
-    if not generator.is_file():
-        raise SystemExit(f"error: no generator at {generator}; export with --generator")
+    generator = Path(args.generator) if args.generator else find_generator(args.shards)
+    if generator is None or not generator.is_file():
+        raise SystemExit(f"error: no generator at {generator or args.shards}; export with --generator")
     torch.manual_seed(args.seed)
     images, primary, frozen = load_shard_images(args.shards)
     targets = RefreshedTargets(images, primary, generator, pad, args.every, args.views, initial=frozen,

@@ -1,4 +1,4 @@
-"""auxgen export: exact labels in HDF5 and WebDataset shards, views, TorchScript, safety and resume."""
+"""auxgen export: exact labels in HDF5 and WebDataset shards, views, generator files, safety and resume."""
 
 from __future__ import annotations
 
@@ -187,25 +187,56 @@ def test_views_reproduce_the_labelled_view(tiny_run, loaded, tmp_path):
     assert np.array_equal(np.load(io.BytesIO(first["aux.npy"])), soft[0].numpy())
 
 
-def test_torchscript_generator_matches(tiny_run, loaded, tmp_path):
-    from auxgen.export.script import load_generator_script
+def test_generator_files_match_and_are_in_the_manifest(tiny_run, loaded, tmp_path):
+    """--generator: a .pt2 and a .onnx beside the HDF5 file, giving the stored labels, listed with hash and version."""
+    from auxgen.export.generator_files import GENERATOR_ATOL, onnx_session
 
     run, data = loaded
     out = tmp_path / "g.h5"
-    export_labels(tiny_run, out, split="test", generator_script=True)
-    path = Path(str(out) + ".generator.pt")
-    module, meta = load_generator_script(path)
-    assert meta["psi"] == list(run.hier.psi) and meta["checkpoint_sha256"] == run.checkpoint_sha256
-    plain = torch.jit.load(str(path))  # no auxgen needed to load it
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (64, *data.image_shape), generator=gen, dtype=torch.uint8)
-    y = torch.randint(0, run.hier.num_primary, (64,), generator=gen)
+    export_labels(tiny_run, out, split="test", generator_formats=("pt2", "onnx"))
+    pt2, onnx = Path(f"{out}.generator.pt2"), Path(f"{out}.generator.onnx")
+    assert not Path(f"{out}.generator.pt").exists()  # TorchScript only when asked for by name
+    with h5py.File(out, "r") as f:
+        stored = f["test/aux_soft"][:]
+    x, y = data.test.images, data.test.labels
+    module = torch.export.load(str(pt2)).module()  # no auxgen needed to run it
+    session = onnx_session(onnx, threads=1)
     with torch.inference_mode():
-        assert torch.equal(plain(x, y), run.generator(x, y))
-        with h5py.File(out, "r") as f:
-            assert torch.equal(module(data.test.images[:500], data.test.labels[:500]),
-                               torch.from_numpy(f["test/aux_soft"][:500]))
-    assert "generator.pt" in " ".join(f["path"] for f in read_manifest(str(out) + ".manifest.json")["files"])
+        # the recorded batching (500 rows): the .pt2 program gives the stored labels bit for bit
+        assert np.array_equal(torch.cat([module(x[s:s + 500], y[s:s + 500]) for s in range(0, len(y), 500)]).numpy(),
+                              stored)
+    onnx_out = session.run(None, {"images": x.numpy(), "primary": y.numpy()})[0]
+    assert np.abs(onnx_out - stored).max() <= GENERATOR_ATOL["onnx"] and (onnx_out[stored == 0] == 0).all()
+    manifest = read_manifest(f"{out}.manifest.json")
+    assert manifest["generator"] is None  # the TorchScript-only field of earlier exports
+    entries = {g["format"]: g for g in manifest["generators"]}
+    assert entries["pt2"]["path"] == pt2.name and entries["onnx"]["path"] == onnx.name
+    assert entries["pt2"]["torch_version"] == torch.__version__.split("+")[0] and entries["onnx"]["opset"] >= 17
+    listed = {f["path"]: f for f in manifest["files"]}
+    for g in entries.values():
+        assert listed[g["path"]]["sha256"] == g["sha256"] and listed[g["path"]]["bytes"] == g["bytes"]
+    assert not check_files(manifest, tmp_path)
+    # a replaced export without --generator leaves no stale generator files behind; torchscript still on request
+    export_labels(tiny_run, out, split="test", generator_formats="torchscript", force=True)
+    assert not pt2.exists() and not onnx.exists()
+    manifest = read_manifest(f"{out}.manifest.json")
+    assert manifest["generator"] == f"{out.name}.generator.pt" and manifest["generators"][0]["format"] == "torchscript"
+
+
+def test_generator_in_a_shard_folder(tiny_run, tmp_path):
+    out = tmp_path / "shards"
+    export_labels(tiny_run, out, "wds", split="test", images=False, generator_formats="onnx")
+    manifest = read_manifest(out / "manifest.json")
+    assert [g["path"] for g in manifest["generators"]] == ["generator.onnx"]
+    assert (out / "generator.onnx").is_file() and not (out / "generator.pt2").exists()
+    export_labels(tiny_run, out, "wds", split="test", images=False, force=True)  # replaced without --generator
+    assert not (out / "generator.onnx").exists() and read_manifest(out / "manifest.json")["generators"] == []
+
+
+def test_bad_generator_format_is_refused_before_writing(tiny_run, tmp_path):
+    with pytest.raises(AuxgenError, match="--generator-format"):
+        export_labels(tiny_run, tmp_path / "x.h5", generator_formats="pt2,keras")
+    assert not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------ safety and resume

@@ -15,9 +15,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines import numpy_reader, refresh, torch_frozen, wds_stream  # noqa: E402
+from pipelines import numpy_reader, onnx_refresh, refresh, torch_frozen, wds_stream  # noqa: E402
 
-PIPELINES = ("torch_frozen", "wds_stream", "numpy_reader", "refresh")
+PIPELINES = ("torch_frozen", "wds_stream", "numpy_reader", "refresh", "onnx_refresh")
 
 
 def write_reference_h5(path: Path, n: int = 40, psi: tuple[int, ...] = (2, 3, 1), views: int = 0) -> None:
@@ -47,8 +47,8 @@ def export(tiny_run, tmp_path_factory):
     from auxgen.export import export_labels
 
     root = tmp_path_factory.mktemp("pipelines")
-    export_labels(tiny_run, root / "l.h5", "hdf5", generator_script=True)
-    export_labels(tiny_run, root / "full", "wds", shard_size="100KB", generator_script=True)
+    export_labels(tiny_run, root / "l.h5", "hdf5", generator_formats="pt2,onnx")
+    export_labels(tiny_run, root / "full", "wds", shard_size="100KB", generator_formats="pt2,onnx")
     export_labels(tiny_run, root / "labels", "wds", images=False)
     return root
 
@@ -156,25 +156,106 @@ def test_wds_stream_multiworker_training(export):
     assert len(losses) >= 1400 // 32 - 4 and decreases(losses)
 
 
-def test_refresh_labels_its_views_and_picks_up_a_new_generator(export, tmp_path):
+@pytest.fixture(scope="module")
+def other_generators(tiny_run, tmp_path_factory):
+    """The run's generator with other weights, as .pt2 and .onnx files: "a newer export" for the refresh loops."""
+    from auxgen.export.generator_files import save_generator
+    from auxgen.run import load_run
+
+    root = tmp_path_factory.mktemp("other")
+    gen = load_run(tiny_run).generator
+    with torch.no_grad():
+        for p in gen.parameters():
+            p.mul_(1.1)
+    example = (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
+    for fmt in ("pt2", "onnx"):
+        save_generator(gen, root / f"generator.{fmt}", fmt, {}, example)
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_refresh_labels_its_views_and_picks_up_a_new_generator(export, other_generators, tmp_path, fmt):
     images, primary, frozen = refresh.load_shard_images(export / "full")
-    gen_path = tmp_path / "generator.pt"
-    gen_path.write_bytes((export / "full" / "generator.pt").read_bytes())
+    gen_path = tmp_path / f"generator.{fmt}"
+    gen_path.write_bytes((export / "full" / f"generator.{fmt}").read_bytes())
     t = refresh.RefreshedTargets(images, primary, gen_path, pad=1, every=2, views=2, initial=frozen)
     assert t.maybe_refresh(2) is None
     log = t.maybe_refresh(1)
     assert log is not None and not log["switched_generator"] and log["tv"] >= 0
-    gen = torch.jit.load(str(gen_path))
+    reference = torch.export.load(str(export / "full" / "generator.pt2")).module()
     with torch.inference_mode():
         x = refresh.apply_views(images[:5], t.views[:5, 1], 1)
-        assert torch.allclose(gen(x, primary[:5]), t.targets[:5, 1], atol=1e-6)
-        for p in gen.parameters():
-            p.mul_(1.1)
-    torch.jit.save(gen, str(gen_path))
+        assert torch.allclose(reference(x, primary[:5]), t.targets[:5, 1], atol=1e-5)
+    gen_path.write_bytes((other_generators / f"generator.{fmt}").read_bytes())
     log = t.maybe_refresh(3)
     assert log["switched_generator"] and log["tv"] > 0
     x, y, aux = t.batch(torch.arange(8))
     assert x.shape == (8, 1, 8, 8) and aux.shape == (8, 50)
+
+
+def test_onnx_refresh_matches_and_picks_up_a_new_generator(export, other_generators, tmp_path):
+    """The numpy + onnxruntime loop: its view rule is auxgen's, its targets the .pt2 program's."""
+    from auxgen.data import apply_views, draw_views
+
+    g = torch.Generator().manual_seed(0)
+    im = torch.randint(0, 256, (16, 3, 7, 9), dtype=torch.uint8, generator=g)
+    v = draw_views(16, 3, g)
+    assert np.array_equal(onnx_refresh.apply_views(im.numpy(), v.numpy(), 3), apply_views(im, v, 3).numpy())
+    images, primary, frozen = refresh.load_shard_images(export / "full")
+    gen_path = tmp_path / "generator.onnx"
+    gen_path.write_bytes((export / "full" / "generator.onnx").read_bytes())
+    t = onnx_refresh.OnnxRefreshedTargets(images.numpy(), primary.numpy(), gen_path, pad=1, every=2, views=2,
+                                          initial=frozen.numpy(), threads=1)
+    log = t.maybe_refresh(1)
+    assert not log["switched_generator"] and log["tv"] >= 0
+    reference = torch.export.load(str(export / "full" / "generator.pt2")).module()
+    x = torch.from_numpy(onnx_refresh.apply_views(images[:40].numpy(), t.views[:40, 0], 1))
+    with torch.inference_mode():
+        assert np.abs(reference(x, primary[:40]).numpy() - t.targets[:40, 0]).max() <= 1e-5
+    outside = np.arange(50)[None, :] // 5 != primary.numpy()[:, None]  # psi 5: class c owns 5c..5c+4
+    assert (t.targets[:, 0][outside] == 0).all() and (t.targets[:, 1][outside] == 0).all()
+    gen_path.write_bytes((other_generators / "generator.onnx").read_bytes())
+    assert t.maybe_refresh(3)["switched_generator"]
+    x, y, aux = t.batch(np.arange(8))
+    assert x.shape == (8, 1, 8, 8) and x.dtype == np.uint8 and aux.shape == (8, 50) and y.dtype == np.int64
+
+
+ONNX_REFRESH_NO_TORCH = """
+import runpy, sys
+
+class Block:
+    # torch (and auxgen) made unimportable: any attempt fails, and is remembered
+    def __init__(self):
+        self.asked = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "auxgen"):
+            self.asked.append(name)
+            raise ImportError(f"{name} is blocked")
+        return None
+
+block = Block()
+sys.meta_path.insert(0, block)
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+sys.path.insert(0, script.rsplit("/", 1)[0])
+runpy.run_path(script, run_name="__main__")
+assert not block.asked and "torch" not in sys.modules, block.asked
+print("torch-free")
+"""
+
+
+def test_onnx_refresh_runs_without_torch(tiny_run, export, tmp_path):
+    """`python pipelines/onnx_refresh.py` with torch blocked: numpy + onnxruntime + h5py only."""
+    from auxgen.run import load_run, load_run_data
+
+    images = tmp_path / "train.npy"  # the train split's images in split order, as the script documents
+    np.save(images, load_run_data(load_run(tiny_run)).train.images.numpy())
+    r = subprocess.run([sys.executable, "-c", ONNX_REFRESH_NO_TORCH, str(ROOT / "pipelines" / "onnx_refresh.py"),
+                        "--labels", str(export / "l.h5"), "--images", str(images), "--epochs", "3", "--every", "2",
+                        "--threads", "1"], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("refresh {") == 2 and "epoch 3: loss" in r.stdout and "torch-free" in r.stdout
 
 
 def test_refresh_script_loss_decreases(export):
@@ -230,7 +311,7 @@ assert not block.asked, block.asked
 
 @pytest.mark.parametrize("blocked, modules", [
     ("auxgen", ",".join(sorted(p.stem for p in (ROOT / "pipelines").glob("*.py") if p.stem != "__init__"))),
-    ("auxgen,torch,torchvision,PIL,webdataset", "numpy_reader"),  # numpy_reader: numpy + h5py only
+    ("auxgen,torch,torchvision,PIL,webdataset", "numpy_reader,onnx_refresh"),  # numpy + h5py (+ onnxruntime)
 ])
 def test_pipelines_import_with_packages_blocked(blocked, modules):
     r = subprocess.run([sys.executable, "-c", IMPORT_BLOCKED, str(ROOT), blocked, modules],

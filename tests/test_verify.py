@@ -293,28 +293,67 @@ def test_read_export_sees_views_and_float16(exported, tmp_path):
     assert report.passed, report.to_dict()
 
 
-def test_exported_torchscript_generator_is_rederived(exported, tmp_path):
-    """--generator exports: the TorchScript file must give the checkpoint generator's labels."""
+@pytest.fixture(scope="module")
+def generator_export(exported, tmp_path_factory):
+    """An HDF5 export with every generator format, and generator files of another run (other weights)."""
     from auxgen.export import export_labels
-    from auxgen.export.script import load_generator_script, save_generator_script
+    from auxgen.export.generator_files import save_generator
     from auxgen.run import load_run
 
     run, _ = exported
-    h5 = tmp_path / "g.h5"
-    export_labels(run, h5, "hdf5", generator_script=True)
-    report = verify(run, h5, sample=64)
-    assert report.passed, report.to_dict()
-    assert "TorchScript generator gives the same labels" in reason(report, "rederivation")
-    # replace it with a generator of other weights, and forge the manifest's hash and size of it
-    gen_path = h5.with_name(h5.name + ".generator.pt")
-    _, meta = load_generator_script(gen_path)
+    root = tmp_path_factory.mktemp("generators")
+    export_labels(run, root / "g.h5", "hdf5", generator_formats="pt2,onnx,torchscript")
     other = load_run(run).generator
     with torch.no_grad():
         for p in other.parameters():
             p.mul_(1.1)
-    save_generator_script(other, gen_path, meta)
+    example = (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
+    for fmt in ("pt2", "onnx", "torchscript"):
+        save_generator(other, root / f"other.generator.{fmt}", fmt, {}, example)
+    return run, root
+
+
+def test_exported_generator_files_are_rederived(generator_export):
+    """Every generator file (.pt2, .onnx, TorchScript) must give the checkpoint generator's labels."""
+    run, root = generator_export
+    report = verify(run, root / "g.h5", sample=64)
+    assert report.passed, report.to_dict()
+    found = next(c for c in report.checks if c.name == "rederivation").figures["generator_files"]
+    assert {g["format"] for g in found.values()} == {"pt2", "onnx", "torchscript"}
+    assert found["g.h5.generator.pt2"]["max_abs_diff"] == 0.0  # bit-exact
+    assert found["g.h5.generator.onnx"]["max_abs_diff"] <= 1e-5
+    assert "onnx max diff" in reason(report, "rederivation")
+
+
+@pytest.mark.parametrize("fmt, suffix", [("pt2", "pt2"), ("onnx", "onnx"), ("torchscript", "pt")])
+def test_a_generator_file_of_another_run_fails(generator_export, tmp_path, fmt, suffix):
+    """Swap one generator file for another run's, and forge the manifest's size and hash of it."""
+    run, root = generator_export
+    h5 = copy_export(root, "g.h5", tmp_path)
+    for f in ("pt2", "onnx", "pt"):
+        shutil.copy(root / f"g.h5.generator.{f}", tmp_path)
+    gen_path = tmp_path / f"g.h5.generator.{suffix}"
+    shutil.copy(root / f"other.generator.{fmt}", gen_path)
+    report = verify(run, h5, sample=64)
+    assert status(report)["integrity"] == "fail"  # the hash catches a plain swap
     reseal(h5, gen_path)
     report = verify(run, h5, sample=64)
     assert status(report)["integrity"] == "pass", reason(report, "integrity")
     assert status(report)["rederivation"] == "fail"
-    assert "TorchScript generator" in reason(report, "rederivation")
+    assert f"exported {fmt} generator g.h5.generator.{suffix} disagrees" in reason(report, "rederivation")
+
+
+def test_an_unlisted_generator_file_is_checked_too(generator_export, tmp_path):
+    """A generator file beside the export that the manifest does not list (copied in later) is checked as well."""
+    run, root = generator_export
+    h5 = copy_export(root, "g.h5", tmp_path)
+    shutil.copy(root / "g.h5.generator.pt2", tmp_path)
+    mpath = tmp_path / "g.h5.manifest.json"
+    man = json.loads(mpath.read_text())
+    man["files"] = [f for f in man["files"] if f["path"] == "g.h5"]
+    man["generators"], man["generator"] = [], None
+    mpath.write_text(json.dumps(man))
+    assert verify(run, h5, sample=32).passed
+    shutil.copy(root / "other.generator.onnx", tmp_path / "g.h5.generator.onnx")
+    report = verify(run, h5, sample=32)
+    assert status(report)["rederivation"] == "fail" and "onnx generator" in reason(report, "rederivation")

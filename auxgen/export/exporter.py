@@ -26,19 +26,17 @@ from auxgen.export.format import (
     EXPORT_FILE_MODE,
     FORMAT_NAME,
     FORMAT_VERSION,
-    GENERATOR_NAME,
-    HDF5_GENERATOR_SUFFIX,
     HDF5_MANIFEST_SUFFIX,
     MANIFEST_NAME,
     STATE_NAME,
     wds_key,
 )
+from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path, save_generator
 from auxgen.export.hdf5 import Hdf5Sink
 from auxgen.export.labels import hard_and_entropy, iter_label_batches
 from auxgen.export.manifest import file_entry, write_manifest
 from auxgen.export.options import ExportOptions
 from auxgen.export.pipeline import BackgroundWriter, SampleAssembler
-from auxgen.export.script import save_generator_script
 from auxgen.export.sink import Sink, SplitSource
 from auxgen.export.source import open_run
 from auxgen.export.views import draw_split_views
@@ -47,7 +45,8 @@ from auxgen.label_stats import LabelStats
 from auxgen.run import LoadedRun, load_run_data
 
 _SHARD = re.compile(r"^(train|test)-\d{6}\.tar$")
-_OUR_FILES = re.compile(r"^(manifest\.json|generator\.pt|\.auxgen-export\.json|(train|test)-\d{6}\.tar|\..*\.tmp)$")
+_OUR_FILES = re.compile(r"^(manifest\.json|generator\.(pt|pt2|onnx)|\.auxgen-export\.json|(train|test)-\d{6}\.tar"
+                        r"|\..*\.tmp)$")
 # names webdataset's reader skips as metadata (tar_file_iterator's skip_meta default)
 _WDS_META = re.compile(r"__[^/]*__($|/)")
 
@@ -128,8 +127,10 @@ def _check_out(out: Path, opts: ExportOptions) -> None:
         raise AuxgenError(f"{out} already holds an export; pass --force to replace it, or choose another --out")
 
 
-def _hdf5_paths(out: Path) -> tuple[Path, Path, Path]:
-    return out, out.with_name(out.name + HDF5_MANIFEST_SUFFIX), out.with_name(out.name + HDF5_GENERATOR_SUFFIX)
+def _hdf5_paths(out: Path) -> tuple[Path, ...]:
+    """The HDF5 file, its manifest, and every generator file an export may put beside it."""
+    return (out, out.with_name(out.name + HDF5_MANIFEST_SUFFIX),
+            *(generator_path(out, "hdf5", f) for f in GENERATOR_FORMATS))
 
 
 def _load(run_dir: str | Path, opts: ExportOptions) -> LoadedRun:
@@ -284,22 +285,41 @@ class _Progress:
             self.bar.stop()
 
 
-def _write_generator(run: LoadedRun, data: Data, path: Path, info: dict[str, Any], splits: list[str]) -> None:
-    sp = getattr(data, splits[0])
-    n = min(8, len(sp))
+def _write_generators(run: LoadedRun, data: Data, out: Path, kind: str, info: dict[str, Any],
+                      opts: ExportOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Write the generator in each of opts.generator_formats (and remove files of the other formats, left by an
+    earlier export); returns their `files` entries and their `generators` manifest entries."""
+    base = out if kind == "wds" else out.parent
+    sp = getattr(data, opts.splits[0])
+    n = min(64, len(sp))  # the reload check: enough rows to catch a wrong file, few enough to be instant
+    example = (sp.images[:n], sp.labels[:n])
     meta = {k: info[k] for k in ("psi", "num_primary", "num_aux", "checkpoint_sha256", "config_sha256", "dataset")}
-    meta.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, input="uint8 [B, C, H, W] images, int64 [B]",
-                image_shape=list(data.image_shape))
-    try:
-        save_generator_script(run.generator, path, meta, example=(sp.images[:n], sp.labels[:n]))  # type: ignore[arg-type]
-    except RuntimeError as e:  # torch reports a failed archive write (a full disk) as a RuntimeError
-        raise AuxgenError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+    meta.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, image_shape=list(data.image_shape),
+                input="uint8 images [B, C, H, W], int64 primary labels [B]", output="float32 soft labels [B, K]")
+    files, generators = [], []
+    for fmt in GENERATOR_FORMATS:
+        path = generator_path(out, kind, fmt)
+        if fmt not in opts.generator_formats:
+            path.unlink(missing_ok=True)
+            continue
+        entry = save_generator(run.generator, path, fmt, {**meta, "generator_format": fmt}, example)  # type: ignore[arg-type]
+        files.append(file_entry(path, base))
+        generators.append({"path": files[-1]["path"], **entry, "bytes": files[-1]["bytes"],
+                           "sha256": files[-1]["sha256"]})
+    return files, generators
+
+
+def _generator_info(generators: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's `generators` list, and `generator`: the TorchScript file's path (what format_version 2
+    readers before auxgen 0.2 load), or null."""
+    script = next((g["path"] for g in generators if g["format"] == "torchscript"), None)
+    return {"generator": script, "generators": generators}
 
 
 # ------------------------------------------------------------------------------ HDF5
 def _export_hdf5(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: ExportOptions,
                  show: bool) -> dict[str, Any]:
-    out, manifest_path, gen_path = _hdf5_paths(out)
+    manifest_path = _hdf5_paths(out)[1]
     out.parent.mkdir(parents=True, exist_ok=True)
     # temporary files of an interrupted export to this --out (the file, its manifest, its generator)
     for stale in glob.glob(os.path.join(glob.escape(str(out.parent)), f".{glob.escape(out.name)}.*.tmp")):
@@ -321,14 +341,10 @@ def _export_hdf5(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], op
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    files = [file_entry(out, out.parent)]
-    if opts.generator_script:
-        _write_generator(run, data, gen_path, info, opts.splits)
-        files.append(file_entry(gen_path, out.parent))
-    else:
-        gen_path.unlink(missing_ok=True)  # a stale generator of a replaced export
+    gen_files, generators = _write_generators(run, data, out, "hdf5", info, opts)
+    files = [file_entry(out, out.parent), *gen_files]
     counts = {s: len(getattr(data, s)) for s in opts.splits}
-    info = {**info, "generator": gen_path.name if opts.generator_script else None}
+    info = {**info, **_generator_info(generators)}
     write_manifest(manifest_path, "hdf5", info, files, counts)
     return _summary("hdf5", out, manifest_path, files, counts, sink.stats, run, opts, computed, {})
 
@@ -379,10 +395,8 @@ def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opt
     sources = _split_sources(run, data, opts, starts, {s: len(shards[s]) for s in opts.splits})
     computed = _compute(run, data, sink, opts, sources, show)
     files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for s in opts.splits for r in shards[s]]
-    gen_path = out / GENERATOR_NAME
-    if opts.generator_script:
-        _write_generator(run, data, gen_path, info, opts.splits)
-        files.append(file_entry(gen_path, out))
+    gen_files, generators = _write_generators(run, data, out, "wds", info, opts)
+    files += gen_files
     counts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
     expected = {s: len(getattr(data, s)) for s in opts.splits}
     if counts != expected:  # a bug, not a user error: never write a manifest for an incomplete export
@@ -391,7 +405,7 @@ def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opt
     for s in opts.splits:
         for r in shards[s]:
             stats.merge(LabelStats.from_dict(run.hier.psi, r["stats"]))
-    info["generator"] = GENERATOR_NAME if opts.generator_script else None
+    info.update(_generator_info(generators))
     manifest_path = out / MANIFEST_NAME
     _publish(*(out / f["path"] for f in files))  # shards kept from an earlier process, whatever wrote them
     write_manifest(manifest_path, "wds", info, files, counts)

@@ -71,3 +71,17 @@ def check_files(manifest: dict[str, Any], base: Path) -> list[str]:
             if digest != entry.get("sha256"):
                 problems.append(f"{rel} sha256 differs from the manifest (the file was changed or damaged)")
     return problems
+
+
+def generator_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The generator files a manifest names, as `{"path", "format", ...}` entries.
+
+    Exports since auxgen 0.2 list them under `generators`; earlier ones name only a TorchScript file
+    under `generator`. Malformed entries are left out (integrity reports the manifest's problems).
+    """
+    found = [g for g in manifest.get("generators") or [] if isinstance(g, dict)
+             and isinstance(g.get("path"), str) and isinstance(g.get("format"), str)]
+    legacy = manifest.get("generator")
+    if isinstance(legacy, str) and legacy and legacy not in {g["path"] for g in found}:
+        found.append({"path": legacy, "format": "torchscript"})
+    return found

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from auxgen.errors import AuxgenError
 from auxgen.export.format import DEFAULT_SHARD_SIZE, SPLITS, parse_size
+from auxgen.export.generator_files import parse_generator_formats
 
 MIN_SHARD_SIZE = 64 * 1024
 
@@ -22,7 +23,7 @@ class ExportOptions:
     images: bool = True                # wds: put the PNG images into the shards
     shard_size: int | str | None = None  # wds: largest shard in bytes, or a size like "256MB"
     max_count: int | None = None       # wds: most samples per shard
-    generator_script: bool = False     # also write the generator as TorchScript
+    generator_formats: tuple[str, ...] | str = ()  # also write the generator: pt2, onnx, torchscript
     force: bool = False                # replace an earlier export at --out
     resume: bool = False               # wds: continue an interrupted export
     batch_size: int = 500              # rows per generator batch (recorded: recompute with it)
@@ -35,7 +36,8 @@ class ExportOptions:
         return list(SPLITS) if self.split == "all" else [self.split]
 
     def validated(self) -> ExportOptions:
-        """These options checked, with shard_size in bytes (wds) or None (hdf5); bad usage is an AuxgenError."""
+        """These options checked, with shard_size in bytes (wds) or None (hdf5) and generator_formats a tuple;
+        bad usage is an AuxgenError."""
         if self.fmt not in ("hdf5", "wds"):
             raise AuxgenError(f"--format {self.fmt!r}: choose hdf5 or wds")
         if self.split not in ("train", "test", "all"):
@@ -49,15 +51,16 @@ class ExportOptions:
         if self.force and self.resume:
             raise AuxgenError("give --force (start over) or --resume (continue), not both")
         size = parse_size(self.shard_size)
+        gens = parse_generator_formats(self.generator_formats)
         if self.fmt == "hdf5":
             for flag, given in (("--resume", self.resume), ("--shard-size", self.shard_size is not None),
                                 ("--max-count", self.max_count is not None)):
                 if given:
                     raise AuxgenError(f"{flag} applies to --format wds only")
-            return replace(self, shard_size=None)
+            return replace(self, shard_size=None, generator_formats=gens)
         if self.max_count is not None and self.max_count < 1:
             raise AuxgenError(f"--max-count {self.max_count}: must be at least 1")
         size = DEFAULT_SHARD_SIZE if size is None else size
         if size < MIN_SHARD_SIZE:
             raise AuxgenError(f"--shard-size {self.shard_size}: must be at least {MIN_SHARD_SIZE // 1024}KiB")
-        return replace(self, shard_size=size)
+        return replace(self, shard_size=size, generator_formats=gens)

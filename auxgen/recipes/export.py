@@ -25,7 +25,11 @@ def export_command(
     shard_size: str = typer.Option(None, "--shard-size", help="Largest shard, e.g. 256MB, 1GB or bytes (default "
                                    "256MB).", show_default=False),
     max_count: int = typer.Option(None, "--max-count", help="Most samples per shard.", show_default=False),
-    generator: bool = typer.Option(False, "--generator", help="Also write the generator as a TorchScript file."),
+    generator: bool = typer.Option(False, "--generator", help="Also write the generator as files that run without "
+                                   "auxgen: a torch.export program (.pt2) and an ONNX model (.onnx)."),
+    generator_format: str = typer.Option(None, "--generator-format", help="Generator files to write, comma-separated: "
+                                         "pt2, onnx, torchscript (deprecated) [default with --generator: pt2,onnx]; "
+                                         "implies --generator.", show_default=False),
     batch_size: int = typer.Option(500, "--batch-size", help="Rows per generator batch (recorded; recompute with it)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --views draws."),
     data_root: str = typer.Option(None, "--data-root", help="Where the dataset lives now, if it moved since training.",
@@ -41,8 +45,13 @@ def export_command(
 
     if out is None:
         raise AuxgenError("give --out: a file such as labels/run.h5 (hdf5) or a folder such as shards/run (wds)")
+    from auxgen.export.generator_files import DEFAULT_GENERATOR_FORMATS
+
+    formats = generator_format if generator_format is not None else DEFAULT_GENERATOR_FORMATS if generator else ()
+    if generator_format is not None and not generator_format.strip():
+        raise AuxgenError("--generator-format is empty: name one or more of pt2, onnx, torchscript")
     options = ExportOptions(fmt=fmt, checkpoint=checkpoint, split=split, dtype=dtype, views=views, images=images,
-                            shard_size=shard_size, max_count=max_count, generator_script=generator, force=force,
+                            shard_size=shard_size, max_count=max_count, generator_formats=formats, force=force,
                             resume=resume, batch_size=batch_size, seed=seed, data_root=data_root, device=device)
     summary = export_labels(run_dir, out, options=options, show=not quiet)
     if not quiet:

@@ -1,8 +1,9 @@
-"""Check 3, re-derivation: recompute a seeded sample of stored labels with the run's generator (and the
-exported TorchScript generator, when there is one) and compare."""
+"""Check 3, re-derivation: recompute a seeded sample of stored labels with the run's generator (and with every
+exported generator file: .pt2, .onnx, TorchScript) and compare."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 
 from auxgen.data import Data, apply_views
 from auxgen.errors import AuxgenError
+from auxgen.export.generator_files import GENERATOR_ATOL, GENERATOR_FORMATS, generator_max_diff, generator_path
+from auxgen.export.manifest import generator_entries
 from auxgen.export.read import Export, manifest_path, numeric_problem
-from auxgen.export.script import load_generator_script
 from auxgen.run import LoadedRun
 from auxgen.runtime import autocast
 from auxgen.verify.result import CheckResult
@@ -74,54 +76,71 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
                "rows_over_atol": n_bad, "worst_key": worst_key}
     if n_checked == 0:
         return CheckResult("rederivation", "fail", "the export holds no samples", figures)
-    script = _check_generator_script(run, data, export, chosen, rows, figures)
-    if script:
-        return CheckResult("rederivation", "fail", script, figures)
+    gen_problem = _check_generator_files(run, data, export, chosen, rows, figures)
+    if gen_problem:
+        return CheckResult("rederivation", "fail", gen_problem, figures)
     if n_bad:
         return CheckResult("rederivation", "fail",
                            f"{n_bad} of {n_checked} sampled rows differ from the generator's labels by more than "
                            f"{atol:g} (max {worst:.3g}, e.g. {worst_key}): stale labels from another checkpoint, "
                            f"or edited ones", figures)
-    also = (f"; the TorchScript generator gives the same labels (max diff {figures['script_max_abs_diff']:.2g})"
-            if "script_max_abs_diff" in figures else "")
+    gens = figures.get("generator_files", {})
+    also = ("; the exported generator files give the same labels ("
+            + ", ".join(f"{g['format']} max diff {g['max_abs_diff']:.2g}" for g in gens.values()) + ")"
+            if gens else "")
     return CheckResult("rederivation", "pass",
                        f"{n_checked} sampled rows (seed {seed}) re-derived within {atol:g} (max diff {worst:.2g})"
                        + also, figures)
 
 
-def _check_generator_script(run: LoadedRun, data: Data, export: Export, chosen: list[int],
-                            rows: list[tuple[str, int]], figures: dict[str, Any]) -> str | None:
-    """The exported TorchScript generator (if the manifest lists one) against the run's, on the sampled images.
+def _generator_files(export: Export) -> list[tuple[Path, str]]:
+    """(path, format) of every generator file of the export: those the manifest lists, and any other file at a
+    generator's name (e.g. one copied in after the export), so that no generator beside the labels goes unchecked."""
+    base = manifest_path(export.path).parent
+    found = [(base / g["path"], g["format"]) for g in generator_entries(export.manifest or {})]
+    for fmt in GENERATOR_FORMATS:
+        p = generator_path(export.path, export.kind, fmt)
+        if p.is_file() and all(p.resolve() != q.resolve() for q, _ in found):
+            found.append((p, fmt))
+    return found
 
-    Returns a failure reason, or None. Both run on the CPU in eval mode: they must agree exactly
-    up to float rounding (1e-6), whatever the stored dtype.
+
+def _check_generator_files(run: LoadedRun, data: Data, export: Export, chosen: list[int],
+                           rows: list[tuple[str, int]], figures: dict[str, Any]) -> str | None:
+    """Every exported generator file against the checkpoint's generator, on the sampled images.
+
+    Returns a failure reason, or None. All run on the CPU in eval mode, with the same batches: each
+    must agree within GENERATOR_ATOL of its format (pt2, TorchScript: float rounding; ONNX:
+    onnxruntime's kernels), whatever the stored dtype, and give exact zeros outside the block.
     """
-    name = (export.manifest or {}).get("generator")
-    if not name:
+    files = _generator_files(export)
+    if not files:
         return None
-    path = manifest_path(export.path).parent / name
-    try:
-        module, _ = load_generator_script(path)
-    except Exception as e:  # a missing or damaged archive (integrity reports the hash)
-        return f"the exported generator {path} cannot be loaded ({type(e).__name__})"
-    idx_by_split: dict[str, list[int]] = {}
+    images_by_split: dict[str, list[int]] = {}
     for c in chosen:
         split, i = rows[c]
-        idx_by_split.setdefault(split, []).append(int(export.splits[split].index[i]))
-    worst = 0.0
-    for split, idx in idx_by_split.items():
+        images_by_split.setdefault(split, []).append(int(export.splits[split].index[i]))
+    batches = []
+    for split, idx in images_by_split.items():
         src = getattr(data, split)
         t = torch.tensor(idx).clamp(0, len(src) - 1)
-        images, primary = src.images[t], src.labels[t]
-        with torch.inference_mode():
-            theirs = torch.cat([module(images[i:i + 500], primary[i:i + 500]).float()
-                                for i in range(0, len(t), 500)])
-        ours = soft_labels(run, images, primary)
-        worst = max(worst, float((theirs - ours).abs().nan_to_num(nan=float("inf")).max()))
-    figures["script_max_abs_diff"] = worst
-    if worst > 1e-6:
-        return (f"the exported TorchScript generator {path.name} disagrees with the checkpoint's generator "
-                f"(max diff {worst:.3g}): it belongs to another checkpoint or was edited")
+        batches.append((src.images[t], src.labels[t]))
+    results: dict[str, dict[str, Any]] = {}
+    figures["generator_files"] = results
+    for path, fmt in files:
+        if fmt not in GENERATOR_ATOL:
+            return f"the manifest names a generator {path.name} of unknown format {fmt!r}"
+        try:
+            diffs = [generator_max_diff(run.generator, path, fmt, x, y) for x, y in batches]  # type: ignore[arg-type]
+        except Exception as e:  # a missing or damaged file (integrity reports its hash)
+            return f"the exported {fmt} generator {path} cannot be loaded or run ({type(e).__name__})"
+        if any(d is None for d in diffs):
+            return (f"the exported {fmt} generator {path.name} gives labels that are not exact zeros outside the "
+                    f"primary class's block")
+        worst = max([d for d in diffs if d is not None], default=0.0)
+        results[path.name] = {"format": fmt, "max_abs_diff": worst, "atol": GENERATOR_ATOL[fmt]}
+        if not worst <= GENERATOR_ATOL[fmt]:
+            return (f"the exported {fmt} generator {path.name} disagrees with the checkpoint's generator "
+                    f"(max diff {worst:.3g}, allowed {GENERATOR_ATOL[fmt]:g}): it belongs to another checkpoint "
+                    f"or was edited")
     return None
-
-
