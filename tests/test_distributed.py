@@ -162,3 +162,78 @@ def test_two_rank_errors_print_once(tmp_path):
     assert results[0][1].strip().count("\n") == 0 and "must divide by the 2 processes" in results[0][1]
     assert results[1][1].strip() == ""
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------ export
+EXPORTS = {"shards": ("wds", {"max_count": 150, "views": 2, "batch_size": 128}),  # views: batches split samples
+           "labels.h5": ("hdf5", {"batch_size": 128})}
+
+
+def _export_worker(rank: int, world: int, port: int, run: str, base: str, stop_after: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), SOURCE_DATE_EPOCH="1700000000")
+    torch.set_num_threads(1)
+    from auxgen.export import export_labels
+
+    if stop_after:  # killed (no clean-up at all) after this process's stop_after-th finished shard
+        import auxgen.export.wds as wds
+
+        done = []
+
+        def die(record: dict) -> None:
+            done.append(record)
+            if len(done) == stop_after:
+                os._exit(3)
+
+        wds._shard_written = die
+    for name, (fmt, extra) in EXPORTS.items():
+        if stop_after and fmt != "wds":
+            continue
+        export_labels(run, Path(base) / name, fmt, device="cpu", **extra)
+    torch.distributed.destroy_process_group()
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {p.name: p.read_bytes() for p in (path, path.with_name(path.name + ".manifest.json"))}
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def one_process_exports(tiny_run, tmp_path_factory):
+    from auxgen.export import export_labels
+
+    base = tmp_path_factory.mktemp("one")
+    os.environ["SOURCE_DATE_EPOCH"] = "1700000000"  # `created`: the one field two exports would not share
+    try:
+        for name, (fmt, extra) in EXPORTS.items():
+            export_labels(tiny_run, base / name, fmt, device="cpu", **extra)
+    finally:
+        del os.environ["SOURCE_DATE_EPOCH"]
+    return base
+
+
+def test_two_process_exports_are_byte_identical_and_verify(tiny_run, one_process_exports, tmp_path):
+    from auxgen.verify import verify
+
+    mp.spawn(_export_worker, args=(2, _free_port(), str(tiny_run), str(tmp_path), 0), nprocs=2)
+    for name in EXPORTS:
+        one, two = _files(one_process_exports / name), _files(tmp_path / name)
+        assert len(one) > (10 if name == "shards" else 1)
+        assert one == two, name  # shards, their boundaries and keys, the HDF5 file and the manifest
+        report = verify(tiny_run, tmp_path / name, sample=64)
+        assert report.passed, report.to_dict()
+
+
+def test_interrupted_two_process_export_resumes_on_one(tiny_run, one_process_exports, tmp_path):
+    """Both processes die after their second shard; one process resumes, keeps those shards, ends identical."""
+    from auxgen.export import export_labels
+
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_export_worker, args=(2, _free_port(), str(tiny_run), str(tmp_path), 2), nprocs=2)
+    out = tmp_path / "shards"
+    assert not (out / "manifest.json").exists() and len(list(out.glob("*.tar"))) >= 2
+    fmt, extra = EXPORTS["shards"]
+    summary = export_labels(tiny_run, out, fmt, device="cpu", resume=True, **extra)
+    assert summary["resumed"]  # finished shards were kept, not recomputed into new files
+    assert _files(out) == _files(one_process_exports / "shards")  # the manifest too: `created` is the first run's

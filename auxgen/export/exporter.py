@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,10 @@ from auxgen.label_stats import LabelStats
 from auxgen.run import LoadedRun, load_run_data
 
 _SHARD = re.compile(r"^(train|test)-\d{6}\.tar$")
-_OUR_FILES = re.compile(r"^(manifest\.json|generator\.(pt|pt2|onnx)|\.auxgen-export\.json|(train|test)-\d{6}\.tar"
-                        r"|\..*\.tmp)$")
+_OUR_FILES = re.compile(r"^(manifest\.json|generator\.(pt|pt2|onnx)|\.auxgen-export(\.rank-\d+)?\.json"
+                        r"|(train|test)-\d{6}\.tar|\..*\.tmp)$")
+# label batches computed elsewhere: (split, start row) -> (first row, soft, hard, entropy), ...
+Batches = Callable[[str, int], Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]]
 # names webdataset's reader skips as metadata (tar_file_iterator's skip_meta default)
 _WDS_META = re.compile(r"__[^/]*__($|/)")
 
@@ -63,6 +66,10 @@ def export_labels(run_dir: str | Path, out: str | Path, fmt: str | None = None, 
     base = options or ExportOptions()
     opts = dataclasses.replace(base, **({"fmt": fmt} if fmt is not None else {}), **fields).validated()
     out = Path(out)
+    from auxgen.export import ranks
+
+    if ranks.takes_over(out, opts):  # under torchrun, or resuming an export that several processes started
+        return ranks.export_ranks(run_dir, out, opts, show)
     try:
         _check_out(out, opts)
     except OSError as e:  # e.g. a folder that cannot be listed
@@ -188,13 +195,20 @@ def _check_keys(data: Data, opts: ExportOptions) -> None:
 def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:
     """Fields shared by the manifest and the HDF5 attributes."""
     return {"auxgen_version": auxgen.__version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": _created(),
             "psi": list(run.hier.psi), "num_primary": run.hier.num_primary, "num_aux": run.hier.num_aux,
             "dtype": opts.dtype, "views": opts.views, "pad": int(run.meta["data"]["pad"]), "seed": opts.seed,
             "batch_size": opts.batch_size, "splits": opts.splits, "checkpoint": opts.checkpoint,
             "checkpoint_sha256": run.checkpoint_sha256, "config_sha256": run.config_sha256,
             "run_dir": str(run.run_dir), "dataset": data.name, "dataset_fingerprint": run.meta["data"]["fingerprint"],
             "test_acc": run.recorded_test_acc(), "device": str(run.device)}
+
+
+def _created() -> str:
+    """Now, or SOURCE_DATE_EPOCH where set (reproducible builds): two exports of one run can then be byte-identical."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch.isdigit() else datetime.now(timezone.utc)
+    return when.isoformat(timespec="seconds")
 
 
 def _publish(*paths: Path) -> None:
@@ -220,8 +234,12 @@ def _split_sources(run: LoadedRun, data: Data, opts: ExportOptions, starts: dict
 
 
 def _compute(run: LoadedRun, data: Data, sink: Sink, opts: ExportOptions, splits: list[SplitSource],
-             show: bool) -> int:
-    """Run the generator over the splits and feed the sink on a writer thread; returns samples computed."""
+             show: bool, batches: Batches | None = None) -> int:
+    """Run the generator over the splits and feed the sink on a writer thread; returns samples computed.
+
+    `batches(split, start_row)` replaces the generator by label batches computed elsewhere (the
+    processes of a multi-process export): (first row, soft, hard, entropy) in the same batching.
+    """
     v = max(opts.views, 1)
     pad = int(run.meta["data"]["pad"])
     total = sum(len(sp.keys) - sp.start for sp in splits)
@@ -237,9 +255,11 @@ def _compute(run: LoadedRun, data: Data, sink: Sink, opts: ExportOptions, splits
                 split = getattr(data, sp.name)
                 asm = SampleAssembler(sp.name, sp.primary, opts.views, sp.start)
                 views = None if sp.views is None else torch.from_numpy(sp.views)
-                for r0, soft in iter_label_batches(run.generator, split.images, split.labels, run.device,
-                                                   opts.batch_size, views, pad, sp.start * v):
-                    hard, ent = hard_and_entropy(soft)
+                rows = (batches(sp.name, sp.start * v) if batches is not None else
+                        ((r0, soft, *hard_and_entropy(soft)) for r0, soft in iter_label_batches(
+                            run.generator, split.images, split.labels, run.device, opts.batch_size, views, pad,
+                            sp.start * v)))
+                for r0, soft, hard, ent in rows:
                     for chunk in asm.add(r0, soft.cpu().numpy(), hard.cpu().numpy(), ent.cpu().numpy()):
                         writer.call(sink.write, chunk)
                         done += len(chunk)
@@ -318,7 +338,7 @@ def _generator_info(generators: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ HDF5
 def _export_hdf5(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: ExportOptions,
-                 show: bool) -> dict[str, Any]:
+                 show: bool, batches: Batches | None = None) -> dict[str, Any]:
     manifest_path = _hdf5_paths(out)[1]
     out.parent.mkdir(parents=True, exist_ok=True)
     # temporary files of an interrupted export to this --out (the file, its manifest, its generator)
@@ -333,7 +353,7 @@ def _export_hdf5(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], op
     os.close(fd)
     try:
         sink = Hdf5Sink(tmp, attrs, opts.dtype, run.hier.num_aux, opts.views, run.hier.psi)
-        computed = _compute(run, data, sink, opts, _split_sources(run, data, opts), show)
+        computed = _compute(run, data, sink, opts, _split_sources(run, data, opts), show, batches)
         # a replaced export loses its manifest first, so the new file never pairs with the old manifest
         manifest_path.unlink(missing_ok=True)
         os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: the file never appears with mkstemp's 0600

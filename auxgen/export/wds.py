@@ -19,7 +19,7 @@ import json
 import os
 import tarfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,29 @@ class _HashingFile:
         self.f.close()
 
 
+def new_shard(count: int, size: int, need: int, maxcount: int, maxsize: int) -> bool:
+    """Whether a sample of `need` bytes starts a new shard after `count` samples of `size` bytes.
+
+    The one packing rule: the shard writer applies it as it writes, and `plan_shards` ahead of
+    writing, so that processes of a multi-process export cut shards exactly where one process does.
+    """
+    return count >= maxcount or (count > 0 and size + need + TAR_TRAILER > maxsize)
+
+
+def plan_shards(needs: list[int], maxcount: int, maxsize: int) -> list[tuple[int, int]]:
+    """(first sample, count) of each shard a split's samples of these tar sizes go into."""
+    shards: list[tuple[int, int]] = []
+    count = size = 0
+    for i, need in enumerate(needs):
+        if not shards or new_shard(count, size, need, maxcount, maxsize):
+            shards.append((i, 0))
+            count = size = 0
+        count += 1
+        size += need
+        shards[-1] = (shards[-1][0], count)
+    return shards
+
+
 class _ShardWriter:
     """The shards of one split, with a hard size bound that counts tar headers.
 
@@ -137,8 +160,7 @@ class _ShardWriter:
     def write(self, key: str, files: dict[str, bytes]) -> None:
         """Add one sample: `files` maps extensions (cls, aux.npy, ...) to their bytes."""
         need = tar_bytes(key, files)
-        if self.tar is None or self.count >= self.maxcount or (
-                self.count > 0 and self.size + need + TAR_TRAILER > self.maxsize):
+        if self.tar is None or new_shard(self.count, self.size, need, self.maxcount, self.maxsize):
             if self.tar is not None:
                 self._finish()
             self._open()
@@ -208,6 +230,11 @@ class WdsSink:
             self.writer = _ShardWriter(self.folder, sp.name, self.maxcount, self.maxsize, sp.start_shard,
                                        self._record)
         self.chunks.append(chunk)
+        for key, files in self.samples(sp, chunk):
+            self.writer.write(key, files)
+
+    def samples(self, sp: SplitSource, chunk: Chunk) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """Each sample of a chunk as (__key__, {extension: bytes}): exactly what goes into a shard."""
         soft = chunk.soft.astype(self.dtype, copy=False)
         for j in range(len(chunk)):
             i = chunk.start + j
@@ -222,7 +249,7 @@ class WdsSink:
                      "json": json.dumps(meta).encode()}
             if sp.images is not None:
                 files["png"] = encode_png(sp.images[i])
-            self.writer.write(wds_key(sp.keys[i]), files)
+            yield wds_key(sp.keys[i]), files
 
     def end_split(self) -> None:
         if self.writer is not None:
