@@ -28,7 +28,7 @@ def export_command(
     generator: bool = typer.Option(False, "--generator", help="Also write the generator as files that run without "
                                    "auxgen: a torch.export program (.pt2) and an ONNX model (.onnx)."),
     generator_format: str = typer.Option(None, "--generator-format", help="Generator files to write, comma-separated: "
-                                         "pt2, onnx, torchscript (deprecated) [default with --generator: pt2,onnx]; "
+                                         "pt2, onnx, torchscript (deprecated); default with --generator: pt2,onnx; "
                                          "implies --generator.", show_default=False),
     batch_size: int = typer.Option(500, "--batch-size", help="Rows per generator batch (recorded; recompute with it)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --views draws."),
