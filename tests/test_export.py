@@ -337,6 +337,21 @@ def test_cli_export_and_one_line_errors(tiny_run, tmp_path, monkeypatch, capsys)
     assert len(err) == 1 and err[0].startswith("error:") and "--force" in err[0]
 
 
+def test_cli_generator_format(tiny_run, tmp_path, monkeypatch, capsys):
+    """--generator-format names the files (and implies --generator); an unknown name is a one-line error."""
+    from auxgen import cli
+
+    out = tmp_path / "g.h5"
+    for fmt, code in (("pt2,keras", 2), ("torchscript", 0)):
+        monkeypatch.setattr(sys, "argv", ["auxgen", "export", str(tiny_run), "--out", str(out), "--split", "test",
+                                          "--quiet", "--generator-format", fmt])
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+        assert e.value.code == code
+    assert "'keras'" in capsys.readouterr().err
+    assert [g["format"] for g in read_manifest(f"{out}.manifest.json")["generators"]] == ["torchscript"]
+
+
 def test_parse_size():
     assert parse_size("256MB") == 256 * 10**6 and parse_size("1GB") == 10**9
     assert parse_size("512KiB") == 512 * 1024 and parse_size("4096") == 4096 and parse_size(None) is None
