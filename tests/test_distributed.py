@@ -106,7 +106,7 @@ def test_batch_must_divide_and_sync_bn_refused_on_cpu(monkeypatch):
 
 
 # ------------------------------------------------------------------------------ the CLI under a launcher
-TRAIN = ["train", "--dataset", "digits", "--backbone", "cnn", "--width", "4", "--batch-size", "64", "--lr", "0.05",
+TRAIN = ["train", "--dataset", "digits", "--backbone", "cnn", "--width", "4", "--batch-size", "128", "--lr", "0.05",
          "--gen-lr", "0.05", "--seed", "0", "--device", "cpu", "--momentum", "0", "--weight-decay", "0",
          "--lr-schedule", "step", "--warmup-epochs", "0", "-q"]
 
@@ -165,8 +165,9 @@ def test_two_rank_errors_print_once(tmp_path):
 
 
 # ------------------------------------------------------------------------------ export
-EXPORTS = {"shards": ("wds", {"max_count": 150, "views": 2, "batch_size": 128}),  # views: batches split samples
-           "labels.h5": ("hdf5", {"batch_size": 128})}
+# 100-row batches of 3 views: batches (and so the processes' shares) begin and end inside samples
+EXPORTS = {"shards": ("wds", {"split": "test", "max_count": 40, "views": 3, "batch_size": 100}),
+           "labels.h5": ("hdf5", {"views": 3, "batch_size": 100})}
 
 
 def _export_worker(rank: int, world: int, port: int, run: str, base: str, stop_after: int) -> None:
@@ -219,7 +220,7 @@ def test_two_process_exports_are_byte_identical_and_verify(tiny_run, one_process
     mp.spawn(_export_worker, args=(2, _free_port(), str(tiny_run), str(tmp_path), 0), nprocs=2)
     for name in EXPORTS:
         one, two = _files(one_process_exports / name), _files(tmp_path / name)
-        assert len(one) > (10 if name == "shards" else 1)
+        assert len(one) > (8 if name == "shards" else 1)
         assert one == two, name  # shards, their boundaries and keys, the HDF5 file and the manifest
         report = verify(tiny_run, tmp_path / name, sample=64)
         assert report.passed, report.to_dict()

@@ -54,7 +54,9 @@ def export_command(
                             shard_size=shard_size, max_count=max_count, generator_formats=formats, force=force,
                             resume=resume, batch_size=batch_size, seed=seed, data_root=data_root, device=device)
     summary = export_labels(run_dir, out, options=options, show=not quiet)
-    if not quiet:
+    from auxgen.distributed import current
+
+    if not quiet and current().is_main:  # under torchrun, rank 0 reports for every process
         print_summary(summary)
 
 
