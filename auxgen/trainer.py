@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -41,6 +42,7 @@ from auxgen.runtime import autocast, pick_device
 
 CHECKPOINT_FORMAT = 1
 RUN_MARKER = ".auxgen-run"  # written by auxgen alone: how --force recognises a run it may replace
+TEMP_FILE = re.compile(r"\.[^/]+\.[A-Za-z0-9_]+\.tmp")  # atomic_write's temporary names: .NAME.RANDOM.tmp
 RUN_FILES = (RUN_MARKER, "config.json", "metrics.jsonl", "checkpoints", "summary.json")
 SYNC_EVERY = 10  # steps between host syncs (NaN check, progress); exact step still reported
 
@@ -163,6 +165,26 @@ def kmeans_targets(cfg: TrainConfig, data: Data, train_idx: torch.Tensor | None 
     return TargetSource("hard", torch.from_numpy(hard))
 
 
+def split_rows(cfg: TrainConfig, n: int, train_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the training split that train theta1, and rows held out for the meta step (--meta-split).
+
+    Also the check that the data fits the batch size, so a recipe can run it before it touches
+    an earlier run in --out.
+    """
+    if cfg.method == "maxl" and cfg.meta_split > 0:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))
+        n_meta = int(round(n * cfg.meta_split))
+        if n_meta < 2 or n - n_meta < cfg.batch_size:
+            raise AuxgenError(f"--meta-split {cfg.meta_split} leaves {n_meta} meta and {n - n_meta} "
+                              f"training samples; need at least 2 and one batch ({cfg.batch_size})")
+        meta_idx, train_idx = perm[:n_meta].sort().values, perm[n_meta:].sort().values
+    else:
+        train_idx, meta_idx = (torch.arange(n) if train_idx is None else train_idx), torch.arange(0)
+    if len(train_idx) < cfg.batch_size:
+        raise AuxgenError(f"{len(train_idx)} training samples is fewer than one batch; lower --batch-size")
+    return train_idx, meta_idx
+
+
 def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | None = None,
           train_idx: torch.Tensor | None = None) -> Run:
     """Load data, build models and optimisers from a seed.
@@ -186,19 +208,7 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
         opt = torch.optim.Adam if cfg.gen_optimizer == "adam" else torch.optim.SGD
         gen_optimizer = opt(gen.parameters(), lr=cfg.gen_lr, weight_decay=l2)
 
-    n = len(data.train)
-    if cfg.method == "maxl" and cfg.meta_split > 0:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))
-        n_meta = int(round(n * cfg.meta_split))
-        if n_meta < 2 or n - n_meta < cfg.batch_size:
-            raise AuxgenError(f"--meta-split {cfg.meta_split} leaves {n_meta} meta and {n - n_meta} "
-                              f"training samples; need at least 2 and one batch ({cfg.batch_size})")
-        meta_idx, train_idx = perm[:n_meta].sort().values, perm[n_meta:].sort().values
-    else:
-        train_idx, meta_idx = (torch.arange(n) if train_idx is None else train_idx), torch.arange(0)
-    if len(train_idx) < cfg.batch_size:
-        raise AuxgenError(f"{len(train_idx)} training samples is fewer than one batch; lower --batch-size")
-
+    train_idx, meta_idx = split_rows(cfg, len(data.train), train_idx)
     targets = targets or default_targets(cfg, data, hier, human_map)
     if (targets.kind == "maxl") != (gen is not None):
         raise AuxgenError("a maxl target source needs --method maxl, and --method maxl needs one")
@@ -244,6 +254,10 @@ def prepare_out_dir(out: Path, force: bool) -> None:
             if not parent.is_dir():
                 raise AuxgenError(f"--out {out}: {parent} is a file, not a folder")
             break
+    if out.is_dir():  # a run killed while writing its first file leaves only auxgen's temporary files
+        for tmp in out.iterdir():
+            if tmp.is_file() and TEMP_FILE.fullmatch(tmp.name):
+                tmp.unlink()
     if out.exists() and any(out.iterdir()):
         if not force:
             raise AuxgenError(f"--out {out} is not empty; pass --resume to continue that run or "
@@ -291,6 +305,9 @@ def _restore(run: Run, out: Path, gens: dict[str, torch.Generator]) -> tuple[lis
         print(f"note: {out} has no checkpoints/last.pt (no epoch finished); starting from epoch 1", file=sys.stderr)
         return [], (-1.0, 0), 1, 0
     state = load_checkpoint(last)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise AuxgenError(f"--resume {out}: checkpoints/last.pt has checkpoint format {state.get('format')!r}; this "
+                          f"auxgen (version {auxgen.__version__}) reads format {CHECKPOINT_FORMAT}")
     if state.get("psi") != list(run.hier.psi):
         raise AuxgenError(f"--resume {out}: checkpoints/last.pt has psi {state.get('psi')} but config.json gives "
                           f"{list(run.hier.psi)}; config.json no longer matches the checkpoint")
@@ -366,9 +383,9 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
                 best = (metrics["test_acc"], epoch)
             if write:
                 state = _state(run, epoch, step, gens, history, best)
-                save_checkpoint(state, out / "checkpoints" / "last.pt")
-                if improved:
+                if improved:  # before last.pt, the commit point resume trusts: a kill between leaves both consistent
                     save_checkpoint(state, out / "checkpoints" / "best.pt")
+                save_checkpoint(state, out / "checkpoints" / "last.pt")
                 write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
             dist.barrier()  # no rank runs ahead of the checkpoint a resume would start from
             progress.end_epoch(metrics)

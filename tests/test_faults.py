@@ -699,9 +699,6 @@ def test_force_keeps_the_earlier_run_when_the_new_inputs_fail(cli, tmp_path, fin
     assert snapshot(run) == before
 
 
-@pytest.mark.xfail(reason="lead: --force must delete the earlier run only once setup() succeeded (train() "
-                          "should prepare the folder after setup); today a setup error such as 'fewer than one "
-                          "batch' comes after prepare_out_dir has deleted it", strict=True)
 def test_force_keeps_the_earlier_run_when_setup_fails(cli, tmp_path, finished_run):
     run = _copy_run(finished_run, tmp_path / "run")
     before = snapshot(run)
@@ -933,9 +930,6 @@ def test_sigterm_mid_run_cleans_up_and_resumes(cli, tmp_path, reference):
 
 
 # ------------------------------------------------------------------------------ for trainer.py
-@pytest.mark.xfail(reason="lead: trainer.py must write best.pt before last.pt (last.pt is the commit point "
-                          "resume trusts); killed between the two, best.pt stays an older epoch than "
-                          "last.pt's best_epoch and resume never rewrites it", strict=True)
 def test_kill_9_between_last_and_best_keeps_best_consistent(cli, tmp_path, reference):
     history = _history(reference)
     improved = [m["test_acc"] > max([-1.0] + [h["test_acc"] for h in history[:i]]) for i, m in enumerate(history)]
@@ -954,9 +948,6 @@ def test_kill_9_between_last_and_best_keeps_best_consistent(cli, tmp_path, refer
     assert best["epoch"] == load_checkpoint(reference / "checkpoints" / "best.pt")["epoch"] == e
 
 
-@pytest.mark.xfail(reason="lead: trainer.prepare_out_dir must treat a folder that holds only auxgen's own "
-                          "temporary files (.NAME.*.tmp of a run killed while writing its first config.json) "
-                          "as empty; today neither --out (even --force) nor --resume accepts it", strict=True)
 def test_folder_left_by_a_kill_during_the_first_write_can_be_reused(cli, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -965,8 +956,6 @@ def test_folder_left_by_a_kill_during_the_first_write_can_be_reused(cli, tmp_pat
     assert code == 0, err
 
 
-@pytest.mark.xfail(reason="lead: trainer.py must refuse to resume from a checkpoint whose 'format' is not "
-                          "CHECKPOINT_FORMAT (a newer or older auxgen's), with a one-line error", strict=True)
 def test_resume_refuses_another_checkpoint_format(cli, tmp_path, finished_run):
     run = _copy_run(finished_run, tmp_path / "run")
     last = run / "checkpoints" / "last.pt"

@@ -19,7 +19,7 @@ from auxgen.data import load_data
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import hierarchy_for
 from auxgen.runtime import pick_device
-from auxgen.trainer import prepare_out_dir, train
+from auxgen.trainer import prepare_out_dir, split_rows, train
 
 
 def _o(name: str, *flags: str) -> typer.models.OptionInfo:
@@ -111,6 +111,7 @@ def train_command(
     distributed.check_sync_bn(cfg.sync_bn, cfg.method, cfg.meta_order, device)
     data = dist.main_first(lambda: load_data(cfg))  # rank 0 first: a --download happens once
     hierarchy_for(cfg, data)
+    split_rows(cfg, len(data.train))  # the data fits the batch size
     with contextlib.ExitStack() as stack:
         dist.on_main(lambda: _prepare(stack, out_dir, resume is not None, force))
         summary = train(cfg, out_dir, resume=resume is not None, show=not quiet, data=data)
