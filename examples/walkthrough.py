@@ -1,12 +1,13 @@
-"""End-to-end walkthrough on the offline digits set: train MAXL, export the labels, train downstream
-on the frozen labels with pipelines/, and verify the run and its exports. `make demo` runs this;
-the README quotes it.
+"""End-to-end walkthrough on the offline digits set as a hierarchy task (primary: digits 0-4 vs
+5-9; the digit itself is the human auxiliary label): train MAXL and a single-task baseline,
+export the labels, train downstream on them with pipelines/, verify the run and its exports, and
+write the visual report. `make demo` runs this; the README quotes it.
 
     python examples/walkthrough.py --out runs/demo
 
-Everything lands under --out: run/ (the MAXL run), labels/digits.h5 (HDF5 export + TorchScript
-generator), shards/labels/ (label-only shards), shards/images/ (images + labels + generator),
-reports/ (verify reports as JSON).
+Everything lands under --out: run/ (the MAXL run), single/ (the baseline), labels/digits.h5
+(HDF5 export + the generator as .pt2 and .onnx), shards/labels/ (label-only shards),
+shards/images/ (images + labels + generator), reports/ (verify reports as JSON), report/index.html.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ def pipeline(name: str, *args: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo", help="folder for the run, exports and reports (rewritten)")
-    ap.add_argument("--epochs", type=int, default=20, help="MAXL training epochs")
+    ap.add_argument("--epochs", type=int, default=15, help="training epochs of MAXL and the baseline")
     ap.add_argument("--downstream-epochs", type=int, default=3, help="epochs of each downstream pipeline")
     ap.add_argument("--retrain", type=int, default=10, help="epochs of verify's label-quality retraining (0: skip)")
-    ap.add_argument("--width", type=int, default=32, help="CNN width (smaller is faster)")
+    ap.add_argument("--width", type=int, default=16, help="CNN width (smaller is faster)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: tiny convolutions gain little from more, and lose much when shared)")
     args = ap.parse_args()
@@ -63,17 +64,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tune_cpu_allocator()  # as the auxgen command does
     out = Path(args.out)
-    run, h5 = out / "run", out / "labels" / "digits.h5"
+    run, single, h5 = out / "run", out / "single", out / "labels" / "digits.h5"
     label_shards, image_shards, reports = out / "shards" / "labels", out / "shards" / "images", out / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     de = str(args.downstream_epochs)
 
-    # 1. co-train the multi-task network and the label generator on digits with the small CNN
-    title("1. train MAXL on digits")
-    auxgen("train", "--dataset", "digits", "--backbone", "cnn", "--width", str(args.width), "--psi", "5",
-           "--epochs", str(args.epochs), "--batch-size", "50", "--lr", "0.05", "--gen-lr", "0.05",
-           "--seed", "0", "--out", str(run), "--force")
+    # 1. co-train the multi-task network and the label generator (auxgen's defaults, small CNN),
+    #    and train the single-task baseline the same way
+    title("1. train MAXL on digits 0-4 vs 5-9 (psi 5 from the digit tree), and a single-task baseline")
+    common = ["--dataset", "digits", "--primary-groups", "2", "--backbone", "cnn", "--width", str(args.width),
+              "--epochs", str(args.epochs), "--batch-size", "32", "--seed", "0", "--force"]
+    auxgen("train", *common, "--out", str(run))
+    auxgen("train", *common, "--method", "single", "--out", str(single), "--quiet")
 
     # 2. export the generator's soft labels: one HDF5 file, label-only shards, and shards with images
     title("2. export the labels")
@@ -89,14 +92,18 @@ def main() -> None:
     pipeline("wds_stream", "--shards", str(label_shards), "--images", str(image_shards), "--epochs", de)
     title("3c. plain numpy batches")
     pipeline("numpy_reader", str(h5))
-    title("3d. targets refreshed every 2 epochs by the exported TorchScript generator")
+    title("3d. targets refreshed every 2 epochs by the exported generator (.pt2)")
     pipeline("refresh", "--shards", str(image_shards), "--epochs", de, "--every", "2")
 
     # 4. verify: the recorded accuracy, both exports, and (optionally) the labels' worth by retraining
     title("4. verify the run and its exports")
     auxgen("verify", str(run), "--labels", str(h5), "--json", str(reports / "verify-hdf5.json"))
-    retrain = ["--retrain", str(args.retrain), "--baseline", "random"] if args.retrain else []
+    retrain = ["--retrain", str(args.retrain), "--seeds", "3"] if args.retrain else []
     auxgen("verify", str(run), "--labels", str(label_shards), *retrain, "--json", str(reports / "verify-shards.json"))
+
+    # 5. look at the labels: curves of MAXL and the baseline, label usage, image grids, agreement with the digits
+    title("5. the visual report")
+    auxgen("report", str(run), str(single), "--labels", str(h5), "--out", str(out / "report"), "--force")
 
     import json
 
@@ -106,10 +113,16 @@ def main() -> None:
           f"{100 * summary['best_test_acc']:.2f}% (best, epoch {summary['best_epoch']})")
     print(f"  auxiliary usage        entropy {summary['aux_usage_entropy']:.3f} of max "
           f"{summary['aux_usage_entropy_max']:.3f} nats; per-sample entropy in block "
-          f"{100 * summary['aux_sample_entropy_frac']:.1f}% of max")
-    for what, path in (("run", run), ("HDF5 labels", h5), ("label-only shards", label_shards),
-                       ("image shards", image_shards), ("verify reports", reports)):
-        print(f"  {what:22s} {path}")
+          f"{100 * summary['aux_sample_entropy_frac']:.1f}% of max; block usage "
+          f"{100 * summary['aux_block_usage_frac']:.1f}% of max")
+    quality = json.loads((reports / "verify-shards.json").read_text())["checks"]
+    for check in quality:
+        if check["name"] == "quality":
+            print(f"  label quality          {check['status']}: {check['reason']}")
+    for what, path in (("run", run), ("single-task baseline", single), ("HDF5 labels", h5),
+                       ("label-only shards", label_shards), ("image shards", image_shards),
+                       ("verify reports", reports), ("report (open it in a browser)", out / "report" / "index.html")):
+        print(f"  {what:30s} {path}")
 
 
 if __name__ == "__main__":

@@ -306,7 +306,7 @@ def test_full_disk_writing_the_generator(run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.jit, "save", no_space)
     with pytest.raises(AuxgenError, match="cannot write .*generator.pt") as e:
-        export_labels(run, tmp_path / "l.h5", split="test", generator_script=True)
+        export_labels(run, tmp_path / "l.h5", split="test", generator_formats="torchscript")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "l.h5.manifest.json").exists() and not list(tmp_path.glob(".*.tmp"))
 
@@ -314,7 +314,7 @@ def test_full_disk_writing_the_generator(run, tmp_path, monkeypatch):
 def test_export_files_are_0644_whatever_the_umask(run, tmp_path):
     old = os.umask(0o077)
     try:
-        export_labels(run, tmp_path / "l.h5", split="test", generator_script=True)
+        export_labels(run, tmp_path / "l.h5", split="test", generator_formats="pt2,onnx,torchscript")
         export_labels(run, tmp_path / "s", fmt="wds", split="test", images=False)
     finally:
         os.umask(old)

@@ -18,11 +18,13 @@ def test_walkthrough_tiny(tmp_path):
                         "--downstream-epochs", "1", "--retrain", "1", "--width", "4"],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for part in ("run/config.json", "labels/digits.h5", "labels/digits.h5.generator.pt",
-                 "shards/labels/manifest.json", "shards/images/generator.pt"):
+    for part in ("run/config.json", "single/config.json", "labels/digits.h5", "labels/digits.h5.generator.pt2",
+                 "labels/digits.h5.generator.onnx", "shards/labels/manifest.json", "shards/images/generator.pt2",
+                 "report/index.html"):
         assert (out / part).is_file(), part
     hdf5 = json.loads((out / "reports" / "verify-hdf5.json").read_text())
     shards = json.loads((out / "reports" / "verify-shards.json").read_text())
     assert hdf5["passed"] and shards["passed"]
     assert [c["name"] for c in shards["checks"]] == ["evaluation", "integrity", "rederivation", "quality"]
     assert "test primary accuracy" in r.stdout and "refresh {" in r.stdout and str(out / "run") in r.stdout
+    assert "label quality" in r.stdout and "FutureWarning" not in r.stderr
