@@ -88,3 +88,25 @@ def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 40, n_test: in
         (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
     return root
+
+
+def run_cli(args, capsys, monkeypatch) -> tuple[int, str, str]:
+    """auxgen's console entry point in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from auxgen.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["auxgen", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """cli("train", ...) -> (exit code, stdout, stderr)."""
+    return lambda *args: run_cli(args, capsys, monkeypatch)

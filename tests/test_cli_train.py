@@ -1,30 +1,13 @@
 """`auxgen train` end to end through the console entry point, and every user error it reports."""
 
 import json
-import sys
 
 import pytest
 from conftest import write_cifar, write_imagefolder, write_mnist
 
-from auxgen.cli import main
-
 FAST = ["--backbone", "cnn", "--width", "4", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "-q"]
 
 
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["auxgen", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    return lambda *args: run_cli(args, capsys, monkeypatch)
 
 
 def _one_line_error(code, err, expected, fragment):

@@ -35,20 +35,6 @@ needs_non_root = pytest.mark.skipif(IS_ROOT, reason="root ignores file permissio
 
 
 # ------------------------------------------------------------------------------ helpers
-def run_cli(args, capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["auxgen", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    return lambda *args: run_cli(args, capsys, monkeypatch)
 
 
 @pytest.fixture

@@ -414,18 +414,7 @@ def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opt
                    run.hier.psi, on_record)
     sources = _split_sources(run, data, opts, starts, {s: len(shards[s]) for s in opts.splits})
     computed = _compute(run, data, sink, opts, sources, show)
-    files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for s in opts.splits for r in shards[s]]
-    gen_files, generators = _write_generators(run, data, out, "wds", info, opts)
-    files += gen_files
-    counts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
-    expected = {s: len(getattr(data, s)) for s in opts.splits}
-    if counts != expected:  # a bug, not a user error: never write a manifest for an incomplete export
-        raise RuntimeError(f"shards hold {counts} samples, expected {expected}")
-    stats = LabelStats(run.hier.psi)
-    for s in opts.splits:
-        for r in shards[s]:
-            stats.merge(LabelStats.from_dict(run.hier.psi, r["stats"]))
-    info.update(_generator_info(generators))
+    files, counts, stats, info = finish_shards(run, data, out, info, opts, shards)
     manifest_path = out / MANIFEST_NAME
     _publish(*(out / f["path"] for f in files))  # shards kept from an earlier process, whatever wrote them
     write_manifest(manifest_path, "wds", info, files, counts)
@@ -493,3 +482,24 @@ def _summary(kind: str, out: Path, manifest: Path, files: list[dict[str, Any]], 
             "num_aux": run.hier.num_aux, "views": opts.views, "dtype": opts.dtype,
             "checkpoint": str(run.checkpoint_path), "stats": stats.summary(), "resumed": resumed,
             "computed": computed}
+
+
+def finish_shards(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: ExportOptions,
+                  shards: dict[str, list[dict[str, Any]]]
+                  ) -> tuple[list[dict[str, Any]], dict[str, int], LabelStats, dict[str, Any]]:
+    """Once every shard is written: write the generator files, check the counts, merge the label statistics.
+
+    Returns the manifest's file list, the sample counts, the statistics, and `info` with the generator entries.
+    """
+    files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for s in opts.splits for r in shards[s]]
+    gen_files, generators = _write_generators(run, data, out, "wds", info, opts)
+    files += gen_files
+    counts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
+    expected = {s: len(getattr(data, s)) for s in opts.splits}
+    if counts != expected:  # a bug, not a user error: never write a manifest for an incomplete export
+        raise RuntimeError(f"shards hold {counts} samples, expected {expected}")
+    stats = LabelStats(run.hier.psi)
+    for s in opts.splits:
+        for r in shards[s]:
+            stats.merge(LabelStats.from_dict(run.hier.psi, r["stats"]))
+    return files, counts, stats, {**info, **_generator_info(generators)}

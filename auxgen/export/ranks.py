@@ -256,18 +256,7 @@ def _finish(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: E
     """Rank 0, after every process finished its shards: generator files, the manifest, the summary."""
     by_name = {**kept, **{r["path"]: r for r in new}}
     shards = {s: [by_name[shard_name(s, i)] for i in range(len(plan[s]))] for s in opts.splits}  # KeyError: a bug
-    files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for s in opts.splits for r in shards[s]]
-    gen_files, generators = ex._write_generators(run, data, out, "wds", info, opts)
-    files += gen_files
-    counts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
-    expected = {s: len(getattr(data, s)) for s in opts.splits}
-    if counts != expected:  # a bug, not a user error: never write a manifest for an incomplete export
-        raise RuntimeError(f"shards hold {counts} samples, expected {expected}")
-    stats = LabelStats(run.hier.psi)
-    for s in opts.splits:
-        for r in shards[s]:
-            stats.merge(LabelStats.from_dict(run.hier.psi, r["stats"]))
-    info = {**info, **ex._generator_info(generators)}
+    files, counts, stats, info = ex.finish_shards(run, data, out, info, opts, shards)
     manifest_path = out / MANIFEST_NAME
     ex._publish(*(out / f["path"] for f in files))
     write_manifest(manifest_path, "wds", info, files, counts)
