@@ -5,6 +5,7 @@ Used by export and verify, which must rebuild exactly what training built.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +36,7 @@ class LoadedRun:
     checkpoint_path: Path
     checkpoint_sha256: str
     state: dict[str, Any]         # the checkpoint itself (epoch, history, test_acc, ...)
-
-    @property
-    def config_sha256(self) -> str:
-        return sha256_file(self.run_dir / "config.json")
+    config_sha256: str            # of the very bytes `meta` was parsed from
 
     def recorded_test_acc(self) -> float | None:
         """The test accuracy the run recorded for this checkpoint's epoch."""
@@ -59,21 +57,33 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    run_dir = Path(run_dir)
+    """A run's config.json, parsed."""
+    return _read_run_config(Path(run_dir))[0]
+
+
+def _read_run_config(run_dir: Path) -> tuple[dict[str, Any], str]:
+    """config.json parsed, and the sha256 of the same bytes (read once, so the two always agree)."""
     path = run_dir / "config.json"
     if not path.is_file():
         raise AuxgenError(f"{run_dir} is not an auxgen run directory (no config.json)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise AuxgenError(f"{path} is not valid JSON; the run directory is damaged") from None
+        raw = path.read_bytes()
+        meta = json.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise AuxgenError(f"{path} cannot be read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise AuxgenError(f"{path} is not valid UTF-8 JSON; the run directory is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("train"), dict) or not isinstance(meta.get("data"), dict):
+        raise AuxgenError(f"{path} is not an auxgen run's config.json (no train/data records); the run directory "
+                          f"is damaged")
+    return meta, hashlib.sha256(raw).hexdigest()
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
              data_root: str | None = None) -> LoadedRun:
     """Load a run's config and checkpoint; models come back in eval mode on the run's device choice."""
     run_dir = Path(run_dir)
-    meta = read_run_config(run_dir)
+    meta, config_sha = _read_run_config(run_dir)
     train_cfg = dict(meta["train"])
     if data_root is not None:
         train_cfg["data_root"] = data_root
@@ -90,13 +100,18 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
         raise AuxgenError(f"checkpoint {path} has psi {state.get('psi')} but the run has {meta['psi']}")
     dev = pick_device(cfg.device)
 
-    model, gen = build_models(cfg, meta["data"]["image_shape"][0], hier)
-    model.load_state_dict(state["model"])
+    try:
+        model, gen = build_models(cfg, meta["data"]["image_shape"][0], hier)
+        model.load_state_dict(state["model"])
+        if gen is not None:
+            gen.load_state_dict(state["generator"])
+    except (KeyError, TypeError, IndexError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise AuxgenError(f"checkpoint {path} does not fit {run_dir / 'config.json'} ({first[:160]})") from None
     model.to(dev).eval()
     if gen is not None:
-        gen.load_state_dict(state["generator"])
         gen.to(dev).eval()
-    return LoadedRun(run_dir, meta, cfg, hier, dev, model, gen, path, sha256_file(path), state)
+    return LoadedRun(run_dir, meta, cfg, hier, dev, model, gen, path, sha256_file(path), state, config_sha)
 
 
 def load_run_data(run: LoadedRun, check: bool = True) -> Data:
