@@ -116,3 +116,14 @@ def test_kmeans_labels_inside_their_blocks_and_reproducible():
     assert a.kind == "hard" and torch.equal(a.labels, b.labels)
     assert torch.equal(run.hier.block_id()[a.labels], run.data.train.labels)
     assert len(a.labels.unique()) == run.hier.num_aux  # every cluster has members
+
+
+def test_example_configs_are_the_paper_settings():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "configs"
+    files = sorted(root.glob("*.toml"))
+    assert files
+    for f in files:
+        cfg = resolve_config(f, {})
+        assert cfg.preset == "paper" and (cfg.lr, cfg.momentum, cfg.epochs, cfg.schedule) == (0.01, 0.0, 200, "alternate")
