@@ -126,4 +126,5 @@ def test_example_configs_are_the_paper_settings():
     assert files
     for f in files:
         cfg = resolve_config(f, {})
-        assert cfg.preset == "paper" and (cfg.lr, cfg.momentum, cfg.epochs, cfg.schedule) == (0.01, 0.0, 200, "alternate")
+        assert cfg.preset == "paper"
+        assert (cfg.lr, cfg.momentum, cfg.epochs, cfg.schedule) == (0.01, 0.0, 200, "alternate")
