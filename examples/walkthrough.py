@@ -26,14 +26,24 @@ def title(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def auxgen(*args: str) -> None:
-    """Run an auxgen command in this process (one torch import for the whole walkthrough)."""
+def auxgen(*args: str, measurement: bool = False) -> None:
+    """Run an auxgen command in this process (one torch import for the whole walkthrough).
+
+    measurement=True: a failed check is a finding to report (e.g. labels that do not help), not
+    a broken walkthrough, so it is printed and the walkthrough goes on.
+    """
     from auxgen.cli import app
     from auxgen.errors import AuxgenError
+    from auxgen.recipes.verify import VerificationFailed
 
     print("$ auxgen " + shlex.join(args), flush=True)
     try:
         app(list(args), standalone_mode=False)
+    except VerificationFailed as e:
+        if not measurement:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        print(f"finding: {e} (see the quality row above)", flush=True)
     except AuxgenError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
@@ -99,7 +109,10 @@ def main() -> None:
     title("4. verify the run and its exports")
     auxgen("verify", str(run), "--labels", str(h5), "--json", str(reports / "verify-hdf5.json"))
     retrain = ["--retrain", str(args.retrain), "--seeds", "3"] if args.retrain else []
-    auxgen("verify", str(run), "--labels", str(label_shards), *retrain, "--json", str(reports / "verify-shards.json"))
+    auxgen("verify", str(run), "--labels", str(label_shards), "--json", str(reports / "verify-shards.json"))
+    if retrain:  # the labels' worth: a measurement whose verdict may well be "no measurable effect" or worse
+        auxgen("verify", str(run), "--labels", str(label_shards), *retrain, "--json",
+               str(reports / "verify-quality.json"), measurement=True)
 
     # 5. look at the labels: curves of MAXL and the baseline, label usage, image grids, agreement with the digits
     title("5. the visual report")
@@ -115,10 +128,10 @@ def main() -> None:
           f"{summary['aux_usage_entropy_max']:.3f} nats; per-sample entropy in block "
           f"{100 * summary['aux_sample_entropy_frac']:.1f}% of max; block usage "
           f"{100 * summary['aux_block_usage_frac']:.1f}% of max")
-    quality = json.loads((reports / "verify-shards.json").read_text())["checks"]
-    for check in quality:
-        if check["name"] == "quality":
-            print(f"  label quality          {check['status']}: {check['reason']}")
+    if args.retrain:
+        for check in json.loads((reports / "verify-quality.json").read_text())["checks"]:
+            if check["name"] == "quality":
+                print(f"  label quality ({check['status']}): {check['reason']}")
     for what, path in (("run", run), ("single-task baseline", single), ("HDF5 labels", h5),
                        ("label-only shards", label_shards), ("image shards", image_shards),
                        ("verify reports", reports), ("report (open it in a browser)", out / "report" / "index.html")):
