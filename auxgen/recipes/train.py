@@ -220,5 +220,7 @@ def _print_summary(s: dict) -> None:
         table.add_row("auxiliary usage entropy",
                       f"{s['aux_usage_entropy']:.3f} of max {s['aux_usage_entropy_max']:.3f} nats")
         table.add_row("per-sample entropy in block", f"{100 * s['aux_sample_entropy_frac']:.1f}% of max")
+        if s.get("aux_block_usage_frac") is not None:
+            table.add_row("usage inside each block", f"{100 * s['aux_block_usage_frac']:.1f}% of max")
     table.add_row("run directory", s["run_dir"])
     Console().print(table)
