@@ -158,19 +158,16 @@ def _two_level(data: Data) -> Data:
     and keeps the path relative to the tree as the key, so FINE is the key's second component.
     Fine classes are numbered in (coarse, fine-name) order, train and test together.
     """
-    fine_names: list[str] = []
-    index: dict[tuple[int, str], int] = {}
+    pairs: set[tuple[int, str]] = set()
     for split in (data.train, data.test):
         for key, label in zip(split.keys, split.labels.tolist(), strict=True):
             parts = key.split("/")
             if len(parts) != 3:
                 raise AuxgenError(f"imagefolder --hierarchy-depth 2: {key} is not COARSE/FINE/IMAGE; every image "
                                   f"must sit two folders deep")
-            if (label, parts[1]) not in index:
-                index[(label, parts[1])] = -1
-    for n, pair in enumerate(sorted(index)):
-        index[pair] = n
-        fine_names.append(f"{data.class_names[pair[0]]}/{pair[1]}")
+            pairs.add((label, parts[1]))
+    index = {pair: n for n, pair in enumerate(sorted(pairs))}
+    fine_names = [f"{data.class_names[c]}/{fine}" for c, fine in sorted(pairs)]
     for split in (data.train, data.test):
         split.fine = torch.tensor([index[(lab, k.split("/")[1])] for k, lab in
                                    zip(split.keys, split.labels.tolist(), strict=True)], dtype=torch.long)

@@ -43,7 +43,8 @@ class LabelStats:
         soft = soft.detach().to(self.usage.device, torch.float64).reshape(-1, self.usage.shape[1])
         primary = primary.detach().to(self.usage.device).reshape(-1)
         self.usage.index_add_(0, primary, soft)
-        self.hard += torch.bincount(soft.argmax(1), minlength=self.hard.numel())
+        # index_add_, not bincount: bincount sizes its output on the host, a sync per batch on CUDA
+        self.hard.index_add_(0, soft.argmax(1), torch.ones(len(soft), dtype=torch.int64, device=soft.device))
         self.rows += len(soft)
         h = block_entropy(soft)
         self.entropy_sum += h.sum()
@@ -68,10 +69,9 @@ class LabelStats:
         s = cls(psi)
         s.usage = torch.tensor(d["usage"], dtype=torch.float64).reshape(s.usage.shape)
         s.hard = torch.tensor(d["hard"], dtype=torch.int64)
-        s.rows = torch.tensor(d["rows"])
-        s.entropy_sum, s.frac_sum = torch.tensor(float(d["entropy_sum"]), dtype=torch.float64), torch.tensor(
-            float(d["frac_sum"]), dtype=torch.float64)
-        s.frac_rows = torch.tensor(d["frac_rows"])
+        s.rows, s.frac_rows = torch.tensor(int(d["rows"])), torch.tensor(int(d["frac_rows"]))
+        s.entropy_sum = torch.tensor(float(d["entropy_sum"]), dtype=torch.float64)
+        s.frac_sum = torch.tensor(float(d["frac_sum"]), dtype=torch.float64)
         return s
 
     def summary(self) -> dict[str, Any]:

@@ -53,12 +53,13 @@ def block_usage_regulariser(labels: torch.Tensor, y: torch.Tensor) -> torch.Tens
     own auxiliary classes be used evenly. Like entropy_regulariser, it is a negative entropy.
     """
     labels = upcast(labels)
-    classes, inverse = torch.unique(y, return_inverse=True)
-    sums = torch.zeros(len(classes), labels.shape[1], dtype=labels.dtype, device=labels.device)
-    sums = sums.index_add(0, inverse, labels)
-    counts = torch.bincount(inverse, minlength=len(classes)).to(labels.dtype)
-    ybar = sums / counts[:, None]
-    return (ybar * torch.log(ybar.clamp_min(1e-30))).sum(dim=1).mean()
+    # class means through a [B, B] same-class matrix rather than torch.unique, which would make
+    # the device wait for the host on every meta step; B is a batch, so B x B is small
+    same = (y[:, None] == y[None, :]).to(labels.dtype)
+    n = same.sum(dim=1)                                   # samples of each sample's class
+    ybar = same @ labels / n[:, None]                     # each sample's class-mean label
+    h = (ybar * torch.log(ybar.clamp_min(1e-30))).sum(dim=1)
+    return (h / n).sum() / (1 / n).sum()                  # each class once: a mean over the classes
 
 
 def sample_entropy(labels: torch.Tensor) -> torch.Tensor:

@@ -129,8 +129,9 @@ class Run:
     train_labels: torch.Tensor
 
 
-def default_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, human_map: torch.Tensor | None) -> TargetSource:
-    """The target source a method names: maxl, single, or fixed random / human labels."""
+def default_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, human_map: torch.Tensor | None,
+                    train_idx: torch.Tensor | None = None) -> TargetSource:
+    """The target source a method names: maxl, single, or fixed random / human / k-means labels."""
     if cfg.method == "maxl":
         return TargetSource("maxl")
     if cfg.method == "single":
@@ -140,11 +141,12 @@ def default_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, human_map: to
     if cfg.method == "human":
         return TargetSource("hard", human_map[data.train.fine])
     if cfg.method == "kmeans":
-        return kmeans_targets(cfg, data)
+        return kmeans_targets(cfg, data, hier, train_idx)
     raise AuxgenError(f"method {cfg.method!r} needs its targets passed in")
 
 
-def kmeans_targets(cfg: TrainConfig, data: Data, train_idx: torch.Tensor | None = None) -> TargetSource:
+def kmeans_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, train_idx: torch.Tensor | None = None
+                   ) -> TargetSource:
     """--method kmeans: hard labels from k-means inside each primary class on single-task features.
 
     The features come from --features-from RUN, or from a single-task network trained here first
@@ -160,7 +162,6 @@ def kmeans_targets(cfg: TrainConfig, data: Data, train_idx: torch.Tensor | None 
         pre = train(dataclasses.replace(cfg, method="single"), None, show=False, data=data, train_idx=train_idx,
                     return_run=True)
         model, device = pre["run"].model, pre["run"].device
-    hier, _ = hierarchy_for(cfg, data)
     hard, _ = kmeans_labels(features(model, data.train, device), data.train.labels.numpy(), hier, cfg.seed)
     return TargetSource("hard", torch.from_numpy(hard))
 
@@ -209,7 +210,7 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
         gen_optimizer = opt(gen.parameters(), lr=cfg.gen_lr, weight_decay=l2)
 
     train_idx, meta_idx = split_rows(cfg, len(data.train), train_idx)
-    targets = targets or default_targets(cfg, data, hier, human_map)
+    targets = targets or default_targets(cfg, data, hier, human_map, train_idx)
     if (targets.kind == "maxl") != (gen is not None):
         raise AuxgenError("a maxl target source needs --method maxl, and --method maxl needs one")
     targets = TargetSource(targets.kind, None if targets.labels is None else targets.labels.to(device),
@@ -344,9 +345,6 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     dist = distributed.init(pick_device(cfg.device))
     dist.check_batch(cfg.batch_size)
     write, show = out is not None and dist.is_main, show and dist.is_main  # rank 0 writes and shows
-    if cfg.method == "kmeans" and targets is None:
-        data = data or load_data(cfg)
-        targets = kmeans_targets(cfg, data, train_idx)
     run = setup(cfg, data, targets, train_idx)
     meta = run_metadata(run)
     gens = {"data": torch.Generator().manual_seed(cfg.seed + 2),
@@ -465,12 +463,13 @@ def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generato
     maxl_args = dict(alpha=lr, gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
                      l1_decay=l1, usage=cfg.usage_entropy, sharpness_weight=cfg.sharpness_weight,
                      meta_scale=cfg.meta_weight / (lr if cfg.meta_norm == "alpha" else 1.0), reduce=reduce)
+
     def pair(xx: torch.Tensor, yy: torch.Tensor) -> dict[str, torch.Tensor]:
         """The generator's labels of a shifted copy of the batch, for the consistency term."""
         if not cfg.consistency_weight:
             return {}
-        shifted = apply_views(xx, draw_views(len(xx) * dist.world, data.pad, gens["aug"], data.flip)[dist.part(
-            len(xx) * dist.world)], data.pad)
+        n = len(xx) * dist.world  # drawn for the global batch, like batch()'s views
+        shifted = apply_views(xx, draw_views(n, data.pad, gens["aug"], data.flip)[dist.part(n)], data.pad)
         return {"pair_labels": run.generator(shifted, yy), "consistency_weight": cfg.consistency_weight}
 
     for i in range(n_steps):

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from auxgen.config import PRESETS, TrainConfig  # noqa: E402
 from auxgen.data import load_data  # noqa: E402
-from auxgen.hierarchy import hierarchy_for  # noqa: E402
+from auxgen.export import compute_soft_labels  # noqa: E402
+from auxgen.hierarchy import hierarchy_for, random_labels  # noqa: E402
 from auxgen.kmeans import features, kmeans_labels  # noqa: E402
 from auxgen.label_stats import LabelStats  # noqa: E402
 from auxgen.stats import mean_ci, verdict  # noqa: E402
@@ -93,13 +94,6 @@ def _subset(n: int, frac: float, seed: int) -> torch.Tensor | None:
     return torch.randperm(n, generator=g)[: int(round(n * frac))].sort().values
 
 
-@torch.inference_mode()
-def _generator_labels(run: Any, split: Any) -> torch.Tensor:
-    gen = run.generator.eval()
-    return torch.cat([gen(split.images[i:i + 500], split.labels[i:i + 500]).double()
-                      for i in range(0, len(split), 500)])
-
-
 def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
     """Train one (task, method, seed) and measure its labels and accuracy."""
     torch.set_num_threads(1)
@@ -131,24 +125,19 @@ def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
         row["acc"] = s["final_test_acc"]
         if name == "maxl":
             run = s["run"]
-            soft_te = _generator_labels(run, data.test)
+            soft_te = compute_soft_labels(run.generator, data.test.images, data.test.labels, run.device)
             row.update(_label_metrics(soft_te, soft_te.argmax(1).numpy(), data.test, hier.psi))
-            soft_tr = _generator_labels(run, data.train).float()
+            soft_tr = compute_soft_labels(run.generator, data.train.images, data.train.labels, run.device)
             frozen = train(dataclasses.replace(cfg, method="single"), None, show=False, data=data, train_idx=idx,
                            targets=TargetSource("soft", soft_tr))
             row["frozen"] = frozen["final_test_acc"]
         elif name == "human":
             row.update(_label_metrics(None, human_map[data.test.fine].numpy(), data.test, hier.psi))
         elif name == "random":
-            row.update(_label_metrics(None, run_random_test(hier, data, seed), data.test, hier.psi))
+            rand = random_labels(hier, data.test.labels, torch.Generator().manual_seed(seed + 1))
+            row.update(_label_metrics(None, rand.numpy(), data.test, hier.psi))
     row["time_s"] = time.perf_counter() - t0
     return row
-
-
-def run_random_test(hier: Any, data: Any, seed: int) -> np.ndarray:
-    from auxgen.hierarchy import random_labels
-
-    return random_labels(hier, data.test.labels, torch.Generator().manual_seed(seed + 1)).numpy()
 
 
 def diff_ci(rows: list[dict], task: str, a: str, b: str, key_a: str = "acc", key_b: str = "acc") -> tuple[float, float]:

@@ -112,7 +112,7 @@ def test_kmeans_labels_inside_their_blocks_and_reproducible():
 
     cfg = tiny_config(method="kmeans", primary_groups=5, epochs=1)
     run = setup(cfg)
-    a, b = kmeans_targets(cfg, run.data), kmeans_targets(cfg, run.data)
+    a, b = kmeans_targets(cfg, run.data, run.hier), kmeans_targets(cfg, run.data, run.hier)
     assert a.kind == "hard" and torch.equal(a.labels, b.labels)
     assert torch.equal(run.hier.block_id()[a.labels], run.data.train.labels)
     assert len(a.labels.unique()) == run.hier.num_aux  # every cluster has members

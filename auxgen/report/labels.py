@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from auxgen.errors import AuxgenError
+from auxgen.export.read import read_export
 from auxgen.label_stats import LabelStats
 from auxgen.report.runs import RunInfo
 
@@ -45,15 +46,6 @@ class Labels:
     @property
     def hard(self) -> np.ndarray:
         return self.soft.argmax(1)
-
-
-def _read_export_fn():
-    # read_export is moving from auxgen.verify to auxgen.export.read; either home will do
-    try:
-        from auxgen.export.read import read_export
-    except ImportError:  # pragma: no cover - only before the move lands
-        from auxgen.verify import read_export  # type: ignore[no-redef,attr-defined]
-    return read_export
 
 
 def _choose(n: int, max_samples: int, seed: int) -> np.ndarray:
@@ -127,7 +119,7 @@ def labels_from_export(path: str | Path, run: RunInfo, split: str = "test", max_
                        data_root: str | None = None) -> Labels:
     """Read a seeded sample of one split of an export; images and fine labels come from the run's dataset."""
     path = Path(path)
-    export = _read_export_fn()(path)
+    export = read_export(path)
     if not export.readable:
         raise AuxgenError(f"--labels {path} cannot be read: {export.problems[0] if export.problems else 'no labels'}")
     meta = export.meta

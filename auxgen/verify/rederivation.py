@@ -12,25 +12,18 @@ import torch
 from auxgen.data import Data, apply_views
 from auxgen.errors import AuxgenError
 from auxgen.export.generator_files import GENERATOR_ATOL, GENERATOR_FORMATS, generator_max_diff, generator_path
+from auxgen.export.labels import compute_soft_labels
 from auxgen.export.manifest import generator_entries
 from auxgen.export.read import Export, manifest_path, numeric_problem
 from auxgen.run import LoadedRun
-from auxgen.runtime import autocast
 from auxgen.verify.result import CheckResult
 
 REDERIVE_ATOL = {"float32": 1e-5, "float16": 1e-3}
-@torch.inference_mode()
 def soft_labels(run: LoadedRun, images: torch.Tensor, primary: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """The generator's mask-softmax labels for uint8 images, float32 on the CPU."""
+    """The generator's mask-softmax labels for uint8 images, float32 on the CPU, computed as the exporter does."""
     if run.generator is None:
         raise AuxgenError(f"{run.run_dir} is a {run.cfg.method} run: it has no label generator")
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(run.device)
-        y = primary[start:start + batch_size].to(run.device)
-        with autocast(run.cfg.bf16, run.device):
-            out.append(run.generator(x, y).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, run.hier.num_aux)
+    return compute_soft_labels(run.generator, images, primary, run.device, batch_size)
 
 
 def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int = 512, seed: int = 0,
