@@ -95,6 +95,9 @@ class TrainConfig:
     sync_bn: bool = _f(False, "Batch-norm statistics over all processes of a torchrun run (CUDA; needs --meta-order 1 with maxl); default: per process.")
     cosine_every: int = _f(0, "Log the primary/auxiliary gradient cosine every N steps (0: off; costs 2 backward passes).")
     eval_batch_size: int = _f(500, "Batch size of evaluation.")
+    meta_every: int = _f(1, "maxl: a meta step every N training steps (amortised meta-learning); the steps between train theta1 on the generator's current labels.")
+    aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).")
+    invariance_weight: float = _f(0.0, "Weight of an invariance prior for the generator: the mutual information of the auxiliary classes of two independently augmented views of each image (IIC), inside each primary block.")
 
     def validate(self) -> TrainConfig:
         """Raise AuxgenError on values no run can use."""
@@ -206,9 +209,12 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise AuxgenError(f"--lr must be positive, got {cfg.lr}")
     if not 0.0 <= cfg.momentum < 1.0:
         raise AuxgenError(f"--momentum must be in [0, 1), got {cfg.momentum}")
-    for name in ("gen_lr", "weight_decay", "gen_weight_decay", "gamma", "entropy_weight"):
+    for name in ("gen_lr", "weight_decay", "gen_weight_decay", "gamma", "entropy_weight", "aux_weight",
+                 "invariance_weight"):
         if getattr(cfg, name) < 0:
             raise AuxgenError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.meta_every < 1:
+        raise AuxgenError(f"--meta-every must be at least 1 (a meta step every N steps), got {cfg.meta_every}")
     if cfg.cosine_every < 0:
         raise AuxgenError(f"--cosine-every must be 0 (off) or a positive number of steps, got {cfg.cosine_every}")
     if not 0 <= cfg.seed < MAX_SEED:

@@ -80,3 +80,18 @@ def pair_cross_entropy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = upcast(a), upcast(b)
     la, lb = torch.log(a.clamp_min(1e-30)), torch.log(b.clamp_min(1e-30))
     return -0.5 * ((a * lb).sum(dim=1) + (b * la).sum(dim=1)).mean()
+
+
+def pair_mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """I(z; z') of the auxiliary classes of two views of the same samples (nats), IIC's objective.
+
+    The joint P = mean_b a_b b_b^T is symmetrised; I = sum P log(P / (P_i P_j)). Labels are masked
+    to their sample's primary block, so P is block-diagonal and I is H(primary class) (fixed by
+    the data) plus the class-weighted mean of the mutual information inside each block: raising I
+    asks each block's labels to be used evenly, be confident, and agree across the two views.
+    """
+    a, b = upcast(a), upcast(b)
+    p = a.T @ b / len(a)
+    p = ((p + p.T) / 2).clamp_min(1e-30)
+    pi, pj = p.sum(dim=1, keepdim=True), p.sum(dim=0, keepdim=True)
+    return (p * (torch.log(p) - torch.log(pi) - torch.log(pj))).sum()

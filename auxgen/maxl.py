@@ -3,12 +3,15 @@ multi-task network (theta1) and a meta step on the label generator (theta2).
 
 Everything here is plain functions over modules and tensors: no device, rank or dtype
 decisions are made here, so the trainer can wrap them (autocast, DDP, compile) freely.
+What the generator optimises is one value, an `Objective`; how a data-parallel run averages
+tensors is one callable, `reduce` (None for one process).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -21,98 +24,151 @@ from auxgen.losses import (
     focal_loss,
     focal_terms,
     pair_cross_entropy,
+    pair_mutual_information,
     sample_entropy,
 )
 
+Reduce = Callable[[list[torch.Tensor]], None]  # averages tensors over the processes, in place
 
-def maxl_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.optim.Optimizer,
-                   gen_optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, alpha: float,
-                   gamma: float, entropy_weight: float, order: int = 2, l1_decay: float = 0.0,
-                   meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None, fused: bool = False,
-                   **objective: Any) -> dict[str, torch.Tensor]:
+
+@dataclass(frozen=True)
+class Objective:
+    """theta2's objective for one epoch, and the losses the look-ahead differentiates through:
+
+      meta_weight * s * L_pri(theta1+)                 the meta-signal, s = 1 or 1/alpha (meta_norm)
+      + entropy_weight * H_usage(t)                    usage of the auxiliary classes (negative entropy)
+      + sharpness_weight * mean_b H(t_b)               confident labels
+      + consistency_weight * CE_sym(t, t')             a view t' of the same images agrees with t
+      + invariance_weight * -I(t; t')                  ... and the two views' classes share information
+      + gen_l1 * |theta2|_1                            the paper text's L1 decay of the generator
+
+    theta1+ = theta1 - alpha grad[L_pri + aux_weight * L_aux(t)]. H_usage is the batch-mean
+    label's over all K (usage_entropy="batch", the paper) or each primary block's ("block").
+    Field names are the config's, so a new term is one field here, one line in `terms`, one
+    config field.
+    """
+
+    alpha: float                      # the look-ahead's inner step: theta1's learning rate this epoch
+    gamma: float = 2.0                # focal loss focusing parameter
+    aux_weight: float = 1.0           # the auxiliary loss's weight in L_train
+    meta_order: int = 2               # 2: exact second-order meta-gradient; 1: DARTS' finite difference
+    meta_weight: float = 1.0
+    meta_norm: str = "none"
+    entropy_weight: float = 0.2
+    usage_entropy: str = "batch"
+    sharpness_weight: float = 0.0
+    consistency_weight: float = 0.0
+    invariance_weight: float = 0.0
+    gen_l1: float = 0.0
+
+    @property
+    def needs_pair(self) -> bool:
+        """Whether a term compares the labels of two views of the same images."""
+        return bool(self.consistency_weight or self.invariance_weight)
+
+    def meta_signal(self, labels: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """meta_weight * s * (the first-order change of L_pri(theta1+) with t): -alpha * aux_weight * <t, u>."""
+        scale = self.meta_weight / (self.alpha if self.meta_norm == "alpha" else 1.0)
+        return -scale * self.alpha * self.aux_weight * (labels * u).sum()
+
+    def terms(self, labels: torch.Tensor, y: torch.Tensor, pair: torch.Tensor | None,
+              gen_params: list[torch.Tensor]) -> torch.Tensor:
+        """The label terms of the objective (everything but the meta-signal)."""
+        usage = entropy_regulariser(labels) if self.usage_entropy == "batch" else block_usage_regulariser(labels, y)
+        total = self.entropy_weight * usage
+        if self.sharpness_weight:
+            total = total + self.sharpness_weight * sample_entropy(labels)
+        if self.consistency_weight and pair is not None:
+            total = total + self.consistency_weight * pair_cross_entropy(labels, pair)
+        if self.invariance_weight and pair is not None:
+            total = total - self.invariance_weight * pair_mutual_information(labels, pair)
+        if self.gen_l1:
+            total = total + self.gen_l1 * sum(p.abs().sum() for p in gen_params)
+        return total
+
+
+class Nets(NamedTuple):
+    """The two networks and their optimisers: theta1 (multi-task) and theta2 (label generator)."""
+
+    model: nn.Module
+    generator: nn.Module | None
+    opt: torch.optim.Optimizer
+    gen_opt: torch.optim.Optimizer | None
+
+
+def maxl_iteration(nets: Nets, x: torch.Tensor, y: torch.Tensor, objective: Objective,
+                   meta_batch: tuple[torch.Tensor, torch.Tensor] | None = None, pair: torch.Tensor | None = None,
+                   reduce: Reduce | None = None) -> dict[str, torch.Tensor]:
     """One iteration of Algorithm 1: a training step on theta1, then a meta step on theta2.
 
     Without `meta_batch` the meta step reuses the training batch (the authors' code), and one
     generator forward serves both steps; with it (held-out data, the paper's text) the training
-    step's labels need no graph at all.
-
-    fused=True (same batch only) runs the meta step first, from the current theta1, so that its
-    look-ahead theta1 - alpha grad L_train(theta1; t) *is* the training step: the training step
-    then applies that gradient instead of computing it again. Same labels for the training step,
-    same exact meta-gradient, but of the step actually taken rather than of a second step on
-    the batch; about one forward-backward pass cheaper.
+    step's labels need no graph at all. `pair`: the generator's labels of another view of the
+    meta batch, for the objective's pair terms.
     """
-    if fused:
-        if meta_batch is not None:
-            raise ValueError("a fused iteration needs the meta step to reuse the training batch")
-        return fused_iteration(model, generator, optimizer, gen_optimizer, x, y, alpha, gamma, entropy_weight,
-                               order, l1_decay, **objective)
     if meta_batch is None:
-        labels = generator(x, y)
+        labels = nets.generator(x, y)
         target = labels.detach()
     else:
         with torch.no_grad():
-            target = generator(x, y)
-    loss_pri, loss_aux, correct = train_step(model, optimizer, x, y, target, gamma, reduce=objective.get("reduce"))
+            target = nets.generator(x, y)
+    loss_pri, loss_aux, correct = train_step(nets.model, nets.opt, x, y, target, objective, reduce)
     mx, my = (x, y) if meta_batch is None else meta_batch
     if meta_batch is not None:
-        labels = generator(mx, my)
-    before, after = meta_step(model, generator, gen_optimizer, mx, my, labels, alpha, gamma, entropy_weight,
-                              order, l1_decay, **objective)
+        labels = nets.generator(mx, my)
+    before, after = meta_step(nets, mx, my, labels, objective, pair, reduce)
     return {"loss_pri": loss_pri, "loss_aux": loss_aux, "correct": correct, "target": target,
             "meta_before": before, "meta_after": after}
 
 
-def fused_iteration(model: nn.Module, generator: nn.Module, optimizer: torch.optim.Optimizer,
-                    gen_optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, alpha: float,
-                    gamma: float, entropy_weight: float, order: int = 2, l1_decay: float = 0.0, **objective: Any
-                    ) -> dict[str, torch.Tensor]:
-    """The meta step first, from the current theta1; its look-ahead gradient then *is* the training step."""
-    labels = generator(x, y)
-    m = meta_gradient(model, _trainable(generator), x, y, labels, alpha, gamma, entropy_weight, order,
-                      training_forward=True, **objective)
-    _apply(generator, gen_optimizer, m.gen_grads, l1_decay)
-    for p, g in zip(model.parameters(), m.inner_grads, strict=True):
+def fused_iteration(nets: Nets, x: torch.Tensor, y: torch.Tensor, objective: Objective,
+                    pair: torch.Tensor | None = None, reduce: Reduce | None = None) -> dict[str, torch.Tensor]:
+    """The meta step first, from the current theta1; its look-ahead gradient then *is* the training step.
+
+    Same labels for the training step, same exact meta-gradient, but of the step actually taken
+    rather than of a second step on the batch; about one forward-backward pass cheaper.
+    """
+    labels = nets.generator(x, y)
+    m = meta_gradient(nets.model, _trainable(nets.generator), x, y, labels, objective, pair=pair,
+                      training_forward=True, reduce=reduce)
+    _apply(nets.generator, nets.gen_opt, m.gen_grads)
+    for p, g in zip(nets.model.parameters(), m.inner_grads, strict=True):
         p.grad = g  # the look-ahead's gradient is the training step's gradient
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    nets.opt.step()
+    nets.opt.zero_grad(set_to_none=True)
     return {"loss_pri": m.loss_before, "loss_aux": m.loss_aux, "correct": m.correct, "target": labels.detach(),
             "meta_before": m.loss_before, "meta_after": m.loss_after}
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, aux_target: torch.Tensor | None, gamma: float,
-               reduce: Callable[[list[torch.Tensor]], None] | None = None
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               aux_target: torch.Tensor | None, objective: Objective, reduce: Reduce | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step 1: theta1 <- theta1 - alpha grad[L(f_pri(x), y) + L(f_aux(x), t)], t held fixed.
+    """Step 1: theta1 <- theta1 - alpha grad[L(f_pri(x), y) + aux_weight * L(f_aux(x), t)], t held fixed.
 
-    `aux_target` is None for single-task training. `reduce` (data-parallel runs) averages the
-    gradients over the processes in place between backward and step. Returns detached (primary
-    loss, auxiliary loss, number of correct primary predictions).
+    `aux_target` is None for single-task training. Returns detached (primary loss, auxiliary
+    loss, number of correct primary predictions).
     """
     pri, aux = model(x)
-    loss_pri = focal_loss(pri, y, gamma)
-    loss_aux = focal_loss(aux, aux_target, gamma) if aux_target is not None else torch.zeros_like(loss_pri)
+    loss_pri = focal_loss(pri, y, objective.gamma)
+    loss_aux = focal_loss(aux, aux_target, objective.gamma) if aux_target is not None else torch.zeros_like(loss_pri)
     optimizer.zero_grad(set_to_none=True)
-    (loss_pri + loss_aux).backward()
+    (loss_pri + objective.aux_weight * loss_aux).backward()
     if reduce is not None:
         reduce([p.grad for p in model.parameters() if p.grad is not None])
     optimizer.step()
     return loss_pri.detach(), loss_aux.detach(), (pri.detach().argmax(1) == y).sum()
 
 
-def meta_step(model: nn.Module, generator: nn.Module, gen_optimizer: torch.optim.Optimizer,
-              x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float,
-              entropy_weight: float, order: int = 2, l1_decay: float = 0.0, **objective: Any
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 2: theta2 <- theta2 - beta grad_theta2[L(f_pri(x; theta1+), y) + lambda H(g(x, y))].
+def meta_step(nets: Nets, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, objective: Objective,
+              pair: torch.Tensor | None = None, reduce: Reduce | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2: theta2 <- theta2 - beta grad_theta2 [objective], through the look-ahead theta1+.
 
     `labels` = g(x, y; theta2) *with* its graph to theta2 (the caller may share it with the
     training step when the meta batch is the training batch). Returns detached primary losses
     on the meta batch before and after the look-ahead.
     """
-    m = meta_gradient(model, _trainable(generator), x, y, labels, alpha, gamma, entropy_weight, order, **objective)
-    _apply(generator, gen_optimizer, m.gen_grads, l1_decay)
+    m = meta_gradient(nets.model, _trainable(nets.generator), x, y, labels, objective, pair=pair, reduce=reduce)
+    _apply(nets.generator, nets.gen_opt, m.gen_grads)
     return m.loss_before, m.loss_after
 
 
@@ -128,40 +184,27 @@ class MetaGradient(NamedTuple):
 
 
 def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                  labels: torch.Tensor, alpha: float, gamma: float, entropy_weight: float, order: int = 2,
-                  training_forward: bool = False, usage: str = "batch", sharpness_weight: float = 0.0,
-                  meta_scale: float = 1.0, pair_labels: torch.Tensor | None = None,
-                  consistency_weight: float = 0.0,
-                  reduce: Callable[[list[torch.Tensor]], None] | None = None) -> MetaGradient:
-    """The generator's gradient of the meta objective, and the meta losses before/after the look-ahead.
+                  labels: torch.Tensor, objective: Objective, pair: torch.Tensor | None = None,
+                  training_forward: bool = False, reduce: Reduce | None = None) -> MetaGradient:
+    """The generator's gradient of the objective, and the meta losses before/after the look-ahead.
 
     The look-ahead theta1+ = theta1 - alpha grad L_train(theta1; t) is computed functionally:
-    the real weights and batch-norm running statistics do not move. order=2 is exact;
-    order=1 replaces the Jacobian-vector product below by the central finite difference of
-    DARTS. `labels` = t = g(x, y; theta2), with its graph. training_forward=True makes the
-    forward at theta1 a real training forward (it updates the running statistics), for the
-    fused iteration whose look-ahead is the training step.
+    the real weights and batch-norm running statistics do not move. `labels` = t = g(x, y; theta2)
+    and `pair` = g(x', y) of another view x' of the same images, both with their graphs.
+    training_forward=True makes the forward at theta1 a real training forward (it updates the
+    running statistics), for the fused iteration whose look-ahead is the training step.
 
-    The objective (`**objective` of the callers) is
-      meta_scale * L_pri(theta1+) + entropy_weight * H_usage(t) + sharpness_weight * mean_b H(t_b),
-    H_usage the negative entropy of the batch-mean label over all K classes (usage="batch", the
-    paper) or of each primary block's mean label (usage="block"); meta_scale=1/alpha makes the
-    meta-signal the look-ahead's directional derivative, which does not shrink with the step size.
-    With `pair_labels` = g(x', y) of another view x' of the same images (with its graph), a
-    consistency term consistency_weight * symmetric cross-entropy(t, t') asks a label to survive
-    a small shift of its image, so the labels describe the content rather than its position.
-
-    Data-parallel runs pass `reduce`, which averages tensors over the processes in place. Each
-    process holds a share of the batch; averaging the look-ahead's gradient, the look-ahead
-    primary gradient v and the generator gradients makes the look-ahead and the second-order
-    term those of the whole batch (exact for the primary term; the regularisers, being
-    nonlinear in the batch, are taken over each process's share).
+    Data-parallel runs pass `reduce`. Each process holds a share of the batch; averaging the
+    look-ahead's gradient, the look-ahead primary gradient v and the generator gradients makes
+    the look-ahead and the second-order term those of the whole batch (exact for the primary
+    term; the regularisers, being nonlinear in the batch, are taken over each process's share).
     """
+    alpha, gamma, w = objective.alpha, objective.gamma, objective.aux_weight
     params = dict(model.named_parameters())
     stats = _no_running_stats(model)  # look-aheads use batch statistics and must not update the real ones
     pri, aux = functional_call(model, (params, dict(model.named_buffers()) if training_forward else stats), (x,))
     loss_before, loss_aux = focal_loss(pri, y, gamma), focal_loss(aux, labels.detach(), gamma)
-    grads = list(torch.autograd.grad(loss_before + loss_aux, list(params.values())))
+    grads = list(torch.autograd.grad(loss_before + w * loss_aux, list(params.values())))
     if reduce is not None:
         reduce(grads)
     fast = {n: (p - alpha * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grads, strict=True)}
@@ -174,14 +217,14 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
     # theta1+ depends on theta2 only through t, and L_train is *linear* in t:
     #   L_aux(theta1; t) = mean_b sum_k t_bk l_bk(theta1),  l = focal_terms(f_aux(x; theta1)).
     # So the chain rule through the look-ahead gives, exactly,
-    #   d L_pri(theta1+) / d t_bk = -alpha <grad_theta1 l_bk(theta1), v> / B,   v = grad L_pri(theta1+),
+    #   d L_pri(theta1+) / d t_bk = -alpha w <grad_theta1 l_bk(theta1), v> / B,   v = grad L_pri(theta1+),
     # a forward-mode Jacobian-vector product: the second-order term without a double backward.
     theta = {n: p.detach() for n, p in params.items()}
 
     def aux_terms(p: dict[str, torch.Tensor]) -> torch.Tensor:
         return focal_terms(functional_call(model, (p, stats), (x,))[1], gamma) / len(x)
 
-    if order == 2:
+    if objective.meta_order == 2:
         with fwAD.dual_level():  # forward-mode AD: theta carries the tangent v
             u = fwAD.unpack_dual(aux_terms({n: fwAD.make_dual(p, v[n]) for n, p in theta.items()})).tangent
     else:
@@ -191,13 +234,8 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
             minus = aux_terms({n: p - eps * v[n] for n, p in theta.items()})
         u = (plus - minus) / (2 * eps)
     # the regularisers enter directly (the authors' first-order code leaves the entropy term out)
-    usage_term = entropy_regulariser(labels) if usage == "batch" else block_usage_regulariser(labels, y)
-    objective = -meta_scale * alpha * (labels * u.detach()).sum() + entropy_weight * usage_term
-    if sharpness_weight:
-        objective = objective + sharpness_weight * sample_entropy(labels)
-    if consistency_weight and pair_labels is not None:
-        objective = objective + consistency_weight * pair_cross_entropy(labels, pair_labels)
-    gen_grads = list(torch.autograd.grad(objective, gen_params))
+    total = objective.meta_signal(labels, u.detach()) + objective.terms(labels, y, pair, gen_params)
+    gen_grads = list(torch.autograd.grad(total, gen_params))
     if reduce is not None:
         reduce(gen_grads)
     correct = (pri.detach().argmax(1) == y).sum()
@@ -209,11 +247,10 @@ def _trainable(module: nn.Module) -> list[torch.Tensor]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def _apply(generator: nn.Module, gen_optimizer: torch.optim.Optimizer, grads: list[torch.Tensor],
-           l1_decay: float) -> None:
-    """theta2 <- optimiser step with the meta-gradient (+ an L1 decay term, the paper's text)."""
+def _apply(generator: nn.Module, gen_optimizer: torch.optim.Optimizer, grads: list[torch.Tensor]) -> None:
+    """theta2 <- an optimiser step with the meta-gradient."""
     for p, g in zip(_trainable(generator), grads, strict=True):
-        p.grad = g + l1_decay * torch.sign(p.detach()) if l1_decay else g
+        p.grad = g
     gen_optimizer.step()
     gen_optimizer.zero_grad(set_to_none=True)
 

@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -44,9 +45,36 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager:
-    """The one precision policy of train, evaluation, export and verify: bf16 autocast on CUDA
-    when asked for, float32 otherwise (CPU bf16 is slower than float32 on most CPUs)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The one precision policy of train, evaluation, export and verify.
+
+    fp32 everywhere; bf16: autocast on CUDA (on the CPU bf16 is slower than float32 on most
+    CPUs, so it runs float32 there). Labels are always float32, the export format's dtype.
+    fp16 would add a gradient scaler here (`scale`/`step`), used by the trainer's steps.
+    """
+
+    name: str = "fp32"
+    device_type: str = "cpu"
+
+    @classmethod
+    def of(cls, name: str, device: torch.device) -> Precision:
+        if name not in PRECISIONS:
+            raise AuxgenError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+        return cls(name, device.type)
+
+    @property
+    def active(self) -> str:
+        """The precision the work really runs in on this device."""
+        return "bf16" if self.name == "bf16" and self.device_type == "cuda" else "fp32"
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """Around every forward of training, evaluation and labelling."""
+        if self.active == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    label_dtype = torch.float32

@@ -35,10 +35,10 @@ from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, hierarchy_for, random_labels
 from auxgen.label_stats import LabelStats
 from auxgen.losses import focal_loss
-from auxgen.maxl import grad_cosine, maxl_iteration, meta_step, train_step
+from auxgen.maxl import Nets, Objective, Reduce, fused_iteration, grad_cosine, maxl_iteration, meta_step, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet, build_models
 from auxgen.progress import TrainProgress
-from auxgen.runtime import autocast, pick_device
+from auxgen.runtime import Precision, pick_device
 
 CHECKPOINT_FORMAT = 1
 RUN_MARKER = ".auxgen-run"  # written by auxgen alone: how --force recognises a run it may replace
@@ -93,12 +93,12 @@ def lr_at(base: float, epoch: int, epochs: int, schedule: str = "step", warmup: 
 
 @torch.inference_mode()
 def evaluate(model: MultiTaskNet, split: Split, device: torch.device, batch_size: int,
-             gamma: float = 2.0, bf16: bool = False) -> dict[str, float]:
+             gamma: float = 2.0, precision: Precision = Precision()) -> dict[str, float]:
     """Primary-task loss and accuracy on a split, in eval mode, in a fixed order, under the run's precision."""
     was_training = model.training
     model.eval()
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    with autocast(bf16, device):
+    with precision.context():
         for start in range(0, len(split), batch_size):
             x = split.images[start:start + batch_size].to(device)
             y = split.labels[start:start + batch_size].to(device)
@@ -127,6 +127,7 @@ class Run:
     targets: TargetSource     # labels and views on the device
     train_images: torch.Tensor      # data.train on the device
     train_labels: torch.Tensor
+    precision: Precision
 
 
 def default_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, human_map: torch.Tensor | None,
@@ -216,7 +217,7 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
     targets = TargetSource(targets.kind, None if targets.labels is None else targets.labels.to(device),
                            None if targets.views is None else targets.views.to(device))
     return Run(cfg, data, hier, device, model, gen, optimizer, gen_optimizer, train_idx, meta_idx,
-               targets, data.train.images.to(device), data.train.labels.to(device))
+               targets, data.train.images.to(device), data.train.labels.to(device), precision_of(cfg, device))
 
 
 def run_metadata(run: Run) -> dict[str, Any]:
@@ -367,7 +368,7 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     with progress:
         for epoch in range(start_epoch, cfg.epochs + 1):
             metrics, step = _train_epoch(run, epoch, step, gens, progress, out)
-            ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma, cfg.bf16)
+            ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma, run.precision)
             metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
             found = _collapse_warnings(run, metrics, epoch)
             metrics["warnings"] = list(found.values())
@@ -407,133 +408,239 @@ def _set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
         group["lr"] = lr
 
 
-def _train_epoch(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
-                 progress: TrainProgress, out: Path | None) -> tuple[dict[str, Any], int]:
-    cfg, data, dev, hier, src = run.cfg, run.data, run.device, run.hier, run.targets
+def objective_for(cfg: TrainConfig, alpha: float) -> Objective:
+    """The epoch's Objective: every field the config shares by name, alpha the epoch's learning rate."""
+    shared = {f.name for f in dataclasses.fields(Objective)} & {f.name for f in dataclasses.fields(cfg)}
+    l1 = cfg.gen_weight_decay if cfg.gen_decay == "l1" else 0.0  # l2 is in the generator's optimiser
+    return Objective(alpha=alpha, gen_l1=l1, **{n: getattr(cfg, n) for n in shared})
+
+
+def precision_of(cfg: TrainConfig, device: torch.device) -> Precision:
+    return Precision.of("bf16" if cfg.bf16 else "fp32", device)
+
+
+class Batches:
+    """Rows of data.train -> this process's share of (images, primary labels, fixed targets) on the device.
+
+    The training set lives on the device (put there once per run): batches and augmentation
+    never cross the host-device boundary. Random draws are made for the whole global batch on
+    CPU generators, so every process stays in step and runs replay on any device.
+    """
+
+    def __init__(self, run: Run, rng: torch.Generator) -> None:
+        self.run, self.rng, self.dist = run, rng, distributed.current()
+
+    def __call__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        run, src, data = self.run, self.run.targets, self.run.data
+        part = self.dist.part(len(rows))
+        n, idx = len(rows), rows[part].to(run.device)
+        x, target = run.train_images[idx], None
+        if src.views is not None:  # a random stored view per row, with that view's label
+            v = torch.randint(0, src.views.shape[1], (n,), generator=self.rng)[part].to(run.device)
+            return apply_views(x, src.views[idx, v], data.pad), run.train_labels[idx], src.labels[idx, v]
+        if data.augment:
+            x = self.view(x, n)
+        if src.kind == "hard":
+            target = F.one_hot(src.labels[idx], run.hier.num_aux).float()
+        elif src.kind == "soft":
+            target = src.labels[idx].float()
+        return x, run.train_labels[idx], target
+
+    def view(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """A random crop-and-flip view of this process's images x (n: the global batch size)."""
+        n = n or len(x) * self.dist.world
+        data = self.run.data
+        return apply_views(x, draw_views(n, data.pad, self.rng, data.flip)[self.dist.part(n)], data.pad)
+
+
+@dataclass
+class Epoch:
+    """What one epoch's steps share: the networks, the objective, the batches and the meta rows."""
+
+    run: Run
+    nets: Nets
+    objective: Objective
+    batches: Batches
+    reduce: Reduce | None       # gradient averaging over processes (None: one process)
+    meta_rows: torch.Tensor     # a permutation of the held-out meta rows (empty: reuse training batches)
+
+    def meta_batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The held-out batch of step i (cycling through the permutation), or None to reuse the training batch."""
+        if not len(self.meta_rows):
+            return None
+        B = self.run.cfg.batch_size
+        return self.batches(self.meta_rows[(i * B + torch.arange(B)) % len(self.meta_rows)])[:2]
+
+    def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """The generator's labels of another view of the images, for the objective's pair terms."""
+        return self.nets.generator(self.batches.view(x), y) if self.objective.needs_pair else None
+
+    def is_meta_step(self, i: int) -> bool:
+        return i % self.run.cfg.meta_every == 0
+
+
+Step = Callable[[Epoch, int, torch.Tensor], dict[str, Any]]
+
+
+def fixed_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
+    """Single-task, or fixed targets (random, human, k-means, frozen soft labels)."""
+    x, y, target = ep.batches(rows)
+    return _trained(ep, x, y, target)
+
+
+def generated_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
+    """theta1 only, on the generator's current labels (alternate's training pass, and between meta steps)."""
+    x, y, _ = ep.batches(rows)
+    with torch.no_grad():
+        target = ep.nets.generator(x, y)
+    return _trained(ep, x, y, target)
+
+
+def maxl_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
+    """Algorithm 1 on a batch: a training step, then a meta step on it (or on a held-out batch)."""
+    if not ep.is_meta_step(i):
+        return generated_step(ep, i, rows)
+    x, y, _ = ep.batches(rows)
+    meta = ep.meta_batch(i)
+    res = maxl_iteration(ep.nets, x, y, ep.objective, meta, ep.pair(*(meta or (x, y))), ep.reduce)
+    return {**res, "x": x, "y": y}
+
+
+def fused_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
+    """The meta step first; its look-ahead is the training step."""
+    if not ep.is_meta_step(i):
+        return generated_step(ep, i, rows)
+    x, y, _ = ep.batches(rows)
+    return {**fused_iteration(ep.nets, x, y, ep.objective, ep.pair(x, y), ep.reduce), "x": x, "y": y}
+
+
+def _trained(ep: Epoch, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> dict[str, Any]:
+    loss_pri, loss_aux, ok = train_step(ep.nets.model, ep.nets.opt, x, y, target, ep.objective, ep.reduce)
+    return {"loss_pri": loss_pri, "loss_aux": loss_aux, "correct": ok, "target": target, "x": x, "y": y}
+
+
+def pick_step(cfg: TrainConfig, targets: TargetSource) -> Step:
+    """The one step function of a run's regime, chosen before the loop."""
+    if targets.kind != "maxl":
+        return fixed_step
+    if cfg.schedule == "alternate":  # meta steps come in their own pass (meta_pass)
+        return generated_step
+    return fused_step if cfg.fused_lookahead else maxl_step
+
+
+def meta_pass(ep: Epoch, rng: torch.Generator, tally: Tally) -> None:
+    """The authors' code (--schedule alternate): a reshuffled full pass of meta steps from the trained theta1."""
+    run, B = ep.run, ep.run.cfg.batch_size
+    rows = run.meta_idx if len(run.meta_idx) else run.train_idx
+    rows = rows[torch.randperm(len(rows), generator=rng)]
+    for i in range(len(rows) // B):
+        mx, my, _ = ep.batches(rows[i * B:(i + 1) * B])
+        with ep.run.precision.context():
+            before, after = meta_step(ep.nets, mx, my, ep.nets.generator(mx, my), ep.objective, ep.pair(mx, my),
+                                      ep.reduce)
+        tally.add_meta(before, after)
+
+
+class Tally:
+    """An epoch's running sums, kept on the device (no host sync per step)."""
+
+    def __init__(self, run: Run) -> None:
+        dev = run.device
+        self.sums = {k: torch.zeros((), device=dev) for k in ("pri", "aux", "before", "after")}
+        self.correct = torch.zeros((), dtype=torch.long, device=dev)
+        self.stats = LabelStats(run.hier.psi, dev)
+        self.meta_steps, self.recent = 0, []
+
+    def add(self, res: dict[str, Any]) -> None:
+        """A training step's results (with its meta step's, when it had one)."""
+        self.sums["pri"] += res["loss_pri"]
+        self.sums["aux"] += res["loss_aux"]
+        self.correct += res["correct"]
+        loss = res["loss_pri"] + res["loss_aux"]
+        if "meta_after" in res:
+            self._meta(res["meta_before"], res["meta_after"])
+            loss = loss + res["meta_after"]
+        self.recent.append(loss)  # one entry a step: _check_finite names the step from its position
+        if res["target"] is not None:
+            self.stats.add(res["target"], res["y"])
+
+    def add_meta(self, before: torch.Tensor, after: torch.Tensor) -> None:
+        """A meta step of its own pass (--schedule alternate)."""
+        self._meta(before, after)
+        self.recent.append(after)
+
+    def _meta(self, before: torch.Tensor, after: torch.Tensor) -> None:
+        self.sums["before"] += before
+        self.sums["after"] += after
+        self.meta_steps += 1
+
+
+def _start_epoch(run: Run, epoch: int, rngs: dict[str, torch.Generator]) -> tuple[Epoch, dict[str, float]]:
+    cfg = run.cfg
     # the inner step alpha of the look-ahead is the multi-task network's learning rate of the
     # epoch, so it follows the same schedule; the generator's learning rate does too
-    lr = lr_at(cfg.lr, epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
-    gen_lr = lr_at(cfg.gen_lr, epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)
-    _set_lr(run.optimizer, lr)
-    _set_lr(run.gen_optimizer, gen_lr)
-    l1 = cfg.gen_weight_decay if cfg.gen_decay == "l1" else 0.0  # l2 is in the optimiser
+    lrs = {"lr": lr_at(cfg.lr, epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs),
+           "gen_lr": lr_at(cfg.gen_lr, epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)}
+    _set_lr(run.optimizer, lrs["lr"])
+    _set_lr(run.gen_optimizer, lrs["gen_lr"])
     run.model.train()
     if run.generator is not None:
         run.generator.train()
-    maxl = src.kind == "maxl"
-    alternate = maxl and cfg.schedule == "alternate"
     dist = distributed.current()
-    reduce = dist.average_ if dist.enabled else None  # gradients averaged over the processes
+    meta_rows = run.meta_idx[torch.randperm(len(run.meta_idx), generator=rngs["data"])] if len(run.meta_idx) \
+        else run.meta_idx
+    nets = Nets(run.model, run.generator, run.optimizer, run.gen_optimizer)
+    return Epoch(run, nets, objective_for(cfg, lrs["lr"]), Batches(run, rngs["aug"]),
+                 dist.average_ if dist.enabled else None, meta_rows), lrs
 
-    # the training set lives on the device (put there once per run): batches and augmentation
-    # never cross the host-device boundary
-    B, images, labels = cfg.batch_size, run.train_images, run.train_labels
-    order = run.train_idx[torch.randperm(len(run.train_idx), generator=gens["data"])]
+
+def _train_epoch(run: Run, epoch: int, step: int, rngs: dict[str, torch.Generator],
+                 progress: TrainProgress, out: Path | None) -> tuple[dict[str, Any], int]:
+    cfg, B = run.cfg, run.cfg.batch_size
+    order = run.train_idx[torch.randperm(len(run.train_idx), generator=rngs["data"])]
+    ep, lrs = _start_epoch(run, epoch, rngs)
+    step_fn, tally, cosines = pick_step(cfg, run.targets), Tally(run), []
     n_steps = len(order) // B  # drop the last partial batch: batch norm wants full batches
-    meta_order = (run.meta_idx[torch.randperm(len(run.meta_idx), generator=gens["data"])]
-                  if len(run.meta_idx) else None)
-
-    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Images (augmented), primary labels and fixed targets of this process's share of the rows `idx`."""
-        # random draws are made for the whole global batch, so every process's generators stay in step
-        part = dist.part(len(idx))
-        n, idx = len(idx), idx[part].to(dev)
-        x, target = images[idx], None
-        if src.views is not None:  # a random stored view per row, with that view's label
-            v = torch.randint(0, src.views.shape[1], (n,), generator=gens["aug"])[part].to(dev)
-            x = apply_views(x, src.views[idx, v], data.pad)
-            target = src.labels[idx, v]
-        else:
-            if data.augment:  # views are drawn on the CPU generator, so runs replay on any device
-                x = apply_views(x, draw_views(n, data.pad, gens["aug"], data.flip)[part], data.pad)
-            if src.kind == "hard":
-                target = F.one_hot(src.labels[idx], hier.num_aux).float()
-            elif src.kind == "soft":
-                target = src.labels[idx].float()
-        return x, labels[idx], target
-
-    sums = {k: torch.zeros((), device=dev) for k in ("pri", "aux", "before", "after")}
-    correct = torch.zeros((), dtype=torch.long, device=dev)
-    stats = LabelStats(hier.psi, dev)
-    cosines: list[float] = []
-    recent: list[torch.Tensor] = []
     t0 = time.perf_counter()
     progress.start_epoch(epoch, n_steps)
-    amp = autocast(cfg.bf16, dev)
-    maxl_args = dict(alpha=lr, gamma=cfg.gamma, entropy_weight=cfg.entropy_weight, order=cfg.meta_order,
-                     l1_decay=l1, usage=cfg.usage_entropy, sharpness_weight=cfg.sharpness_weight,
-                     meta_scale=cfg.meta_weight / (lr if cfg.meta_norm == "alpha" else 1.0), reduce=reduce)
-
-    def pair(xx: torch.Tensor, yy: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The generator's labels of a shifted copy of the batch, for the consistency term."""
-        if not cfg.consistency_weight:
-            return {}
-        n = len(xx) * dist.world  # drawn for the global batch, like batch()'s views
-        shifted = apply_views(xx, draw_views(n, data.pad, gens["aug"], data.flip)[dist.part(n)], data.pad)
-        return {"pair_labels": run.generator(shifted, yy), "consistency_weight": cfg.consistency_weight}
-
     for i in range(n_steps):
-        x, y, target = batch(order[i * B:(i + 1) * B])
-        with amp:
-            if maxl and not alternate:
-                meta_batch = None
-                if meta_order is not None:
-                    meta_batch = batch(meta_order[(i * B + torch.arange(B)) % len(meta_order)])[:2]
-                res = maxl_iteration(run.model, run.generator, run.optimizer, run.gen_optimizer, x, y,
-                                     meta_batch=meta_batch, fused=cfg.fused_lookahead, **maxl_args,
-                                     **(pair(x, y) if meta_batch is None else {}))
-                loss_pri, loss_aux, ok, target = res["loss_pri"], res["loss_aux"], res["correct"], res["target"]
-                sums["before"] += res["meta_before"]
-                sums["after"] += res["meta_after"]
-            else:
-                if maxl:  # alternate: this pass trains theta1 only, on the generator's current labels
-                    with torch.no_grad():
-                        target = run.generator(x, y)
-                loss_pri, loss_aux, ok = train_step(run.model, run.optimizer, x, y, target, cfg.gamma, reduce=reduce)
-            if cfg.cosine_every and target is not None and step % cfg.cosine_every == 0:
+        with run.precision.context():
+            res = step_fn(ep, i, order[i * B:(i + 1) * B])
+            if cfg.cosine_every and res["target"] is not None and step % cfg.cosine_every == 0:
                 # measured right after the step, on the same batch and targets
-                cosines.append(grad_cosine(run.model, x, y, target, cfg.gamma, run.model.backbone))
+                cosines.append(grad_cosine(run.model, res["x"], res["y"], res["target"], cfg.gamma,
+                                           run.model.backbone))
         step += 1
-        sums["pri"] += loss_pri
-        sums["aux"] += loss_aux
-        correct += ok
-        recent.append(loss_pri + loss_aux + (res["meta_after"] if maxl and not alternate else 0.0))
-        if target is not None:
-            stats.add(target, y)
+        tally.add(res)
         if (i + 1) % SYNC_EVERY == 0 or i + 1 == n_steps:
-            _check_finite(recent, i + 1 - len(recent), epoch, n_steps, out)
-            recent = []
-            progress.update(i + 1, {"loss": float(sums["pri"]) / (i + 1), "acc": int(correct) / ((i + 1) * len(y))})
+            _check_finite(tally.recent, i + 1 - len(tally.recent), epoch, n_steps, out)
+            tally.recent = []
+            progress.update(i + 1, {"loss": float(tally.sums["pri"]) / (i + 1),
+                                    "acc": int(tally.correct) / ((i + 1) * len(res["y"]))})
+    if cfg.schedule == "alternate" and run.targets.kind == "maxl":
+        meta_pass(ep, rngs["data"], tally)
+        _check_finite(tally.recent, 0, epoch, n_steps, out)
+    return _epoch_metrics(run, epoch, n_steps, tally, lrs, cosines, time.perf_counter() - t0), step
 
-    if alternate:  # the authors' code: a separate, reshuffled pass of meta steps from the trained theta1
-        meta_rows = run.train_idx if meta_order is None else run.meta_idx
-        meta_order = meta_rows[torch.randperm(len(meta_rows), generator=gens["data"])]
-        for i in range(len(meta_order) // B):
-            mx, my, _ = batch(meta_order[i * B:(i + 1) * B])
-            with amp:
-                before, after = meta_step(run.model, run.generator, run.gen_optimizer, mx, my, run.generator(mx, my),
-                                          **maxl_args, **pair(mx, my))
-            sums["before"] += before
-            sums["after"] += after
-            recent.append(after)
-        _check_finite(recent, 0, epoch, n_steps, out)
 
+def _epoch_metrics(run: Run, epoch: int, n_steps: int, tally: Tally, lrs: dict[str, float],
+                   cosines: list[float], seconds: float) -> dict[str, Any]:
+    dist = distributed.current()
     if dist.enabled:  # rank 0 logs global numbers; BN statistics agree before evaluation and checkpoints
-        distributed.reduce_epoch(dist, sums, correct, stats, run.model, run.generator)
-    n = max(n_steps, 1)
-    m: dict[str, Any] = {"epoch": epoch, "steps": n_steps, "lr": lr,
-                         "train_loss_pri": float(sums["pri"]) / n, "train_loss_aux": float(sums["aux"]) / n,
-                         "train_acc": int(correct) / (n * B)}
-    if maxl:
-        m_steps = n if not alternate else max(len(meta_order) // B, 1)
-        m.update(gen_lr=gen_lr, meta_loss_before=float(sums["before"]) / m_steps,
-                 meta_loss_after=float(sums["after"]) / m_steps)
-    if src.kind != "none":
-        m.update(stats.summary())
+        distributed.reduce_epoch(dist, tally.sums, tally.correct, tally.stats, run.model, run.generator)
+    n, s = max(n_steps, 1), tally.sums
+    m: dict[str, Any] = {"epoch": epoch, "steps": n_steps, "lr": lrs["lr"],
+                         "train_loss_pri": float(s["pri"]) / n, "train_loss_aux": float(s["aux"]) / n,
+                         "train_acc": int(tally.correct) / (n * run.cfg.batch_size)}
+    if run.targets.kind == "maxl":
+        k = max(tally.meta_steps, 1)
+        m.update(gen_lr=lrs["gen_lr"], meta_loss_before=float(s["before"]) / k, meta_loss_after=float(s["after"]) / k)
+    if run.targets.kind != "none":
+        m.update(tally.stats.summary())
     if cosines:
         m["grad_cosine"] = sum(cosines) / len(cosines)
-    m["time_s"] = time.perf_counter() - t0
-    return m, step
+    m["time_s"] = seconds
+    return m
 
 
 def _check_finite(recent: list[torch.Tensor], first: int, epoch: int, n_steps: int, out: Path | None) -> None:

@@ -12,13 +12,14 @@ fused iteration (--fused-lookahead), and prints each as a ratio to the single-ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
 from auxgen.hierarchy import Hierarchy
-from auxgen.maxl import maxl_iteration, meta_step, train_step
+from auxgen.maxl import Nets, Objective, fused_iteration, maxl_iteration, meta_step, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.runtime import tune_cpu_allocator
 
@@ -48,16 +49,17 @@ def measure(backbone: str, batch: int, size: int, repeats: int, warmup: int, dev
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     y = torch.randint(0, hier.num_primary, (batch,), device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out = {"single": _median_time(lambda: train_step(model, opt, x, y, None, 2.0), repeats, warmup, sync)}
-    for order, fused, name in ((2, False, "maxl_exact"), (1, False, "maxl_first_order"), (2, True, "maxl_fused")):
-        out[name] = _median_time(
-            lambda o=order, fu=fused: maxl_iteration(model, gen, opt, gen_opt, x, y, 0.01, 2.0, 0.2, o, fused=fu),
-            repeats, warmup, sync)
+    nets, objective = Nets(model, gen, opt, gen_opt), Objective(0.01, 2.0, entropy_weight=0.2)
+    out = {"single": _median_time(lambda: train_step(model, opt, x, y, None, objective), repeats, warmup, sync)}
+    for order, step, name in ((2, maxl_iteration, "maxl_exact"), (1, maxl_iteration, "maxl_first_order"),
+                              (2, fused_iteration, "maxl_fused")):
+        obj = dataclasses.replace(objective, meta_order=order)
+        out[name] = _median_time(lambda s=step, o=obj: s(nets, x, y, o), repeats, warmup, sync)
     # the parts of an exact iteration: where its time goes
     out["generator_forward"] = _median_time(lambda: gen(x, y), repeats, warmup, sync)
 
     def meta_only() -> None:
-        meta_step(model, gen, gen_opt, x, y, gen(x, y), 0.01, 2.0, 0.2, 2)
+        meta_step(nets, x, y, gen(x, y), objective)
 
     out["meta_step_with_forward"] = _median_time(meta_only, repeats, warmup, sync)
     return out

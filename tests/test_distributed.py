@@ -48,7 +48,7 @@ def _no_bn(module: nn.Module) -> nn.Module:
 def _maxl_steps(dist: distributed.Dist, fused: bool, order: int) -> dict[str, torch.Tensor]:
     """Three MAXL iterations on a global batch of 8; each process takes its contiguous share."""
     from auxgen.hierarchy import Hierarchy
-    from auxgen.maxl import maxl_iteration
+    from auxgen.maxl import Nets, Objective, fused_iteration, maxl_iteration
     from auxgen.models import LabelGenerator, MultiTaskNet
 
     torch.manual_seed(0)
@@ -65,8 +65,9 @@ def _maxl_steps(dist: distributed.Dist, fused: bool, order: int) -> dict[str, to
         part = dist.part(8)
         # the usage-entropy term is nonlinear in the batch (taken per process), so it is left out here;
         # the sharpness term is a per-sample mean and averages exactly
-        maxl_iteration(f, g, opt, gopt, x[part], y[part], alpha=0.1, gamma=2.0, entropy_weight=0.0, order=order,
-                       fused=fused, sharpness_weight=0.1, reduce=reduce)
+        step = fused_iteration if fused else maxl_iteration
+        step(Nets(f, g, opt, gopt), x[part], y[part], Objective(0.1, 2.0, meta_order=order, entropy_weight=0.0,
+                                                              sharpness_weight=0.1), reduce=reduce)
     return {**{f"f.{k}": v for k, v in f.state_dict().items()}, **{f"g.{k}": v for k, v in g.state_dict().items()}}
 
 

@@ -7,10 +7,14 @@ from torch.func import functional_call
 
 from auxgen.hierarchy import Hierarchy
 from auxgen.losses import entropy_regulariser, focal_loss
-from auxgen.maxl import maxl_iteration, meta_gradient, meta_step, train_step
+from auxgen.maxl import Nets, Objective, fused_iteration, meta_gradient, meta_step, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet
 
 ALPHA, GAMMA, LAM = 0.1, 2.0, 0.2
+
+
+def _obj(lam=LAM, order=2, **terms):
+    return Objective(ALPHA, GAMMA, meta_order=order, entropy_weight=lam, **terms)
 
 
 def _setup(seed=0, dtype=torch.float64):
@@ -43,7 +47,7 @@ def _meta_objective(f, g, x, y):
 def test_exact_meta_gradient_matches_finite_differences():
     _, f, g, x, y = _setup()
     params = list(g.parameters())
-    grads = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2).gen_grads
+    grads = meta_gradient(f, params, x, y, g(x, y), _obj()).gen_grads
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):  # random directions: <grad F, v> against (F(t + hv) - F(t - hv)) / 2h
         v = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
@@ -82,7 +86,7 @@ def test_exact_meta_gradient_matches_double_backward():
     for seed in (0, 1):
         _, f, g, x, y = _setup(seed)
         params = list(g.parameters())
-        ours = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2).gen_grads
+        ours = meta_gradient(f, params, x, y, g(x, y), _obj()).gen_grads
         ref = double_backward_meta_gradient(f, params, x, y, g(x, y))
         for a, b in zip(ours, ref, strict=True):
             assert torch.allclose(a, b, rtol=1e-9, atol=1e-13)
@@ -92,8 +96,8 @@ def test_meta_gradient_only_reaches_generator_through_lookahead_and_entropy():
     _, f, g, x, y = _setup()
     params = list(g.parameters())
     labels = g(x, y)
-    with_entropy = meta_gradient(f, params, x, y, labels, ALPHA, GAMMA, LAM).gen_grads
-    no_entropy = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, 0.0).gen_grads
+    with_entropy = meta_gradient(f, params, x, y, labels, _obj()).gen_grads
+    no_entropy = meta_gradient(f, params, x, y, g(x, y), _obj(0.0)).gen_grads
     ent = torch.autograd.grad(LAM * entropy_regulariser(g(x, y)), params)
     for a, b, c in zip(with_entropy, no_entropy, ent, strict=True):
         assert torch.allclose(a, b + c, atol=1e-12)
@@ -105,7 +109,7 @@ def test_lookahead_leaves_weights_and_running_stats_untouched():
     before_g = copy.deepcopy(g.state_dict())
     opt = torch.optim.SGD(g.parameters(), lr=0.1)
     for order in (2, 1):
-        meta_step(f, g, opt, x, y, g(x, y), ALPHA, GAMMA, LAM, order=order)
+        meta_step(Nets(f, g, None, opt), x, y, g(x, y), _obj(order=order))
     for k, v in f.state_dict().items():
         assert torch.equal(v, before_f[k]), k  # weights, running_mean/var, num_batches_tracked
     assert all(p.grad is None for p in f.parameters())
@@ -115,8 +119,8 @@ def test_lookahead_leaves_weights_and_running_stats_untouched():
 def test_first_order_points_the_same_way_as_exact():
     _, f, g, x, y = _setup()
     params = list(g.parameters())
-    exact, b2, a2 = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=2)[:3]
-    approx, b1, a1 = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=1)[:3]
+    exact, b2, a2 = meta_gradient(f, params, x, y, g(x, y), _obj())[:3]
+    approx, b1, a1 = meta_gradient(f, params, x, y, g(x, y), _obj(order=1))[:3]
     e = torch.cat([t.flatten() for t in exact])
     a = torch.cat([t.flatten() for t in approx])
     assert torch.nn.functional.cosine_similarity(e, a, dim=0) > 0.99
@@ -126,8 +130,8 @@ def test_first_order_points_the_same_way_as_exact():
 def test_first_order_includes_the_entropy_gradient():
     _, f, g, x, y = _setup()
     params = list(g.parameters())
-    with_entropy = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, LAM, order=1).gen_grads
-    without = meta_gradient(f, params, x, y, g(x, y), ALPHA, GAMMA, 0.0, order=1).gen_grads
+    with_entropy = meta_gradient(f, params, x, y, g(x, y), _obj(order=1)).gen_grads
+    without = meta_gradient(f, params, x, y, g(x, y), _obj(0.0, order=1)).gen_grads
     ent = torch.autograd.grad(LAM * entropy_regulariser(g(x, y)), params)
     for a, b, c in zip(with_entropy, without, ent, strict=True):
         assert torch.allclose(a, b + c, atol=1e-10)
@@ -138,7 +142,7 @@ def test_train_step_updates_only_theta1_and_matches_manual_sgd():
     target = g(x, y).detach()
     f_ref = copy.deepcopy(f)
     opt = torch.optim.SGD(f.parameters(), lr=ALPHA)
-    train_step(f, opt, x, y, target, GAMMA)
+    train_step(f, opt, x, y, target, _obj())
     pri, aux = f_ref(x)
     grads = torch.autograd.grad(focal_loss(pri, y, GAMMA) + focal_loss(aux, target, GAMMA),
                                 list(f_ref.parameters()))
@@ -157,10 +161,10 @@ def test_fused_iteration_is_the_training_step_plus_the_exact_meta_step():
     # reference, by parts: the exact meta-gradient at the current theta1, and a training step with the same labels
     labels = g_ref(x, y)
     ref = double_backward_meta_gradient(f_ref, list(g_ref.parameters()), x, y, labels)
-    train_step(f_ref, torch.optim.SGD(f_ref.parameters(), lr=ALPHA), x, y, labels.detach(), GAMMA)
+    train_step(f_ref, torch.optim.SGD(f_ref.parameters(), lr=ALPHA), x, y, labels.detach(), _obj())
     gen_before = [p.detach().clone() for p in g.parameters()]
-    maxl_iteration(f, g, torch.optim.SGD(f.parameters(), lr=ALPHA), torch.optim.SGD(g.parameters(), lr=1.0), x, y,
-                   ALPHA, GAMMA, LAM, fused=True)
+    nets = Nets(f, g, torch.optim.SGD(f.parameters(), lr=ALPHA), torch.optim.SGD(g.parameters(), lr=1.0))
+    fused_iteration(nets, x, y, _obj())
     for (n, p), q in zip(f.state_dict().items(), f_ref.state_dict().values(), strict=True):
         assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), n  # weights and running stats (updated once)
     for p0, p, r in zip(gen_before, g.parameters(), ref, strict=True):

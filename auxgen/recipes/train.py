@@ -80,6 +80,9 @@ def train_command(
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=field_help("sync_bn"), show_default=False),
     cosine_every: int = _o("cosine_every"),
     eval_batch_size: int = _o("eval_batch_size"),
+    meta_every: int = _o("meta_every"),
+    aux_weight: float = _o("aux_weight"),
+    invariance_weight: float = _o("invariance_weight"),
 ) -> None:
     """Train MAXL (or a baseline) and write a run directory: config.json, metrics.jsonl, checkpoints/."""
     overrides = {k: v for k, v in locals().items()

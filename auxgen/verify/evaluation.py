@@ -7,7 +7,7 @@ import json
 
 from auxgen.data import Data
 from auxgen.run import LoadedRun
-from auxgen.trainer import evaluate
+from auxgen.trainer import evaluate, precision_of
 from auxgen.verify.result import CheckResult, problems_reason
 
 
@@ -15,7 +15,7 @@ def check_evaluation(run: LoadedRun, data: Data, tolerance: float = 0.0) -> Chec
     """Evaluate the checkpoint on the test split exactly as training did and compare."""
     cfg = run.cfg
     recorded = run.recorded_test_acc()
-    ev = evaluate(run.model, data.test, run.device, cfg.eval_batch_size, cfg.gamma, cfg.bf16)
+    ev = evaluate(run.model, data.test, run.device, cfg.eval_batch_size, cfg.gamma, precision_of(cfg, run.device))
     recorded_data = run.meta.get("data", {})
     now = {"fingerprint": data.fingerprint(), "train_fingerprint": data.split_fingerprint("train"),
            "test_fingerprint": data.split_fingerprint("test")}
