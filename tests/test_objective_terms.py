@@ -1,0 +1,92 @@
+"""The objective's newer terms and schedules against independent computations (float64):
+the invariance prior (pair mutual information), the auxiliary-loss weight, the L1 decay and
+amortised meta steps."""
+
+import copy
+import math
+
+import torch
+from conftest import tiny_config
+from test_maxl import ALPHA, GAMMA, _setup
+from test_objectives import _fd_check, _soft
+from torch.func import functional_call
+
+from auxgen.losses import entropy_regulariser, focal_loss, pair_mutual_information
+from auxgen.maxl import Nets, Objective, meta_gradient, meta_step
+from auxgen.trainer import objective_for, setup, train
+
+
+def test_pair_mutual_information_is_the_written_out_sum():
+    a, b = _soft(0, n=6, k=4).detach(), _soft(1, n=6, k=4).detach()
+    joint = [[sum(float(a[i, r] * b[i, c] + a[i, c] * b[i, r]) / 2 for i in range(6)) / 6 for c in range(4)]
+             for r in range(4)]
+    rows = [sum(r) for r in joint]
+    ref = sum(p * math.log(p / (rows[r] * rows[c])) for r, line in enumerate(joint) for c, p in enumerate(line))
+    assert abs(float(pair_mutual_information(a, b)) - ref) < 1e-12
+    one_hot = torch.eye(4, dtype=torch.float64)[[0, 1, 2, 3, 0, 1]]
+    # identical confident views: I = H(class) = entropy of (1/3, 1/3, 1/6, 1/6)
+    h = -sum(p * math.log(p) for p in (1 / 3, 1 / 3, 1 / 6, 1 / 6))
+    assert abs(float(pair_mutual_information(one_hot, one_hot)) - h) < 1e-9
+    other = _soft(2, n=6, k=4).detach()
+    _fd_check(lambda t: pair_mutual_information(t, other), _soft(0, n=6, k=4))
+
+
+def _double_backward(f, g, x, y, labels, obj, pair):
+    """The objective written the direct way, with aux_weight, invariance and L1 terms."""
+    params = dict(f.named_parameters())
+    buffers = {n: b.clone() for n, b in f.named_buffers()}
+    pri, aux = functional_call(f, (params, buffers), (x,))
+    inner = focal_loss(pri, y, GAMMA) + obj.aux_weight * focal_loss(aux, labels, GAMMA)
+    grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
+    fast = {n: p - ALPHA * gr for (n, p), gr in zip(params.items(), grads, strict=True)}
+    total = obj.meta_weight * focal_loss(functional_call(f, (fast, buffers), (x,))[0], y, GAMMA)
+    total = total + obj.entropy_weight * entropy_regulariser(labels)
+    total = total - obj.invariance_weight * pair_mutual_information(labels, pair)
+    total = total + obj.gen_l1 * sum(p.abs().sum() for p in g.parameters())
+    return torch.autograd.grad(total, list(g.parameters()))
+
+
+def test_aux_weight_invariance_and_l1_terms_match_double_backward():
+    for aux_weight, inv, l1 in ((0.25, 0.0, 0.0), (1.0, 0.7, 0.0), (0.5, 0.3, 1e-3)):
+        _, f, g, x, y = _setup(2)
+        x2 = x.roll(1, dims=2)
+        obj = Objective(ALPHA, GAMMA, entropy_weight=0.2, aux_weight=aux_weight, invariance_weight=inv, gen_l1=l1)
+        ours = meta_gradient(f, list(g.parameters()), x, y, g(x, y), obj, pair=g(x2, y)).gen_grads
+        ref = _double_backward(f, g, x, y, g(x, y), obj, g(x2, y))
+        for a, b in zip(ours, ref, strict=True):
+            assert torch.allclose(a, b, rtol=1e-9, atol=1e-13), (aux_weight, inv, l1)
+
+
+def test_l1_term_is_the_sign_decay_of_the_paper_text():
+    _, f, g, x, y = _setup(3)
+    g2 = copy.deepcopy(g)
+    with_l1, without = Objective(ALPHA, GAMMA, gen_l1=0.01), Objective(ALPHA, GAMMA)
+    meta_step(Nets(f, g, None, torch.optim.SGD(g.parameters(), lr=1.0)), x, y, g(x, y), with_l1)
+    before = [p.detach().clone() for p in g2.parameters()]
+    meta_step(Nets(f, g2, None, torch.optim.SGD(g2.parameters(), lr=1.0)), x, y, g2(x, y), without)
+    for p, q, p0 in zip(g.parameters(), g2.parameters(), before, strict=True):
+        assert torch.allclose(q - p, 0.01 * torch.sign(p0), atol=1e-12)
+
+
+def test_objective_takes_every_same_named_config_field():
+    cfg = tiny_config(entropy_weight=0.7, aux_weight=0.3, invariance_weight=0.4, meta_order=1, gen_decay="l1",
+                      gen_weight_decay=2e-4, usage_entropy="batch")
+    obj = objective_for(cfg, 0.05)
+    assert (obj.alpha, obj.entropy_weight, obj.aux_weight, obj.invariance_weight, obj.meta_order, obj.gen_l1,
+            obj.usage_entropy) == (0.05, 0.7, 0.3, 0.4, 1, 2e-4, "batch")
+    assert objective_for(tiny_config(gen_decay="l2"), 0.05).gen_l1 == 0.0  # l2 lives in the optimiser
+
+
+def test_meta_every_moves_the_generator_only_on_meta_steps():
+    # one epoch of digits at batch 64 is 22 steps: with N above that, only step 0 is a meta step
+    cfg = tiny_config(epochs=1, meta_every=1000)
+    s_rare = train(cfg, None, show=False, return_run=True)
+    s_every = train(tiny_config(epochs=1), None, show=False, return_run=True)
+    rare = torch.cat([p.flatten() for p in s_rare["run"].generator.parameters()])
+    every = torch.cat([p.flatten() for p in s_every["run"].generator.parameters()])
+    torch.manual_seed(cfg.seed)
+    init = setup(cfg).generator
+    start = torch.cat([p.flatten() for p in init.parameters()])
+    assert not torch.equal(rare, start)                   # the one meta step moved it
+    assert (rare - start).norm() < (every - start).norm()  # 1 step against 22
+    assert s_rare["history"] and s_rare["epochs"] == 1
