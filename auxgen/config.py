@@ -95,6 +95,8 @@ class TrainConfig:
     sync_bn: bool = _f(False, "Batch-norm statistics over all processes of a torchrun run (CUDA; needs --meta-order 1 with maxl); default: per process.")
     cosine_every: int = _f(0, "Log the primary/auxiliary gradient cosine every N steps (0: off; costs 2 backward passes).")
     eval_batch_size: int = _f(500, "Batch size of evaluation.")
+    hypergradient: str = _f("lookahead", "maxl: how theta2's meta-signal is computed: lookahead (MAXL: through one SGD step of theta1, --meta-order) or implicit (AuxiLearn: the implicit function theorem with a truncated Neumann series, on held-out batches when --meta-split is set).")
+    neumann_steps: int = _f(3, "--hypergradient implicit: Hessian-vector products in the Neumann series of the inverse Hessian.")
     meta_every: int = _f(1, "maxl: a meta step every N training steps (amortised meta-learning); the steps between train theta1 on the generator's current labels.")
     aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).")
     invariance_weight: float = _f(0.0, "Weight of an invariance prior for the generator: the mutual information of the auxiliary classes of two independently augmented views of each image (IIC), inside each primary block.")
@@ -108,7 +110,8 @@ class TrainConfig:
                    "gen_decay": ("l1", "l2"), "device": ("auto", "cpu", "cuda"),
                    "schedule": ("interleave", "alternate"), "usage_entropy": ("batch", "block"),
                    "meta_norm": ("none", "alpha"), "gen_optimizer": ("sgd", "adam"),
-                   "lr_schedule": ("step", "cosine"), "preset": (None, *PRESETS)}
+                   "lr_schedule": ("step", "cosine"), "preset": (None, *PRESETS),
+                   "hypergradient": ("lookahead", "implicit")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise AuxgenError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
@@ -130,6 +133,11 @@ class TrainConfig:
             raise AuxgenError("--fused-lookahead makes the meta step's look-ahead the training step; it needs --schedule interleave")
         if self.fused_lookahead and self.meta_split > 0:
             raise AuxgenError("--fused-lookahead reuses the training batch for the meta step; it needs --meta-split 0")
+        if self.hypergradient == "implicit" and (self.fused_lookahead or self.schedule == "alternate"):
+            raise AuxgenError("--hypergradient implicit has no look-ahead to fuse and runs interleaved; it needs "
+                              "--schedule interleave and --no-fused-lookahead")
+        if self.neumann_steps < 0:
+            raise AuxgenError(f"--neumann-steps must be 0 or more, got {self.neumann_steps}")
         if self.batch_size < 2:
             raise AuxgenError("--batch-size must be at least 2 (batch norm needs two samples)")
         if self.primary_groups is not None and (self.dataset != "digits" or self.primary_groups not in (2, 5)):

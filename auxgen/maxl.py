@@ -52,6 +52,7 @@ class Objective:
     gamma: float = 2.0                # focal loss focusing parameter
     aux_weight: float = 1.0           # the auxiliary loss's weight in L_train
     meta_order: int = 2               # 2: exact second-order meta-gradient; 1: DARTS' finite difference
+    neumann_steps: int = 3            # implicit hypergradient: Hessian-vector products of its Neumann series
     meta_weight: float = 1.0
     meta_norm: str = "none"
     entropy_weight: float = 0.2
@@ -209,10 +210,7 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
         reduce(grads)
     fast = {n: (p - alpha * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grads, strict=True)}
     loss_after = focal_loss(functional_call(model, (fast, stats), (x,))[0], y, gamma)
-    v = torch.autograd.grad(loss_after, list(fast.values()), allow_unused=True)  # the aux head gets None
-    v = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(fast.items(), v, strict=True)}
-    if reduce is not None:
-        reduce(list(v.values()))
+    v = dict(zip(fast, _grads(loss_after, fast, reduce), strict=True))  # zeros on the aux head
 
     # theta1+ depends on theta2 only through t, and L_train is *linear* in t:
     #   L_aux(theta1; t) = mean_b sum_k t_bk l_bk(theta1),  l = focal_terms(f_aux(x; theta1)).
@@ -224,9 +222,8 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
     def aux_terms(p: dict[str, torch.Tensor]) -> torch.Tensor:
         return focal_terms(functional_call(model, (p, stats), (x,))[1], gamma) / len(x)
 
-    if objective.meta_order == 2:
-        with fwAD.dual_level():  # forward-mode AD: theta carries the tangent v
-            u = fwAD.unpack_dual(aux_terms({n: fwAD.make_dual(p, v[n]) for n, p in theta.items()})).tangent
+    if objective.meta_order == 2:  # forward-mode AD: theta carries the tangent v
+        u = _aux_jvp(model, stats, x, gamma, theta, v)
     else:
         eps = 0.01 / torch.sqrt(sum((g ** 2).sum() for g in v.values()))
         with torch.no_grad():
@@ -241,6 +238,63 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
     correct = (pri.detach().argmax(1) == y).sum()
     return MetaGradient(gen_grads, loss_before.detach(), loss_after.detach(), list(grads), loss_aux.detach(),
                         correct)
+
+
+def implicit_step(nets: Nets, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, objective: Objective,
+                  meta_batch: tuple[torch.Tensor, torch.Tensor], pair: torch.Tensor | None = None,
+                  reduce: Reduce | None = None) -> torch.Tensor:
+    """A generator step by the implicit hypergradient (AuxiLearn, Navon et al. 2021); returns the meta loss.
+
+    theta1 is taken as a minimiser of L_train(.; t); by the implicit function theorem
+      d L_pri(meta batch; theta1) / d t = -grad_theta L_pri^T  H^-1  d^2 L_train / d theta d t,
+    H the Hessian of L_train on the training batch (x, y), with H^-1 ~ alpha sum_{j<=k} (I - alpha H)^j,
+    a truncated Neumann series of k Hessian-vector products. L_train is linear in t, so the last
+    factor is the same forward-mode product as the look-ahead's, along p = sum_j (I - alpha H)^j v.
+    """
+    gamma, alpha = objective.gamma, objective.alpha
+    stats = _no_running_stats(nets.model)
+    theta = {n: p.detach().requires_grad_() for n, p in nets.model.named_parameters()}
+    mx, my = meta_batch
+    loss_meta = focal_loss(functional_call(nets.model, (theta, stats), (mx,))[0], my, gamma)
+    v = _grads(loss_meta, theta, reduce)
+    pri, aux = functional_call(nets.model, (theta, stats), (x,))
+    loss_train = focal_loss(pri, y, gamma) + objective.aux_weight * focal_loss(aux, labels.detach(), gamma)
+    g = torch.autograd.grad(loss_train, list(theta.values()), create_graph=True)
+    term, p = v, v
+    for _ in range(objective.neumann_steps):
+        hv = torch.autograd.grad(g, list(theta.values()), grad_outputs=term, retain_graph=True, allow_unused=True)
+        hv = [torch.zeros_like(t) if h is None else h for t, h in zip(term, hv, strict=True)]
+        if reduce is not None:
+            reduce(hv)
+        term = [t - alpha * h for t, h in zip(term, hv, strict=True)]
+        p = [a + t for a, t in zip(p, term, strict=True)]
+    theta = {n: q.detach() for n, q in theta.items()}
+    u = _aux_jvp(nets.model, stats, x, gamma, theta, dict(zip(theta, p, strict=True)))
+    gen_params = _trainable(nets.generator)
+    total = objective.meta_signal(labels, u) + objective.terms(labels, y, pair, gen_params)
+    gen_grads = list(torch.autograd.grad(total, gen_params))
+    if reduce is not None:
+        reduce(gen_grads)
+    _apply(nets.generator, nets.gen_opt, gen_grads)
+    return loss_meta.detach()
+
+
+def _grads(loss: torch.Tensor, params: dict[str, torch.Tensor], reduce: Reduce | None) -> list[torch.Tensor]:
+    """d loss / d params, zeros where a parameter does not reach the loss (the other head), averaged."""
+    gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    gs = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), gs, strict=True)]
+    if reduce is not None:
+        reduce(gs)
+    return gs
+
+
+def _aux_jvp(model: nn.Module, stats: dict, x: torch.Tensor, gamma: float, theta: dict[str, torch.Tensor],
+             tangent: dict[str, torch.Tensor]) -> torch.Tensor:
+    """<grad_theta l_bk(theta), tangent> / B for every (b, k): one forward-mode pass of the auxiliary head."""
+    with fwAD.dual_level():
+        dual = {n: fwAD.make_dual(p, tangent[n]) for n, p in theta.items()}
+        out = focal_terms(functional_call(model, (dual, stats), (x,))[1], gamma) / len(x)
+        return fwAD.unpack_dual(out).tangent
 
 
 def _trainable(module: nn.Module) -> list[torch.Tensor]:

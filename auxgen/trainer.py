@@ -35,7 +35,17 @@ from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, hierarchy_for, random_labels
 from auxgen.label_stats import LabelStats
 from auxgen.losses import focal_loss
-from auxgen.maxl import Nets, Objective, Reduce, fused_iteration, grad_cosine, maxl_iteration, meta_step, train_step
+from auxgen.maxl import (
+    Nets,
+    Objective,
+    Reduce,
+    fused_iteration,
+    grad_cosine,
+    implicit_step,
+    maxl_iteration,
+    meta_step,
+    train_step,
+)
 from auxgen.models import LabelGenerator, MultiTaskNet, build_models
 from auxgen.progress import TrainProgress
 from auxgen.runtime import Precision, pick_device
@@ -514,6 +524,18 @@ def fused_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
     return {**fused_iteration(ep.nets, x, y, ep.objective, ep.pair(x, y), ep.reduce), "x": x, "y": y}
 
 
+def implicit_step_(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
+    """theta1 trains on the generator's labels; every --meta-every steps theta2 takes an implicit hypergradient
+    step at the trained theta1, its signal the primary loss on a held-out batch (or this one)."""
+    res = generated_step(ep, i, rows)
+    if ep.is_meta_step(i):
+        x, y = res["x"], res["y"]
+        loss = implicit_step(ep.nets, x, y, ep.nets.generator(x, y), ep.objective, ep.meta_batch(i) or (x, y),
+                             ep.pair(x, y), ep.reduce)
+        res.update(meta_before=loss, meta_after=loss)  # no look-ahead: both are the meta batch's loss at theta1
+    return res
+
+
 def _trained(ep: Epoch, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> dict[str, Any]:
     loss_pri, loss_aux, ok = train_step(ep.nets.model, ep.nets.opt, x, y, target, ep.objective, ep.reduce)
     return {"loss_pri": loss_pri, "loss_aux": loss_aux, "correct": ok, "target": target, "x": x, "y": y}
@@ -525,6 +547,8 @@ def pick_step(cfg: TrainConfig, targets: TargetSource) -> Step:
         return fixed_step
     if cfg.schedule == "alternate":  # meta steps come in their own pass (meta_pass)
         return generated_step
+    if cfg.hypergradient == "implicit":
+        return implicit_step_
     return fused_step if cfg.fused_lookahead else maxl_step
 
 

@@ -48,7 +48,8 @@ from auxgen.stats import mean_ci, verdict  # noqa: E402
 from auxgen.trainer import TargetSource, train  # noqa: E402
 
 # task name -> (digit groups, fraction of the training set, epochs)
-TASKS = {"g2": (2, 1.0, 20), "g5": (5, 1.0, 20), "g2-small": (2, 0.2, 40), "g5-small": (5, 0.2, 40)}
+TASKS = {"g2": (2, 1.0, 20), "g5": (5, 1.0, 20), "g2-small": (2, 0.2, 40), "g5-small": (5, 0.2, 40),
+         "g2-10": (2, 0.1, 80), "g2-5": (2, 0.05, 80), "g5-10": (5, 0.1, 80)}
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                        # auxgen's defaults (whatever config.py says)
@@ -59,8 +60,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mi1": dict(entropy_weight=1.0),
     "sgd": dict(gen_optimizer="sgd"),
     "consistency": dict(consistency_weight=1.0),
+    "inv": dict(invariance_weight=1.0),   # the within-class invariance prior (IIC) on top of the defaults
+    "inv-only": dict(invariance_weight=1.0, entropy_weight=0.0, sharpness_weight=0.0),  # IIC replaces both
+    "inv-nometa": dict(invariance_weight=1.0, meta_weight=0.0),
+    "aux25": dict(aux_weight=0.25),       # AuxiLearn's auxiliary-loss scale
+    "every4": dict(meta_every=4),         # amortised: a meta step every 4 training steps
+    "split": dict(meta_split=0.2),        # the meta objective on held-out rows
 }
-BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off")
+# no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
+BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)
 
 
 def _nmi_ari(hard: np.ndarray, fine: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -102,7 +110,7 @@ def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
     name, _, variant = method.partition(":")
     opts = {**BASE, **VARIANTS[variant or "default"], "primary_groups": groups, "epochs": epochs,
             "seed": seed, "method": name}
-    for k in ("dataset", "backbone", "width", "batch_size", "device", "augment"):  # the task fixes these
+    for k in BASE:  # the task fixes these
         opts[k] = BASE[k]
     if variant == "paper":  # the preset fixes the training too, except what the task fixes and its length
         opts.update({k: v for k, v in PRESETS["paper"].items() if k not in BASE and k not in ("epochs", "psi")})
@@ -122,7 +130,7 @@ def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
         row.update(acc=s["final_test_acc"], **_label_metrics(None, hard_te, data.test, hier.psi))
     else:
         s = train(cfg, None, show=False, data=data, train_idx=idx, return_run=True)
-        row["acc"] = s["final_test_acc"]
+        row["acc"], row["train_s"] = s["final_test_acc"], time.perf_counter() - t0
         if name == "maxl":
             run = s["run"]
             soft_te = compute_soft_labels(run.generator, data.test.images, data.test.labels, run.device)
@@ -169,19 +177,64 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def oracle_gain(rows: list[dict], task: str) -> tuple[float, float]:
+    """The data's own fine labels (human) against single-task: what auxiliary labels can gain here."""
+    return diff_ci(rows, task, "human", "single")
+
+
+def qualifies(rows: list[dict], task: str) -> bool:
+    """A task is a yardstick for "helps" only where the oracle's gain over single-task excludes zero."""
+    d, h = oracle_gain(rows, task)
+    return not math.isnan(h) and d - h > 0
+
+
+def calibration(rows: list[dict]) -> str:
+    """Per task: the oracle's gain and random labels' effect, paired by seed, and whether the task qualifies."""
+    out = ["| task | seeds | human - single | random - single | kmeans - single | qualifies |",
+           "| --- | ---: | ---: | ---: | ---: | --- |"]
+    for task in _tasks(rows):
+        cells = []
+        for m in ("human", "random", "kmeans"):
+            d, h = diff_ci(rows, task, m, "single")
+            cells.append("-" if math.isnan(d) else f"{100 * d:+.2f} ± {100 * h:.2f}")
+        n = len({r["seed"] for r in rows if r["task"] == task and r["method"] == "single"})
+        out.append(f"| {task} | {n} | {' | '.join(cells)} | {'yes' if qualifies(rows, task) else 'no'} |")
+    return "\n".join(out)
+
+
+def _mean_time(rows: list[dict], task: str, method: str) -> float:
+    ts = [r.get("train_s", r["time_s"]) for r in rows if r["task"] == task and r["method"] == method]
+    return sum(ts) / len(ts) if ts else math.nan
+
+
 def comparisons(rows: list[dict]) -> str:
-    """Paired differences of every maxl variant (frozen and co-trained) against single and random."""
-    out = ["| task | comparison | difference (points) | verdict |", "| --- | --- | ---: | --- |"]
-    for task in [t for t in TASKS if any(r["task"] == t for r in rows)]:
+    """Every maxl variant, frozen (as exported) and co-trained, against single-task, random labels and the
+    oracle, paired by seed; the share of the oracle's gain it captures; its training cost against single-task."""
+    out = ["| task | method | labels | - single | - random | - human | captured | cost (x single) |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for task in _tasks(rows):
+        gain, _ = oracle_gain(rows, task)
+        single_s = _mean_time(rows, task, "single")
         for m in sorted({r["method"] for r in rows if r["task"] == task and r["method"].startswith("maxl")}):
             for key, label in (("frozen", "frozen"), ("acc", "co-trained")):
-                for base in ("single", "random"):
-                    d, h = diff_ci(rows, task, m, base, key, "acc")
-                    if math.isnan(d):
-                        continue
-                    out.append(f"| {task} | {m} {label} - {base} | {100 * d:+.2f} ± {100 * h:.2f} | "
-                               f"{verdict(d, h)} |")
+                diffs = [diff_ci(rows, task, m, base, key, "acc") for base in ("single", "random", "human")]
+                if all(math.isnan(d) for d, _ in diffs):
+                    continue
+                cells = ["-" if math.isnan(d) else f"{100 * d:+.2f} ± {100 * h:.2f} {_mark(d, h)}" for d, h in diffs]
+                share = diffs[0][0] / gain if qualifies(rows, task) and gain > 0 else math.nan
+                cost = _mean_time(rows, task, m) / single_s
+                out.append(f"| {task} | {m} | {label} | {' | '.join(cells)} | "
+                           f"{'-' if math.isnan(share) else f'{100 * share:.0f}%'} | {cost:.1f} |")
     return "\n".join(out)
+
+
+def _mark(d: float, h: float) -> str:
+    v = verdict(d, h)
+    return {"helps": "(+)", "hurts": "(-)"}.get(v, "")
+
+
+def _tasks(rows: list[dict]) -> list[str]:
+    return [t for t in TASKS if any(r["task"] == t for r in rows)]
 
 
 def main() -> None:
@@ -192,11 +245,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=0, help="epochs of every task [default: each task's own]")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--rows", type=Path, nargs="*", help="print the tables of earlier --out files instead of running")
     ap.add_argument("--quick", action="store_true", help="CI-sized: 2 seeds, 4 epochs, task g2-small")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = ap.parse_args()
     if args.quick:
         args.tasks, args.seeds, args.epochs = "g2-small", 2, 4
+    if args.rows:
+        rows = [r for f in args.rows for r in json.loads(f.read_text())["rows"]]
+        print(table(rows) + "\n\n" + calibration(rows) + "\n\n" + comparisons(rows))
+        return
     jobs = [(t, m, s, args.epochs) for t in args.tasks.split(",") for m in args.methods.split(",")
             for s in range(args.seeds)]
     t0 = time.perf_counter()
@@ -206,7 +264,7 @@ def main() -> None:
         f"{t} {TASKS[t][2]}" for t in args.tasks.split(","))
     print(f"# label quality: digits, cnn width {BASE['width']}, batch {BASE['batch_size']}, {length}, "
           f"{args.seeds} seeds ({time.perf_counter() - t0:.0f} s)\n")
-    print(table(rows) + "\n\n" + comparisons(rows))
+    print(table(rows) + "\n\n" + calibration(rows) + "\n\n" + comparisons(rows))
     if args.out:
         args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
 

@@ -90,3 +90,13 @@ def test_meta_every_moves_the_generator_only_on_meta_steps():
     assert not torch.equal(rare, start)                   # the one meta step moved it
     assert (rare - start).norm() < (every - start).norm()  # 1 step against 22
     assert s_rare["history"] and s_rare["epochs"] == 1
+
+
+def test_implicit_hypergradient_regime_trains_on_held_out_batches():
+    cfg = tiny_config(epochs=1, hypergradient="implicit", meta_split=0.2, meta_every=5)
+    s = train(cfg, None, show=False, return_run=True)
+    torch.manual_seed(cfg.seed)
+    start = torch.cat([p.flatten() for p in setup(cfg).generator.parameters()])
+    moved = torch.cat([p.flatten() for p in s["run"].generator.parameters()])
+    assert not torch.equal(start, moved)
+    assert math.isfinite(s["final_test_acc"])

@@ -80,6 +80,8 @@ def train_command(
     sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=field_help("sync_bn"), show_default=False),
     cosine_every: int = _o("cosine_every"),
     eval_batch_size: int = _o("eval_batch_size"),
+    hypergradient: str = _o("hypergradient"),
+    neumann_steps: int = _o("neumann_steps"),
     meta_every: int = _o("meta_every"),
     aux_weight: float = _o("aux_weight"),
     invariance_weight: float = _o("invariance_weight"),
