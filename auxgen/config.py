@@ -97,6 +97,7 @@ class TrainConfig:
     eval_batch_size: int = _f(500, "Batch size of evaluation.")
     hypergradient: str = _f("lookahead", "maxl: how theta2's meta-signal is computed: lookahead (MAXL: through one SGD step of theta1, --meta-order) or implicit (AuxiLearn: the implicit function theorem with a truncated Neumann series, on held-out batches when --meta-split is set).")
     neumann_steps: int = _f(3, "--hypergradient implicit: Hessian-vector products in the Neumann series of the inverse Hessian.")
+    pair_colour: bool = _f(False, "The generator's second views (for --consistency-weight and --invariance-weight) also change colour: a random brightness and, for RGB, a random channel order, so labels cannot be about colour.")
     meta_every: int = _f(1, "maxl: a meta step every N training steps (amortised meta-learning); the steps between train theta1 on the generator's current labels.")
     aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).")
     invariance_weight: float = _f(0.0, "Weight of an invariance prior for the generator: the mutual information of the auxiliary classes of two independently augmented views of each image (IIC), inside each primary block.")

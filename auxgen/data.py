@@ -116,6 +116,21 @@ def apply_views(images: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Te
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
+def colour_jitter(images: torch.Tensor, n: int, generator: torch.Generator, part: slice = slice(None)
+                  ) -> torch.Tensor:
+    """A random brightness gain (0.6-1.4) and, for RGB, a random channel order per image of a uint8 batch.
+
+    Only for the generator's pair views (never stored): a label that survives it cannot be about
+    colour. Draws are made for `n` images (the global batch) and `part` of them applied.
+    """
+    gain = (0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=generator))[part].to(images.device)
+    order = torch.argsort(torch.rand(n, images.shape[1], generator=generator), dim=1)[part].to(images.device)
+    out = images.float() * gain
+    if images.shape[1] == 3:
+        out = out.gather(1, order[:, :, None, None].expand_as(out))
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
 # ------------------------------------------------------------------------------ loaders
 def load_data(cfg: TrainConfig) -> Data:
     """Load the dataset a config names, as tensors; a missing dataset is an AuxgenError."""

@@ -30,7 +30,7 @@ import auxgen
 from auxgen import distributed
 from auxgen.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from auxgen.config import TrainConfig
-from auxgen.data import Data, Split, apply_views, draw_views, load_data
+from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views, load_data
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, hierarchy_for, random_labels
 from auxgen.label_stats import LabelStats
@@ -462,6 +462,13 @@ class Batches:
         data = self.run.data
         return apply_views(x, draw_views(n, data.pad, self.rng, data.flip)[self.dist.part(n)], data.pad)
 
+    def pair_view(self, x: torch.Tensor) -> torch.Tensor:
+        """Another view of x for the generator's pair terms: crop and flip, and with --pair-colour a colour change."""
+        x = self.view(x)
+        if self.run.cfg.pair_colour:
+            x = colour_jitter(x, len(x) * self.dist.world, self.rng, self.dist.part(len(x) * self.dist.world))
+        return x
+
 
 @dataclass
 class Epoch:
@@ -483,7 +490,7 @@ class Epoch:
 
     def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """The generator's labels of another view of the images, for the objective's pair terms."""
-        return self.nets.generator(self.batches.view(x), y) if self.objective.needs_pair else None
+        return self.nets.generator(self.batches.pair_view(x), y) if self.objective.needs_pair else None
 
     def is_meta_step(self, i: int) -> bool:
         return i % self.run.cfg.meta_every == 0

@@ -47,9 +47,18 @@ from auxgen.label_stats import LabelStats  # noqa: E402
 from auxgen.stats import mean_ci, verdict  # noqa: E402
 from auxgen.trainer import TargetSource, train  # noqa: E402
 
-# task name -> (digit groups, fraction of the training set, epochs)
-TASKS = {"g2": (2, 1.0, 20), "g5": (5, 1.0, 20), "g2-small": (2, 0.2, 40), "g5-small": (5, 0.2, 40),
-         "g2-10": (2, 0.1, 80), "g2-5": (2, 0.05, 80), "g5-10": (5, 0.1, 80)}
+SHAPES = Path(__file__).resolve().parents[1] / "runs" / "bench-data" / "shapes"  # written once, on first use
+# task name -> (options of the task, fraction of the training set, epochs)
+TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
+    "g2": ({"primary_groups": 2}, 1.0, 20), "g5": ({"primary_groups": 5}, 1.0, 20),
+    "g2-small": ({"primary_groups": 2}, 0.2, 40), "g5-small": ({"primary_groups": 5}, 0.2, 40),
+    "g2-10": ({"primary_groups": 2}, 0.1, 80), "g2-5": ({"primary_groups": 2}, 0.05, 80),
+    "g5-10": ({"primary_groups": 5}, 0.1, 80),
+    # the harder image task: 32x32 RGB shapes with a colour nuisance (benchmarks/shapes_task.py), 240 training
+    # images, crop-and-flip augmentation for every method
+    "shapes": ({"dataset": "imagefolder", "data_root": str(SHAPES / "train"), "test_root": str(SHAPES / "test"),
+                "hierarchy_depth": 2, "image_size": 32, "augment": "on", "flip": True}, 1.0, 60),
+}
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                        # auxgen's defaults (whatever config.py says)
@@ -61,6 +70,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sgd": dict(gen_optimizer="sgd"),
     "consistency": dict(consistency_weight=1.0),
     "inv": dict(invariance_weight=1.0),   # the within-class invariance prior (IIC) on top of the defaults
+    "inv-colour": dict(invariance_weight=1.0, pair_colour=True),  # ... whose second views also change colour
     "inv-only": dict(invariance_weight=1.0, entropy_weight=0.0, sharpness_weight=0.0),  # IIC replaces both
     "inv-nometa": dict(invariance_weight=1.0, meta_weight=0.0),
     "aux25": dict(aux_weight=0.25),       # AuxiLearn's auxiliary-loss scale
@@ -105,15 +115,13 @@ def _subset(n: int, frac: float, seed: int) -> torch.Tensor | None:
 def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
     """Train one (task, method, seed) and measure its labels and accuracy."""
     torch.set_num_threads(1)
-    groups, frac, task_epochs = TASKS[task]
+    task_opts, frac, task_epochs = TASKS[task]
     epochs = epochs or task_epochs
     name, _, variant = method.partition(":")
-    opts = {**BASE, **VARIANTS[variant or "default"], "primary_groups": groups, "epochs": epochs,
-            "seed": seed, "method": name}
-    for k in BASE:  # the task fixes these
-        opts[k] = BASE[k]
+    opts = {**VARIANTS[variant or "default"], **BASE, **task_opts, "epochs": epochs, "seed": seed, "method": name}
     if variant == "paper":  # the preset fixes the training too, except what the task fixes and its length
-        opts.update({k: v for k, v in PRESETS["paper"].items() if k not in BASE and k not in ("epochs", "psi")})
+        fixed = {*BASE, *task_opts, "epochs", "psi"}
+        opts.update({k: v for k, v in PRESETS["paper"].items() if k not in fixed})
     cfg = TrainConfig(**opts).validate()
     data = load_data(cfg)
     idx = _subset(len(data.train), frac, seed)
@@ -257,12 +265,16 @@ def main() -> None:
         return
     jobs = [(t, m, s, args.epochs) for t in args.tasks.split(",") for m in args.methods.split(",")
             for s in range(args.seeds)]
+    if "shapes" in args.tasks.split(","):
+        from shapes_task import make_task
+
+        make_task(SHAPES)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_one, *zip(*jobs, strict=True)))
     length = f"{args.epochs} epochs" if args.epochs else "epochs " + ", ".join(
         f"{t} {TASKS[t][2]}" for t in args.tasks.split(","))
-    print(f"# label quality: digits, cnn width {BASE['width']}, batch {BASE['batch_size']}, {length}, "
+    print(f"# label quality: cnn width {BASE['width']}, batch {BASE['batch_size']}, {length}, "
           f"{args.seeds} seeds ({time.perf_counter() - t0:.0f} s)\n")
     print(table(rows) + "\n\n" + calibration(rows) + "\n\n" + comparisons(rows))
     if args.out:

@@ -100,3 +100,20 @@ def test_implicit_hypergradient_regime_trains_on_held_out_batches():
     moved = torch.cat([p.flatten() for p in s["run"].generator.parameters()])
     assert not torch.equal(start, moved)
     assert math.isfinite(s["final_test_acc"])
+
+
+def test_colour_jitter_reorders_channels_and_scales_brightness_only():
+    from auxgen.data import colour_jitter
+
+    x = torch.tensor([10, 50, 90], dtype=torch.uint8)[None, :, None, None].expand(6, 3, 4, 4).contiguous()
+    out = colour_jitter(x, 6, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    again = colour_jitter(x, 6, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # a pure function of the generator's state
+    for img in out:
+        values = sorted(int(v) for v in img[:, 0, 0])
+        gain = values[2] / 90
+        assert 0.6 - 1e-6 <= gain <= 1.4 + 1e-6
+        assert all(abs(v - round(gain * c)) <= 1 for v, c in zip(values, (10, 50, 90), strict=True))
+        assert torch.equal(img, img[:, :1, :1].expand_as(img))  # no pixel moved: colour only
+    assert len({tuple(int(v) for v in img[:, 0, 0].argsort()) for img in out}) > 1  # orders differ

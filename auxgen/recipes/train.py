@@ -82,6 +82,8 @@ def train_command(
     eval_batch_size: int = _o("eval_batch_size"),
     hypergradient: str = _o("hypergradient"),
     neumann_steps: int = _o("neumann_steps"),
+    pair_colour: bool = typer.Option(None, "--pair-colour/--no-pair-colour", help=field_help("pair_colour"),
+                                     show_default=False),
     meta_every: int = _o("meta_every"),
     aux_weight: float = _o("aux_weight"),
     invariance_weight: float = _o("invariance_weight"),
