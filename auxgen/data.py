@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from auxgen.config import TrainConfig
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import cifar100_fine_to, cifar100_names
 
@@ -117,22 +116,39 @@ def apply_views(images: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Te
 
 
 # ------------------------------------------------------------------------------ loaders
-def load_data(cfg: TrainConfig) -> Data:
-    """Load the dataset a config names, as tensors; a missing dataset is an AuxgenError."""
-    loaders = {"digits": _digits, "cifar10": _cifar, "cifar100": _cifar, "mnist": _mnist,
-               "fashion-mnist": _mnist, "svhn": _svhn, "imagefolder": _imagefolder}
+@dataclass(frozen=True)
+class DataSpec:
+    """What a loader reads: the data options of a run, named as TrainConfig names them
+    (auxgen.compose.data_spec makes one from a config)."""
+
+    dataset: str = "digits"
+    data_root: str = "data"
+    test_root: str | None = None
+    download: bool = False
+    image_size: int = 32  # ImageFolder images are resized to it
+    primary_level: int = 20  # CIFAR-100's primary level
+    augment: str = "auto"  # auto, on or off
+    flip: bool = True
+    primary_groups: int | None = None  # digits: primary task of 2 or 5 digit groups
+    hierarchy_depth: int = 1  # imagefolder: 2 for ROOT/COARSE/FINE/IMG
+
+
+def load_data(spec: DataSpec) -> Data:
+    """Load the dataset a spec names, as tensors; a missing dataset is an AuxgenError."""
+    if spec.dataset not in DATASETS:
+        raise AuxgenError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
+    entry = DATASETS[spec.dataset]
     try:
-        train, test, names = loaders[cfg.dataset](cfg)
+        train, test, names = entry.load(spec)
     except OSError as e:  # permissions, a vanished mount, I/O errors: the file system's answer, one line
-        where = e.filename or cfg.data_root
-        raise AuxgenError(f"{cfg.dataset}: cannot read {where} ({e.strerror or type(e).__name__})") from None
-    rgb32 = cfg.dataset in ("cifar10", "cifar100", "svhn", "imagefolder")
-    augment = {"auto": rgb32, "on": True, "off": False}[cfg.augment]
+        where = e.filename or spec.data_root
+        raise AuxgenError(f"{spec.dataset}: cannot read {where} ({e.strerror or type(e).__name__})") from None
+    augment = {"auto": entry.auto_augment, "on": True, "off": False}[spec.augment]
     size = train.images.shape[-1]
-    data = Data(cfg.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8), flip=cfg.flip)
-    if cfg.dataset == "digits" and cfg.primary_groups:
-        data = _digit_groups(data, cfg.primary_groups)
-    elif cfg.dataset == "imagefolder" and cfg.hierarchy_depth == 2:
+    data = Data(spec.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8), flip=spec.flip)
+    if spec.dataset == "digits" and spec.primary_groups:
+        data = _digit_groups(data, spec.primary_groups)
+    elif spec.dataset == "imagefolder" and spec.hierarchy_depth == 2:
         data = _two_level(data)
     return data
 
@@ -180,7 +196,7 @@ def _keys(prefix: str, n: int) -> list[str]:
     return [f"{prefix}/{i:06d}" for i in range(n)]
 
 
-def _digits(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _digits(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -194,7 +210,7 @@ def _digits(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     return train, test, [str(i) for i in range(10)]
 
 
-def _download(cfg: TrainConfig, root: Path, fetch: Callable[[], object]) -> None:
+def _download(cfg: DataSpec, root: Path, fetch: Callable[[], object]) -> None:
     """Run a torchvision download; a network failure becomes a one-line error."""
     try:
         fetch()
@@ -204,7 +220,7 @@ def _download(cfg: TrainConfig, root: Path, fetch: Callable[[], object]) -> None
                           f"network, or put the files there by hand and drop --download") from None
 
 
-def _missing(cfg: TrainConfig, looked: Path, what: str) -> AuxgenError:
+def _missing(cfg: DataSpec, looked: Path, what: str) -> AuxgenError:
     return AuxgenError(
         f"{cfg.dataset} not found: looked in {looked} for {what}; pass --download to fetch it "
         f"there, or point --data-root at the folder that holds it"
@@ -277,7 +293,7 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _cifar(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     """CIFAR-10/100 from the python pickle batches (torchvision only downloads them)."""
     root = Path(cfg.data_root).expanduser()
     c10 = cfg.dataset == "cifar10"
@@ -311,7 +327,7 @@ def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     return splits[0], splits[1], names
 
 
-def _mnist(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _mnist(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     from torchvision import datasets
 
     root = Path(cfg.data_root).expanduser()
@@ -400,7 +416,7 @@ def _load_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(labels % 10)  # SVHN stores 0 as 10
 
 
-def _svhn(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _svhn(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     """SVHN from train_32x32.mat / test_32x32.mat (torchvision only downloads them)."""
     root = Path(cfg.data_root).expanduser()
     if cfg.download:
@@ -452,7 +468,7 @@ def _load_images(root: Path, items: list[tuple[str, int]], size: int) -> torch.T
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _imagefolder(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _imagefolder(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     root = Path(cfg.data_root).expanduser()
     classes, items = _scan_tree(root)
     if len(classes) < 2:
@@ -475,3 +491,28 @@ def _imagefolder(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_test = max(1, int(round(len(full) * 0.2)))
     return full.subset(perm[n_test:].sort().values), full.subset(perm[:n_test].sort().values), classes
+
+
+# ------------------------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset of the registry: its loader and the facts the rest of auxgen asks about it."""
+
+    load: Callable[[DataSpec], tuple[Split, Split, list[str]]]  # -> train, test, class names
+    channels: int  # of the stored images
+    auto_augment: bool  # --augment auto crops and flips it (32x32 RGB sets and ImageFolder)
+    downloads: bool  # torchvision can fetch it (--download)
+    human: str | None = None  # how it gives fine (human) labels for --method human, if it can
+
+
+# The one list of datasets: `--dataset` choices and help come from it; a new dataset is one entry
+# (and its loader above).
+DATASETS: dict[str, Dataset] = {
+    "digits": Dataset(_digits, 1, False, False, "--dataset digits with --primary-groups 2|5"),
+    "cifar10": Dataset(_cifar, 3, True, True),
+    "cifar100": Dataset(_cifar, 3, True, True, "--dataset cifar100"),
+    "mnist": Dataset(_mnist, 1, False, True),
+    "fashion-mnist": Dataset(_mnist, 1, False, True),
+    "svhn": Dataset(_svhn, 3, True, True),
+    "imagefolder": Dataset(_imagefolder, 3, True, False, "an imagefolder with --hierarchy-depth 2"),
+}

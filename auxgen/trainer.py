@@ -29,14 +29,15 @@ import torch.nn.functional as F
 import auxgen
 from auxgen import distributed
 from auxgen.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
+from auxgen.compose import build_models, hierarchy_for, load_data
 from auxgen.config import TrainConfig
-from auxgen.data import Data, Split, apply_views, draw_views, load_data
+from auxgen.data import Data, Split, apply_views, draw_views
 from auxgen.errors import AuxgenError
-from auxgen.hierarchy import Hierarchy, hierarchy_for, random_labels
+from auxgen.hierarchy import Hierarchy, random_labels
 from auxgen.label_stats import LabelStats
 from auxgen.losses import focal_loss
 from auxgen.maxl import grad_cosine, maxl_iteration, meta_step, train_step
-from auxgen.models import LabelGenerator, MultiTaskNet, build_models
+from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.progress import TrainProgress
 from auxgen.runtime import autocast, pick_device
 
