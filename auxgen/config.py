@@ -8,6 +8,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, objective: bool = False) -> Any:
+def _f(default: Any, help: str, choices: Collection[str] | None = None, objective: bool = False) -> Any:
     """A config field: its default, its help sentence, the values it may take (validate checks
-    them), and whether it is a term of the generator's objective (every preset must set those)."""
+    them; a registry's dict stays live, so an entry added to it is a choice), and whether it is a term of the generator's objective (every preset must set those)."""
     return field(default=default, metadata={"help": help, "choices": choices, "objective": objective})
 
 
@@ -57,8 +58,8 @@ _DOWNLOADABLE = "/".join(name for name, d in DATASETS.items() if d.downloads)
 class TrainConfig:
     """Everything that determines a training run (the output folder aside)."""
 
-    preset: str | None = _f(None, "Start from a named set of options: paper (the authors' public code), paper-text (the ICLR text); the file and flags override it.", tuple(PRESETS))
-    dataset: str = _f("digits", f"Dataset: {', '.join(DATASETS)}.", tuple(DATASETS))
+    preset: str | None = _f(None, "Start from a named set of options: paper (the authors' public code), paper-text (the ICLR text); the file and flags override it.", PRESETS)
+    dataset: str = _f("digits", f"Dataset: {', '.join(DATASETS)}.", DATASETS)
     data_root: str = _f("data", "Folder holding the dataset (the ImageFolder tree for imagefolder).")
     test_root: str | None = _f(None, "ImageFolder test tree; without it a seeded 20% split of data-root is the test set.")
     download: bool = _f(False, f"Let torchvision download {_DOWNLOADABLE} into data-root.")
@@ -71,7 +72,7 @@ class TrainConfig:
     psi_file: str | None = _f(None, "JSON file with psi as a list (or {\"psi\": [...]}).")
     method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (the data's finer labels: CIFAR-100, digit groups, two-level ImageFolder), kmeans (k-means clusters of single-task features inside each primary class).", METHODS)
     features_from: str | None = _f(None, "--method kmeans: a finished single-task (or any) run whose network gives the features; without it a single-task network is trained first, in the same run, for the same epochs.")
-    backbone: str = _f("vgg16", f"Backbone of both networks: {', '.join(f'{n} ({b.about})' for n, b in BACKBONES.items())}.", tuple(BACKBONES))
+    backbone: str = _f("vgg16", f"Backbone of both networks: {', '.join(f'{n} ({b.about})' for n, b in BACKBONES.items())}.", BACKBONES)
     width: int | None = _f(None, f"Backbone base width ({', '.join(f'{n} {b.default_width}' for n, b in BACKBONES.items())} by default).")
     gen_width: int | None = _f(None, "Label generator's backbone width if it should differ (a narrower generator makes iterations cheaper).")
     epochs: int = _f(30, "Training epochs (the paper: 200); the learning-rate schedule stretches to fit them.")
@@ -113,6 +114,9 @@ class TrainConfig:
         _check_choices(self)
         if self.meta_order not in (1, 2):
             raise AuxgenError(f"--meta-order must be 1 or 2, got {self.meta_order}")
+        if self.method == "maxl" and self.meta_order == 2 and not BACKBONES[self.backbone].forward_ad:
+            raise AuxgenError(f"--backbone {self.backbone} has layers without a forward-mode AD rule, which the exact "
+                              f"meta-gradient (--meta-order 2) needs; use --meta-order 1")
         if not 0.0 <= self.meta_split < 1.0:
             raise AuxgenError(f"--meta-split must be in [0, 1), got {self.meta_split}")
         for name in ("width", "gen_width"):

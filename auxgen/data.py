@@ -495,7 +495,7 @@ def _imagefolder(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
 
 # ------------------------------------------------------------------------------ the registry
 @dataclass(frozen=True)
-class Dataset:
+class DatasetEntry:
     """A dataset of the registry: its loader and the facts the rest of auxgen asks about it."""
 
     load: Callable[[DataSpec], tuple[Split, Split, list[str]]]  # -> train, test, class names
@@ -507,12 +507,14 @@ class Dataset:
 
 # The one list of datasets: `--dataset` choices and help come from it; a new dataset is one entry
 # (and its loader above).
-DATASETS: dict[str, Dataset] = {
-    "digits": Dataset(_digits, 1, False, False, "--dataset digits with --primary-groups 2|5"),
-    "cifar10": Dataset(_cifar, 3, True, True),
-    "cifar100": Dataset(_cifar, 3, True, True, "--dataset cifar100"),
-    "mnist": Dataset(_mnist, 1, False, True),
-    "fashion-mnist": Dataset(_mnist, 1, False, True),
-    "svhn": Dataset(_svhn, 3, True, True),
-    "imagefolder": Dataset(_imagefolder, 3, True, False, "an imagefolder with --hierarchy-depth 2"),
+DATASETS: dict[str, DatasetEntry] = {
+    "digits": DatasetEntry(_digits, channels=1, auto_augment=False, downloads=False,
+                           human="--dataset digits with --primary-groups 2|5"),
+    "cifar10": DatasetEntry(_cifar, channels=3, auto_augment=True, downloads=True),
+    "cifar100": DatasetEntry(_cifar, channels=3, auto_augment=True, downloads=True, human="--dataset cifar100"),
+    "mnist": DatasetEntry(_mnist, channels=1, auto_augment=False, downloads=True),
+    "fashion-mnist": DatasetEntry(_mnist, channels=1, auto_augment=False, downloads=True),
+    "svhn": DatasetEntry(_svhn, channels=3, auto_augment=True, downloads=True),
+    "imagefolder": DatasetEntry(_imagefolder, channels=3, auto_augment=True, downloads=False,
+                                human="an imagefolder with --hierarchy-depth 2"),
 }

@@ -93,7 +93,7 @@ def resnet18(in_channels: int, width: int = 64) -> tuple[nn.Module, int]:
 
 
 @dataclass(frozen=True)
-class Backbone:
+class BackboneEntry:
     """A backbone of the registry: its builder and the facts the rest of auxgen asks about it."""
 
     build: Callable[[int, int], tuple[nn.Module, int]]  # (in_channels, width) -> (module, feature size)
@@ -104,10 +104,10 @@ class Backbone:
 
 
 # The one list of backbones: `--backbone` choices and help come from it; a new backbone is one entry.
-BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone(vgg16, 64, "paper"),
-    "resnet18": Backbone(resnet18, 64, "CIFAR-style"),
-    "cnn": Backbone(cnn, 32, "small, fast"),
+BACKBONES: dict[str, BackboneEntry] = {
+    "vgg16": BackboneEntry(vgg16, default_width=64, about="paper"),
+    "resnet18": BackboneEntry(resnet18, default_width=64, about="CIFAR-style"),
+    "cnn": BackboneEntry(cnn, default_width=32, about="small, fast"),
 }
 
 

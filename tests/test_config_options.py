@@ -62,7 +62,7 @@ def test_presets_set_every_objective_field():
 
 @pytest.mark.parametrize("field", [f for f in FIELDS if f.metadata["choices"]], ids=lambda f: f.name)
 def test_choices_come_from_field_metadata(field):
-    TrainConfig(**{field.name: field.metadata["choices"][-1]}).validate()
+    TrainConfig(**{field.name: list(field.metadata["choices"])[-1]}).validate()
     with pytest.raises(AuxgenError) as e:
         TrainConfig(**{field.name: "nope"}).validate()
     dashed = field.name.replace("_", "-")
@@ -71,12 +71,20 @@ def test_choices_come_from_field_metadata(field):
 
 def test_registries_are_the_choices():
     choices = {f.name: f.metadata["choices"] for f in FIELDS}
-    assert choices["dataset"] == tuple(DATASETS) and choices["backbone"] == tuple(BACKBONES)
+    assert choices["dataset"] is DATASETS and choices["backbone"] is BACKBONES and choices["preset"] is PRESETS
     for name, entry in BACKBONES.items():
         _, feat = make_backbone(name, 1)
         assert feat > 0 and entry.default_width > 0
     with pytest.raises(AuxgenError, match="unknown backbone 'nope'; choose one of"):
         make_backbone("nope", 3)
+
+    BACKBONES["no-jvp"] = dataclasses.replace(BACKBONES["cnn"], forward_ad=False)  # a new backbone is one entry
+    try:
+        assert TrainConfig(backbone="no-jvp", meta_order=1).validate().backbone == "no-jvp"
+        with pytest.raises(AuxgenError, match="forward-mode AD"):
+            TrainConfig(backbone="no-jvp").validate()
+    finally:
+        del BACKBONES["no-jvp"]
 
 
 def test_digits_loads_with_its_registered_facts():
