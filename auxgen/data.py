@@ -118,19 +118,19 @@ def apply_views(images: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Te
 # ------------------------------------------------------------------------------ loaders
 @dataclass(frozen=True)
 class DataSpec:
-    """What a loader reads: the data options of a run, named as TrainConfig names them
-    (auxgen.compose.data_spec makes one from a config)."""
+    """What a loader reads: the data options of a run, named and documented as TrainConfig's
+    fields (auxgen.compose.data_spec makes one from a config; the defaults live there only)."""
 
-    dataset: str = "digits"
-    data_root: str = "data"
-    test_root: str | None = None
-    download: bool = False
-    image_size: int = 32  # ImageFolder images are resized to it
-    primary_level: int = 20  # CIFAR-100's primary level
-    augment: str = "auto"  # auto, on or off
-    flip: bool = True
-    primary_groups: int | None = None  # digits: primary task of 2 or 5 digit groups
-    hierarchy_depth: int = 1  # imagefolder: 2 for ROOT/COARSE/FINE/IMG
+    dataset: str
+    data_root: str
+    test_root: str | None
+    download: bool
+    image_size: int
+    primary_level: int
+    augment: str
+    flip: bool
+    primary_groups: int | None
+    hierarchy_depth: int
 
 
 def load_data(spec: DataSpec) -> Data:

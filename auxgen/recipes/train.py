@@ -27,9 +27,9 @@ from auxgen.trainer import prepare_out_dir, split_rows, train
 def train_command(
     out: Path = typer.Option(None, "--out", "-o", help="Run directory to create (config, metrics, checkpoints)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
-    force: bool = typer.Option(False, "--force", help="Replace an earlier auxgen run in --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier auxgen run in --out.", metavar=""),
     config: Path = typer.Option(None, "--config", "-c", help="JSON or TOML file of options; flags override it."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no summary.", metavar=""),
     **options: Any,
 ) -> None:
     """Train MAXL (or a baseline) and write a run directory: config.json, metrics.jsonl, checkpoints/."""
