@@ -47,7 +47,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def _f(default: Any, help: str, choices: Collection[str] | None = None, objective: bool = False) -> Any:
     """A config field: its default, its help sentence, the values it may take (validate checks
-    them; a registry's dict stays live, so an entry added to it is a choice), and whether it is a term of the generator's objective (every preset must set those)."""
+    them; a registry's dict is passed as is, so an entry added to it is a choice), and whether it
+    is a term of the generator's objective (every preset must set those)."""
     return field(default=default, metadata={"help": help, "choices": choices, "objective": objective})
 
 
