@@ -8,6 +8,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
 
+from auxgen.data import DATASETS
 from auxgen.errors import AuxgenError
+from auxgen.hierarchy import psi_spec_values
+from auxgen.models import BACKBONES
+from auxgen.runtime import PRECISIONS
 
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn", "imagefolder")
 METHODS = ("maxl", "single", "random", "human", "kmeans")
 # sanity caps: beyond them a run cannot fit in memory, and a typo (one zero too many) would
 # otherwise fail deep inside torch with a traceback
@@ -29,10 +33,13 @@ MAX_SEED = 2**62  # torch seeds are 64-bit; the run derives seed + 1 .. seed + 3
 
 
 # The published hyper-parameters (shared/maxl.md), kept exactly; a preset fixes every option
-# of the optimisation and the objective, so later changes of auxgen's defaults cannot move it.
+# of the optimisation and the objective (every field tagged objective=True; a test checks), so
+# later changes of auxgen's defaults cannot move it.
 _PAPER_COMMON = dict(backbone="vgg16", width=None, gen_width=None, epochs=200, batch_size=100, lr=0.01,
                      momentum=0.0, weight_decay=0.0, lr_schedule="step", warmup_epochs=0, gen_weight_decay=5e-4,
                      gamma=2.0, entropy_weight=0.2, usage_entropy="batch", sharpness_weight=0.0, meta_norm="none",
+                     meta_weight=1.0, consistency_weight=0.0, invariance_weight=0.0, aux_weight=1.0,
+                     neumann_steps=3, hypergradient="lookahead", meta_every=1, pair_colour=False,
                      gen_optimizer="sgd", meta_order=2, fused_lookahead=False, augment="auto", flip=True, psi=None)
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {**_PAPER_COMMON, "gen_lr": 1e-3, "gen_decay": "l2", "meta_split": 0.0, "schedule": "alternate"},
@@ -40,19 +47,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, choices: Collection[str] | None = None, objective: bool = False) -> Any:
+    """A config field: its default, its help sentence, the values it may take (validate checks
+    them; a registry's dict is passed as is, so an entry added to it is a choice), and whether it
+    is a term of the generator's objective (every preset must set those)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "objective": objective})
+
+
+_DOWNLOADABLE = "/".join(name for name, d in DATASETS.items() if d.downloads)
 
 
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (the output folder aside)."""
 
-    preset: str | None = _f(None, "Start from a named set of options: paper (the authors' public code), paper-text (the ICLR text); the file and flags override it.")
-    dataset: str = _f("digits", f"Dataset: {', '.join(DATASETS)}.")
+    preset: str | None = _f(None, "Start from a named set of options: paper (the authors' public code), paper-text (the ICLR text); the file and flags override it.", PRESETS)
+    dataset: str = _f("digits", f"Dataset: {', '.join(DATASETS)}.", DATASETS)
     data_root: str = _f("data", "Folder holding the dataset (the ImageFolder tree for imagefolder).")
     test_root: str | None = _f(None, "ImageFolder test tree; without it a seeded 20% split of data-root is the test set.")
-    download: bool = _f(False, "Let torchvision download cifar10/cifar100/mnist/fashion-mnist/svhn into data-root.")
+    download: bool = _f(False, f"Let torchvision download {_DOWNLOADABLE} into data-root.")
     primary_level: int = _f(20, "CIFAR-100 primary task: 3, 10 or 20 classes of the four-level hierarchy.")
     aux_level: int = _f(100, "CIFAR-100 human auxiliary labels for --method human: 10, 20 or 100 classes.")
     image_size: int = _f(32, "ImageFolder images are resized to this square size.")
@@ -60,68 +73,59 @@ class TrainConfig:
     hierarchy_depth: int = _f(1, "imagefolder: 1 (ROOT/CLASS/IMG) or 2 (ROOT/COARSE/FINE/IMG: coarse = primary, fine = human auxiliary labels, psi from the tree).")
     psi: str | None = _f(None, "Auxiliary classes per primary class: '5' (uniform) or '2,3,4' (one per class); at most 1000 per class and 10000 in all. Default 5.")
     psi_file: str | None = _f(None, "JSON file with psi as a list (or {\"psi\": [...]}).")
-    method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (the data's finer labels: CIFAR-100, digit groups, two-level ImageFolder), kmeans (k-means clusters of single-task features inside each primary class).")
+    method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (the data's finer labels: CIFAR-100, digit groups, two-level ImageFolder), kmeans (k-means clusters of single-task features inside each primary class).", METHODS)
     features_from: str | None = _f(None, "--method kmeans: a finished single-task (or any) run whose network gives the features; without it a single-task network is trained first, in the same run, for the same epochs.")
-    backbone: str = _f("vgg16", "Backbone of both networks: vgg16 (paper), resnet18 (CIFAR-style), cnn (small, fast).")
-    width: int | None = _f(None, "Backbone base width (cnn 32, vgg16/resnet18 64 by default).")
+    backbone: str = _f("vgg16", f"Backbone of both networks: {', '.join(f'{n} ({b.about})' for n, b in BACKBONES.items())}.", BACKBONES)
+    width: int | None = _f(None, f"Backbone base width ({', '.join(f'{n} {b.default_width}' for n, b in BACKBONES.items())} by default).")
     gen_width: int | None = _f(None, "Label generator's backbone width if it should differ (a narrower generator makes iterations cheaper).")
     epochs: int = _f(30, "Training epochs (the paper: 200); the learning-rate schedule stretches to fit them.")
     batch_size: int = _f(100, "Batch size of the training and meta steps.")
     lr: float = _f(0.05, "Multi-task network learning rate (SGD; paper 0.01); the meta step's inner step alpha follows it.")
     momentum: float = _f(0.9, "SGD momentum of the multi-task network (paper: none).")
     weight_decay: float = _f(5e-4, "Weight decay of the multi-task network (paper: none).")
-    lr_schedule: str = _f("cosine", "step: halve at 25%, 50% and 75% of the epochs (the paper); cosine: cosine decay to zero after a linear warm-up.")
+    lr_schedule: str = _f("cosine", "step: halve at 25%, 50% and 75% of the epochs (the paper); cosine: cosine decay to zero after a linear warm-up.", ("step", "cosine"))
     warmup_epochs: int = _f(2, "Epochs of linear learning-rate warm-up (cosine schedule).")
     gen_lr: float = _f(1e-3, "Label generator learning rate (authors' code: SGD 1e-3; paper text: SGD 1e-5).")
     gen_weight_decay: float = _f(5e-4, "Label generator weight decay.")
-    gen_decay: str = _f("l2", "Kind of generator weight decay: l2 (authors' code) or l1 (paper text).")
-    gamma: float = _f(2.0, "Focal loss focusing parameter; 0 is cross-entropy.")
-    entropy_weight: float = _f(2.0, "Weight lambda of the usage (entropy) regulariser against class collapse (paper: 0.2).")
-    usage_entropy: str = _f("block", "Usage term of the entropy regulariser: batch (entropy of the batch-mean label over all K, the paper) or block (per primary-class block).")
-    sharpness_weight: float = _f(1.0, "Weight of the mean per-sample label entropy (minimised); with the usage term this maximises the information a label carries about its sample.")
-    consistency_weight: float = _f(0.0, "Weight of a term asking the generator's label of an image to agree with its label of a slightly shifted copy (symmetric cross-entropy).")
-    meta_norm: str = _f("none", "none: the meta-gradient as in the paper (scaled by the inner step alpha); alpha: divided by alpha, so it does not shrink with the learning rate.")
-    meta_weight: float = _f(1.0, "Weight of the meta-gradient (the look-ahead primary loss) in the generator's objective; 0 turns it off, an ablation that leaves only the label regularisers.")
-    gen_optimizer: str = _f("adam", "Label generator optimiser: adam or sgd (paper).")
-    meta_order: int = _f(2, "2: exact second-order meta-gradient; 1: finite-difference first-order variant.")
+    gen_decay: str = _f("l2", "Kind of generator weight decay: l2 (authors' code) or l1 (paper text).", ("l1", "l2"))
+    gamma: float = _f(2.0, "Focal loss focusing parameter; 0 is cross-entropy.", objective=True)
+    entropy_weight: float = _f(2.0, "Weight lambda of the usage (entropy) regulariser against class collapse (paper: 0.2).", objective=True)
+    usage_entropy: str = _f("block", "Usage term of the entropy regulariser: batch (entropy of the batch-mean label over all K, the paper) or block (per primary-class block).", ("batch", "block"), objective=True)
+    sharpness_weight: float = _f(1.0, "Weight of the mean per-sample label entropy (minimised); with the usage term this maximises the information a label carries about its sample.", objective=True)
+    consistency_weight: float = _f(0.0, "Weight of a term asking the generator's label of an image to agree with its label of a slightly shifted copy (symmetric cross-entropy).", objective=True)
+    meta_norm: str = _f("none", "none: the meta-gradient as in the paper (scaled by the inner step alpha); alpha: divided by alpha, so it does not shrink with the learning rate.", ("none", "alpha"), objective=True)
+    meta_weight: float = _f(1.0, "Weight of the meta-gradient (the look-ahead primary loss) in the generator's objective; 0 turns it off, an ablation that leaves only the label regularisers.", objective=True)
+    gen_optimizer: str = _f("adam", "Label generator optimiser: adam or sgd (paper).", ("sgd", "adam"))
+    meta_order: int = _f(2, "2: exact second-order meta-gradient; 1: finite-difference first-order variant.", objective=True)
     meta_split: float = _f(0.0, "Fraction of the training set held out for the meta step; 0 reuses the training batches.")
-    schedule: str = _f("interleave", "interleave: a training step then a meta step on each batch (the paper's Algorithm 1); alternate: each epoch a full pass of training steps, then a reshuffled full pass of meta steps (the authors' code).")
+    schedule: str = _f("interleave", "interleave: a training step then a meta step on each batch (the paper's Algorithm 1); alternate: each epoch a full pass of training steps, then a reshuffled full pass of meta steps (the authors' code).", ("interleave", "alternate"))
     fused_lookahead: bool = _f(False, "Run the meta step first and reuse its look-ahead as the training step (one pass cheaper; needs --meta-split 0).")
     flip: bool = _f(True, "Horizontal flips in the augmentation (turn off for data like digits, whose mirror image is another class).")
-    augment: str = _f("auto", "auto (crop+flip for 32x32 RGB sets and ImageFolder, none otherwise), on or off.")
+    augment: str = _f("auto", "auto (crop+flip for 32x32 RGB sets and ImageFolder, none otherwise), on or off.", ("auto", "on", "off"))
     seed: int = _f(0, "Random seed of initialisation, shuffling, augmentation and random labels.")
-    device: str = _f("auto", "auto (cuda when available), cpu or cuda.")
-    bf16: bool = _f(False, "bf16 autocast on CUDA (ignored on CPU).")
+    device: str = _f("auto", "auto (cuda when available), cpu or cuda.", ("auto", "cpu", "cuda"))
+    precision: str = _f("fp32", "fp32, or bf16: autocast on CUDA for training and evaluation (fp32 on the CPU, where bf16 is slower); labels are float32 either way.", PRECISIONS)
     sync_bn: bool = _f(False, "Batch-norm statistics over all processes of a torchrun run (CUDA; needs --meta-order 1 with maxl); default: per process.")
     cosine_every: int = _f(0, "Log the primary/auxiliary gradient cosine every N steps (0: off; costs 2 backward passes).")
     eval_batch_size: int = _f(500, "Batch size of evaluation.")
-    hypergradient: str = _f("lookahead", "maxl: how theta2's meta-signal is computed: lookahead (MAXL: through one SGD step of theta1, --meta-order) or implicit (AuxiLearn: the implicit function theorem with a truncated Neumann series, on held-out batches when --meta-split is set).")
-    neumann_steps: int = _f(3, "--hypergradient implicit: Hessian-vector products in the Neumann series of the inverse Hessian.")
+    hypergradient: str = _f("lookahead", "maxl: how theta2's meta-signal is computed: lookahead (MAXL: through one SGD step of theta1, --meta-order) or implicit (AuxiLearn: the implicit function theorem with a truncated Neumann series, on held-out batches when --meta-split is set).", ("lookahead", "implicit"))
+    neumann_steps: int = _f(3, "--hypergradient implicit: Hessian-vector products in the Neumann series of the inverse Hessian.", objective=True)
     pair_colour: bool = _f(False, "The generator's second views (for --consistency-weight and --invariance-weight) also change colour: a random brightness and, for RGB, a random channel order, so labels cannot be about colour.")
     meta_every: int = _f(1, "maxl: a meta step every N training steps (amortised meta-learning); the steps between train theta1 on the generator's current labels.")
-    aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).")
-    invariance_weight: float = _f(0.0, "Weight of an invariance prior for the generator: the mutual information of the auxiliary classes of two independently augmented views of each image (IIC), inside each primary block.")
+    aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).", objective=True)
+    invariance_weight: float = _f(0.0, "Weight of an invariance prior for the generator: the mutual information of the auxiliary classes of two independently augmented views of each image (IIC), inside each primary block.", objective=True)
 
     def validate(self) -> TrainConfig:
         """Raise AuxgenError on values no run can use."""
         for name, value in check_types(self.__dict__, "config").items():
             setattr(self, name, value)  # ints given for float options become floats
         _check_numbers(self)
-        choices = {"dataset": DATASETS, "method": METHODS, "augment": ("auto", "on", "off"),
-                   "gen_decay": ("l1", "l2"), "device": ("auto", "cpu", "cuda"),
-                   "schedule": ("interleave", "alternate"), "usage_entropy": ("batch", "block"),
-                   "meta_norm": ("none", "alpha"), "gen_optimizer": ("sgd", "adam"),
-                   "lr_schedule": ("step", "cosine"), "preset": (None, *PRESETS),
-                   "hypergradient": ("lookahead", "implicit")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise AuxgenError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
-                                  f"choose one of {', '.join(allowed)}")
-        from auxgen.models import BACKBONES
-        if self.backbone not in BACKBONES:
-            raise AuxgenError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        _check_choices(self)
         if self.meta_order not in (1, 2):
             raise AuxgenError(f"--meta-order must be 1 or 2, got {self.meta_order}")
+        if self.method == "maxl" and self.meta_order == 2 and not BACKBONES[self.backbone].forward_ad:
+            raise AuxgenError(f"--backbone {self.backbone} has layers without a forward-mode AD rule, which the exact "
+                              f"meta-gradient (--meta-order 2) needs; use --meta-order 1")
         if not 0.0 <= self.meta_split < 1.0:
             raise AuxgenError(f"--meta-split must be in [0, 1), got {self.meta_split}")
         for name in ("width", "gen_width"):
@@ -152,6 +156,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
+        if isinstance(data.get("bf16"), bool) and "precision" not in data:  # runs saved before --precision
+            data = {**{k: v for k, v in data.items() if k != "bf16"}, "precision": "bf16" if data["bf16"] else "fp32"}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -163,7 +169,7 @@ _SIMPLE_TYPES = {str, int, float, bool, type(None)}
 
 
 @functools.lru_cache(maxsize=1)
-def _field_types() -> dict[str, tuple[type, ...]]:
+def field_types() -> dict[str, tuple[type, ...]]:
     """Each TrainConfig field's allowed types, e.g. `int | None` -> (int, NoneType)."""
     # `from __future__ import annotations` leaves the annotations as strings: evaluate them
     out = {}
@@ -177,7 +183,7 @@ def check_types(values: dict[str, Any], where: str) -> dict[str, Any]:
     """Type-check option values against TrainConfig's field types; returns them with ints widened
     to float for float options. bool never passes as int (JSON `true` is not 1 epoch), and None
     only for Optional options."""
-    allowed, out = _field_types(), {}
+    allowed, out = field_types(), {}
     for name, value in values.items():
         kinds = allowed.get(name)
         if kinds is None or not set(kinds) <= _SIMPLE_TYPES:  # unknown options are from_dict's to report;
@@ -208,6 +214,19 @@ def _type_error(where: str, name: str, kinds: tuple[type, ...], value: Any) -> A
     return AuxgenError(f"{where}: option {name.replace('_', '-')} must be {want}, got {type(value).__name__} {shown}")
 
 
+def _check_choices(cfg: TrainConfig) -> None:
+    """Options with a fixed set of values (their field's `choices`); None passes where it is the default."""
+    for f in fields(cfg):
+        allowed, value = f.metadata["choices"], getattr(cfg, f.name)
+        if allowed is not None and value not in allowed and not (value is None and f.default is None):
+            raise AuxgenError(f"unknown {f.name.replace('_', '-')} {value!r}; choose one of {', '.join(allowed)}")
+
+
+def objective_fields() -> tuple[str, ...]:
+    """The options that are terms of the generator's objective (tagged objective=True)."""
+    return tuple(f.name for f in fields(TrainConfig) if f.metadata["objective"])
+
+
 def _check_numbers(cfg: TrainConfig) -> None:
     """Ranges of the numeric options, before anything is loaded or built."""
     for f in fields(cfg):
@@ -236,8 +255,6 @@ def _check_numbers(cfg: TrainConfig) -> None:
     if cfg.test_root is not None and cfg.dataset != "imagefolder":
         raise AuxgenError(f"--test-root is for --dataset imagefolder; {cfg.dataset} has its own test split")
     if cfg.psi is not None:
-        from auxgen.hierarchy import psi_spec_values
-
         psi_spec_values(cfg.psi)  # the syntax and per-class limit now, before the data loads
 
 
@@ -245,6 +262,8 @@ def field_help(name: str) -> str:
     """The help sentence of a config field with its default, for the CLI."""
     f = next(f for f in fields(TrainConfig) if f.name == name)
     default = f.default if f.default is not MISSING else None
+    if isinstance(default, bool):  # a flag pair: the default is the flag that is on
+        default = f"--{'' if default else 'no-'}{name.replace('_', '-')}"
     suffix = "" if default is None or "Default" in f.metadata["help"] else f" [default: {default}]"
     return f.metadata["help"] + suffix
 

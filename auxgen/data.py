@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from auxgen.config import TrainConfig
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import cifar100_fine_to, cifar100_names
 
@@ -132,22 +131,39 @@ def colour_jitter(images: torch.Tensor, n: int, generator: torch.Generator, part
 
 
 # ------------------------------------------------------------------------------ loaders
-def load_data(cfg: TrainConfig) -> Data:
-    """Load the dataset a config names, as tensors; a missing dataset is an AuxgenError."""
-    loaders = {"digits": _digits, "cifar10": _cifar, "cifar100": _cifar, "mnist": _mnist,
-               "fashion-mnist": _mnist, "svhn": _svhn, "imagefolder": _imagefolder}
+@dataclass(frozen=True)
+class DataSpec:
+    """What a loader reads: the data options of a run, named and documented as TrainConfig's
+    fields (auxgen.compose.data_spec makes one from a config; the defaults live there only)."""
+
+    dataset: str
+    data_root: str
+    test_root: str | None
+    download: bool
+    image_size: int
+    primary_level: int
+    augment: str
+    flip: bool
+    primary_groups: int | None
+    hierarchy_depth: int
+
+
+def load_data(spec: DataSpec) -> Data:
+    """Load the dataset a spec names, as tensors; a missing dataset is an AuxgenError."""
+    if spec.dataset not in DATASETS:
+        raise AuxgenError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
+    entry = DATASETS[spec.dataset]
     try:
-        train, test, names = loaders[cfg.dataset](cfg)
+        train, test, names = entry.load(spec)
     except OSError as e:  # permissions, a vanished mount, I/O errors: the file system's answer, one line
-        where = e.filename or cfg.data_root
-        raise AuxgenError(f"{cfg.dataset}: cannot read {where} ({e.strerror or type(e).__name__})") from None
-    rgb32 = cfg.dataset in ("cifar10", "cifar100", "svhn", "imagefolder")
-    augment = {"auto": rgb32, "on": True, "off": False}[cfg.augment]
+        where = e.filename or spec.data_root
+        raise AuxgenError(f"{spec.dataset}: cannot read {where} ({e.strerror or type(e).__name__})") from None
+    augment = {"auto": entry.auto_augment, "on": True, "off": False}[spec.augment]
     size = train.images.shape[-1]
-    data = Data(cfg.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8), flip=cfg.flip)
-    if cfg.dataset == "digits" and cfg.primary_groups:
-        data = _digit_groups(data, cfg.primary_groups)
-    elif cfg.dataset == "imagefolder" and cfg.hierarchy_depth == 2:
+    data = Data(spec.dataset, train, test, len(names), list(names), augment, pad=max(1, size // 8), flip=spec.flip)
+    if spec.dataset == "digits" and spec.primary_groups:
+        data = _digit_groups(data, spec.primary_groups)
+    elif spec.dataset == "imagefolder" and spec.hierarchy_depth == 2:
         data = _two_level(data)
     return data
 
@@ -195,7 +211,7 @@ def _keys(prefix: str, n: int) -> list[str]:
     return [f"{prefix}/{i:06d}" for i in range(n)]
 
 
-def _digits(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _digits(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -209,7 +225,7 @@ def _digits(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     return train, test, [str(i) for i in range(10)]
 
 
-def _download(cfg: TrainConfig, root: Path, fetch: Callable[[], object]) -> None:
+def _download(cfg: DataSpec, root: Path, fetch: Callable[[], object]) -> None:
     """Run a torchvision download; a network failure becomes a one-line error."""
     try:
         fetch()
@@ -219,7 +235,7 @@ def _download(cfg: TrainConfig, root: Path, fetch: Callable[[], object]) -> None
                           f"network, or put the files there by hand and drop --download") from None
 
 
-def _missing(cfg: TrainConfig, looked: Path, what: str) -> AuxgenError:
+def _missing(cfg: DataSpec, looked: Path, what: str) -> AuxgenError:
     return AuxgenError(
         f"{cfg.dataset} not found: looked in {looked} for {what}; pass --download to fetch it "
         f"there, or point --data-root at the folder that holds it"
@@ -292,7 +308,7 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _cifar(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     """CIFAR-10/100 from the python pickle batches (torchvision only downloads them)."""
     root = Path(cfg.data_root).expanduser()
     c10 = cfg.dataset == "cifar10"
@@ -326,7 +342,7 @@ def _cifar(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     return splits[0], splits[1], names
 
 
-def _mnist(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _mnist(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     from torchvision import datasets
 
     root = Path(cfg.data_root).expanduser()
@@ -415,7 +431,7 @@ def _load_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(labels % 10)  # SVHN stores 0 as 10
 
 
-def _svhn(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _svhn(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     """SVHN from train_32x32.mat / test_32x32.mat (torchvision only downloads them)."""
     root = Path(cfg.data_root).expanduser()
     if cfg.download:
@@ -467,7 +483,7 @@ def _load_images(root: Path, items: list[tuple[str, int]], size: int) -> torch.T
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _imagefolder(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
+def _imagefolder(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
     root = Path(cfg.data_root).expanduser()
     classes, items = _scan_tree(root)
     if len(classes) < 2:
@@ -490,3 +506,30 @@ def _imagefolder(cfg: TrainConfig) -> tuple[Split, Split, list[str]]:
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_test = max(1, int(round(len(full) * 0.2)))
     return full.subset(perm[n_test:].sort().values), full.subset(perm[:n_test].sort().values), classes
+
+
+# ------------------------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset of the registry: its loader and the facts the rest of auxgen asks about it."""
+
+    load: Callable[[DataSpec], tuple[Split, Split, list[str]]]  # -> train, test, class names
+    channels: int  # of the stored images
+    auto_augment: bool  # --augment auto crops and flips it (32x32 RGB sets and ImageFolder)
+    downloads: bool  # torchvision can fetch it (--download)
+    human: str | None = None  # how it gives fine (human) labels for --method human, if it can
+
+
+# The one list of datasets: `--dataset` choices and help come from it; a new dataset is one entry
+# (and its loader above).
+DATASETS: dict[str, DatasetEntry] = {
+    "digits": DatasetEntry(_digits, channels=1, auto_augment=False, downloads=False,
+                           human="--dataset digits with --primary-groups 2|5"),
+    "cifar10": DatasetEntry(_cifar, channels=3, auto_augment=True, downloads=True),
+    "cifar100": DatasetEntry(_cifar, channels=3, auto_augment=True, downloads=True, human="--dataset cifar100"),
+    "mnist": DatasetEntry(_mnist, channels=1, auto_augment=False, downloads=True),
+    "fashion-mnist": DatasetEntry(_mnist, channels=1, auto_augment=False, downloads=True),
+    "svhn": DatasetEntry(_svhn, channels=3, auto_augment=True, downloads=True),
+    "imagefolder": DatasetEntry(_imagefolder, channels=3, auto_augment=True, downloads=False,
+                                human="an imagefolder with --hierarchy-depth 2"),
+}

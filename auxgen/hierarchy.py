@@ -10,15 +10,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from auxgen.errors import AuxgenError
-
-if TYPE_CHECKING:
-    from auxgen.config import TrainConfig
-    from auxgen.data import Data
 
 
 @dataclass(frozen=True)
@@ -252,7 +247,8 @@ def _check_level(level: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-# The hierarchy of a run, and fixed auxiliary labels drawn from it.
+# Two-level label trees, and fixed auxiliary labels drawn from a hierarchy (a run's hierarchy is
+# composed in auxgen.compose).
 def human_hierarchy(fine_parent: list[int] | tuple[int, ...], num_primary: int) -> tuple[Hierarchy, torch.Tensor]:
     """psi and the fine -> auxiliary map of a two-level label tree.
 
@@ -269,29 +265,6 @@ def human_hierarchy(fine_parent: list[int] | tuple[int, ...], num_primary: int) 
     hier = Hierarchy(tuple(len(c) for c in children))
     local = {f: hier.offsets[p] + r for p, cs in enumerate(children) for r, f in enumerate(cs)}
     return hier, torch.tensor([local[f] for f in range(len(fine_parent))], dtype=torch.long)
-
-
-def hierarchy_for(cfg: TrainConfig, data: Data) -> tuple[Hierarchy, torch.Tensor | None]:
-    """psi of a run, and for --method human the fine-label -> auxiliary-label map.
-
-    Data with a label tree (CIFAR-100, digit groups, two-level ImageFolder) gives the human
-    hierarchy; without --psi, MAXL then uses the tree's psi too, so the two compare like for like.
-    """
-    tree = None
-    if data.name == "cifar100":
-        tree = cifar100_human(cfg.primary_level, cfg.aux_level) if cfg.method == "human" else None
-    elif data.fine_parent is not None:
-        tree = human_hierarchy(data.fine_parent, data.num_classes)
-    if cfg.method == "human":
-        if cfg.psi or cfg.psi_file:
-            raise AuxgenError("--method human takes psi from the data's label tree; drop --psi/--psi-file")
-        if tree is None:
-            raise AuxgenError("--method human needs fine labels: --dataset cifar100, --dataset digits with "
-                              "--primary-groups 2|5, or an imagefolder with --hierarchy-depth 2")
-        return tree
-    if tree is not None and not cfg.psi and not cfg.psi_file:
-        return tree[0], None
-    return parse_psi(cfg.psi, cfg.psi_file, data.num_classes), None
 
 
 def random_labels(hier: Hierarchy, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -6,20 +6,17 @@ their own normalisation, so an exported generator needs nothing but the stored i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from auxgen.config import TrainConfig
-
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy
 from auxgen.losses import upcast
 
-BACKBONES = ("cnn", "vgg16", "resnet18")
 NORM_MEAN, NORM_STD = 0.5, 0.2  # the authors' normalisation, for every dataset
 
 
@@ -95,13 +92,31 @@ def resnet18(in_channels: int, width: int = 64) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), c
 
 
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A backbone of the registry: its builder and the facts the rest of auxgen asks about it."""
+
+    build: Callable[[int, int], tuple[nn.Module, int]]  # (in_channels, width) -> (module, feature size)
+    default_width: int  # --width when not given
+    about: str  # for --backbone's help
+    # every layer has a forward-mode AD rule, so the exact meta-gradient (a jvp, maxl.py) works
+    forward_ad: bool = True
+
+
+# The one list of backbones: `--backbone` choices and help come from it; a new backbone is one entry.
+BACKBONES: dict[str, BackboneEntry] = {
+    "vgg16": BackboneEntry(vgg16, default_width=64, about="paper"),
+    "resnet18": BackboneEntry(resnet18, default_width=64, about="CIFAR-style"),
+    "cnn": BackboneEntry(cnn, default_width=32, about="small, fast"),
+}
+
+
 def make_backbone(name: str, in_channels: int, width: int | None = None) -> tuple[nn.Module, int]:
     """A backbone by name and the size of the feature vector it produces."""
-    builders = {"cnn": (cnn, 32), "vgg16": (vgg16, 64), "resnet18": (resnet18, 64)}
-    if name not in builders:
+    if name not in BACKBONES:
         raise AuxgenError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    build, default_width = builders[name]
-    return build(in_channels, width or default_width)
+    entry = BACKBONES[name]
+    return entry.build(in_channels, width or entry.default_width)
 
 
 def _head(features: int, classes: int) -> nn.Module:
@@ -151,11 +166,3 @@ class LabelGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return mask_softmax(self.logits(x), y, self.block_id)
-
-
-def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy) -> tuple[MultiTaskNet, LabelGenerator | None]:
-    """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images."""
-    model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width)
-    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width)
-           if cfg.method == "maxl" else None)
-    return model, gen

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 
 from auxgen.checkpoint import load_checkpoint, sha256_file
+from auxgen.compose import build_models, load_data
 from auxgen.config import TrainConfig
-from auxgen.data import Data, load_data
+from auxgen.data import Data
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy
-from auxgen.models import LabelGenerator, MultiTaskNet, build_models
+from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.runtime import pick_device
 
 

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 import auxgen
 from auxgen import distributed
 from auxgen.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
+from auxgen.compose import build_models, hierarchy_for, load_data
 from auxgen.config import TrainConfig
-from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views, load_data
+from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views
 from auxgen.errors import AuxgenError
-from auxgen.hierarchy import Hierarchy, hierarchy_for, random_labels
+from auxgen.hierarchy import Hierarchy, random_labels
 from auxgen.label_stats import LabelStats
 from auxgen.losses import focal_loss
 from auxgen.maxl import (
@@ -46,7 +47,7 @@ from auxgen.maxl import (
     meta_step,
     train_step,
 )
-from auxgen.models import LabelGenerator, MultiTaskNet, build_models
+from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.progress import TrainProgress
 from auxgen.runtime import Precision, pick_device
 
@@ -426,7 +427,7 @@ def objective_for(cfg: TrainConfig, alpha: float) -> Objective:
 
 
 def precision_of(cfg: TrainConfig, device: torch.device) -> Precision:
-    return Precision.of("bf16" if cfg.bf16 else "fp32", device)
+    return Precision.of(cfg.precision, device)
 
 
 class Batches:

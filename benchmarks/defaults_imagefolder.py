@@ -24,8 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from auxgen.compose import load_data  # noqa: E402
 from auxgen.config import TrainConfig  # noqa: E402
-from auxgen.data import load_data  # noqa: E402
 
 
 def write_digits_tree(root: Path) -> tuple[Path, Path]:

@@ -38,10 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from auxgen.compose import hierarchy_for, load_data  # noqa: E402
 from auxgen.config import PRESETS, TrainConfig  # noqa: E402
-from auxgen.data import load_data  # noqa: E402
 from auxgen.export import compute_soft_labels  # noqa: E402
-from auxgen.hierarchy import hierarchy_for, random_labels  # noqa: E402
+from auxgen.hierarchy import random_labels  # noqa: E402
 from auxgen.kmeans import features, kmeans_labels  # noqa: E402
 from auxgen.label_stats import LabelStats  # noqa: E402
 from auxgen.stats import mean_ci, verdict  # noqa: E402

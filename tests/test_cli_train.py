@@ -21,7 +21,7 @@ def _one_line_error(code, err, expected, fragment):
 def test_help_explains_every_option(cli):
     code, out, _ = cli("train", "--help")
     assert code == 0
-    for flag in ("--psi", "--meta-order", "--meta-split", "--resume", "--backbone", "--bf16", "--cosine-every"):
+    for flag in ("--psi", "--meta-order", "--meta-split", "--resume", "--backbone", "--precision", "--cosine-every"):
         assert flag in out
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import tiny_config, write_cifar, write_imagefolder, write_mnist
 
-from auxgen.data import apply_views, draw_views, load_data
+from auxgen.compose import load_data
+from auxgen.data import apply_views, draw_views
 from auxgen.errors import AuxgenError
 
 

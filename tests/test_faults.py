@@ -171,7 +171,7 @@ def test_non_finite_floats_are_refused_up_front(cli, tmp_path, flag, value):
 
 
 @pytest.mark.parametrize("args", [["--epochs", "two"], ["--epochs", "1.5"], ["--lr", "fast"], ["--seed", "1e3"],
-                                  ["--width", ""], ["--bf16", "yes"]])
+                                  ["--width", ""], ["--precision", "fp16"]])
 def test_wrong_types_on_the_command_line_are_usage_errors(cli, tmp_path, args):
     code, _, err = cli("train", *FAST, *args, "--out", tmp_path / "r")
     assert code == 2 and "Traceback" not in err and err.strip()
@@ -775,7 +775,7 @@ KILL_ARGS = ["--backbone", "cnn", "--width", "4", "--epochs", "3", "--batch-size
 # a training process that kills itself (SIGKILL: no cleanup, no finally) at a chosen point:
 # AUXGEN_TEST_KILL=load (while loading the data) or save:N (halfway through the N-th checkpoint write)
 KILLER = r"""
-import io, os, signal, sys
+import dataclasses, io, os, signal, sys
 import torch
 import auxgen.checkpoint as ck
 import auxgen.data as data
@@ -786,7 +786,7 @@ def die(*args):
     os.kill(os.getpid(), signal.SIGKILL)
 
 if where == "load":
-    data._digits = die
+    data.DATASETS["digits"] = dataclasses.replace(data.DATASETS["digits"], load=die)
 else:
     real, calls = ck._torch_save, [0]
 

@@ -117,3 +117,19 @@ def test_colour_jitter_reorders_channels_and_scales_brightness_only():
         assert all(abs(v - round(gain * c)) <= 1 for v, c in zip(values, (10, 50, 90), strict=True))
         assert torch.equal(img, img[:, :1, :1].expand_as(img))  # no pixel moved: colour only
     assert len({tuple(int(v) for v in img[:, 0, 0].argsort()) for img in out}) > 1  # orders differ
+
+
+def test_config_fields_tagged_objective_are_the_objectives_fields():
+    import dataclasses
+
+    from auxgen.config import TrainConfig, objective_fields
+
+    shared = {f.name for f in dataclasses.fields(Objective)} & {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(objective_fields()) == shared
+
+
+def test_runs_saved_with_the_bf16_flag_still_load():
+    from auxgen.config import TrainConfig
+
+    assert TrainConfig.from_dict({"bf16": True}).precision == "bf16"
+    assert TrainConfig.from_dict({"bf16": False}).validate().precision == "fp32"

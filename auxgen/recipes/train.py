@@ -8,89 +8,32 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from auxgen import distributed
-from auxgen.config import TrainConfig, field_help, load_config_file, resolve_config
-from auxgen.data import load_data
+from auxgen.compose import hierarchy_for, load_data
+from auxgen.config import TrainConfig, load_config_file, resolve_config
 from auxgen.errors import AuxgenError
-from auxgen.hierarchy import hierarchy_for
+from auxgen.recipes.options import with_config_options
 from auxgen.runtime import pick_device
 from auxgen.trainer import prepare_out_dir, split_rows, train
 
 
-def _o(name: str, *flags: str) -> typer.models.OptionInfo:
-    return typer.Option(None, *flags, help=field_help(name), show_default=False)
-
-
+@with_config_options  # a flag for every TrainConfig field, passed in `options`
 def train_command(
     out: Path = typer.Option(None, "--out", "-o", help="Run directory to create (config, metrics, checkpoints)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
-    force: bool = typer.Option(False, "--force", help="Replace an earlier auxgen run in --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier auxgen run in --out.", metavar=""),
     config: Path = typer.Option(None, "--config", "-c", help="JSON or TOML file of options; flags override it."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no summary."),
-    preset: str = _o("preset"),
-    dataset: str = _o("dataset"),
-    data_root: str = _o("data_root"),
-    test_root: str = _o("test_root"),
-    download: bool = typer.Option(None, "--download/--no-download", help=field_help("download"), show_default=False),
-    primary_level: int = _o("primary_level"),
-    aux_level: int = _o("aux_level"),
-    image_size: int = _o("image_size"),
-    primary_groups: int = _o("primary_groups"),
-    hierarchy_depth: int = _o("hierarchy_depth"),
-    psi: str = _o("psi"),
-    psi_file: str = _o("psi_file"),
-    method: str = _o("method"),
-    features_from: str = _o("features_from"),
-    backbone: str = _o("backbone"),
-    width: int = _o("width"),
-    gen_width: int = _o("gen_width"),
-    epochs: int = _o("epochs"),
-    batch_size: int = _o("batch_size"),
-    lr: float = _o("lr"),
-    momentum: float = _o("momentum"),
-    weight_decay: float = _o("weight_decay"),
-    lr_schedule: str = _o("lr_schedule"),
-    warmup_epochs: int = _o("warmup_epochs"),
-    gen_lr: float = _o("gen_lr"),
-    gen_weight_decay: float = _o("gen_weight_decay"),
-    gen_decay: str = _o("gen_decay"),
-    gamma: float = _o("gamma"),
-    entropy_weight: float = _o("entropy_weight"),
-    usage_entropy: str = _o("usage_entropy"),
-    sharpness_weight: float = _o("sharpness_weight"),
-    consistency_weight: float = _o("consistency_weight"),
-    meta_weight: float = _o("meta_weight"),
-    meta_norm: str = _o("meta_norm"),
-    gen_optimizer: str = _o("gen_optimizer"),
-    schedule: str = _o("schedule"),
-    meta_order: int = _o("meta_order"),
-    meta_split: float = _o("meta_split"),
-    fused_lookahead: bool = typer.Option(None, "--fused-lookahead/--no-fused-lookahead",
-                                         help=field_help("fused_lookahead"), show_default=False),
-    augment: str = _o("augment"),
-    flip: bool = typer.Option(None, "--flip/--no-flip", help=field_help("flip"), show_default=False),
-    seed: int = _o("seed"),
-    device: str = _o("device"),
-    bf16: bool = typer.Option(None, "--bf16/--no-bf16", help=field_help("bf16"), show_default=False),
-    sync_bn: bool = typer.Option(None, "--sync-bn/--no-sync-bn", help=field_help("sync_bn"), show_default=False),
-    cosine_every: int = _o("cosine_every"),
-    eval_batch_size: int = _o("eval_batch_size"),
-    hypergradient: str = _o("hypergradient"),
-    neumann_steps: int = _o("neumann_steps"),
-    pair_colour: bool = typer.Option(None, "--pair-colour/--no-pair-colour", help=field_help("pair_colour"),
-                                     show_default=False),
-    meta_every: int = _o("meta_every"),
-    aux_weight: float = _o("aux_weight"),
-    invariance_weight: float = _o("invariance_weight"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no summary.", metavar=""),
+    **options: Any,
 ) -> None:
     """Train MAXL (or a baseline) and write a run directory: config.json, metrics.jsonl, checkpoints/."""
-    overrides = {k: v for k, v in locals().items()
-                 if k in TrainConfig.__dataclass_fields__ and v is not None}
+    overrides = {k: v for k, v in options.items() if v is not None}
     if resume is not None:
         if out is not None and Path(out) != resume:
             raise AuxgenError("give either --out (new run) or --resume (existing run), not both")

@@ -56,8 +56,8 @@ def _choose(n: int, max_samples: int, seed: int) -> np.ndarray:
 
 def _load_data(run: RunInfo, data_root: str | None):
     """The run's dataset (never downloaded: a report does not fetch data), checked against its fingerprint."""
+    from auxgen.compose import load_data
     from auxgen.config import TrainConfig
-    from auxgen.data import load_data
 
     opts = dict(run.train_cfg)
     opts["download"] = False

@@ -1,0 +1,64 @@
+"""Composition: a run's data, hierarchy and networks from its TrainConfig.
+
+The one module that reads a whole config to build components; data, hierarchy and models take
+plain arguments and import nothing of config, so the component modules form no import cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from auxgen.config import TrainConfig
+from auxgen.data import DATASETS, Data, DataSpec
+from auxgen.data import load_data as load_spec
+from auxgen.errors import AuxgenError
+from auxgen.hierarchy import Hierarchy, cifar100_human, human_hierarchy, parse_psi
+from auxgen.models import LabelGenerator, MultiTaskNet
+
+
+def data_spec(cfg: TrainConfig) -> DataSpec:
+    """The data options of a config (DataSpec's fields carry TrainConfig's names)."""
+    return DataSpec(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataSpec)})
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    """Load the dataset a config names, as tensors; a missing dataset is an AuxgenError."""
+    return load_spec(data_spec(cfg))
+
+
+def hierarchy_for(cfg: TrainConfig, data: Data) -> tuple[Hierarchy, torch.Tensor | None]:
+    """psi of a run, and for --method human the fine-label -> auxiliary-label map.
+
+    Data with a label tree (CIFAR-100, digit groups, two-level ImageFolder) gives the human
+    hierarchy; without --psi, MAXL then uses the tree's psi too, so the two compare like for like.
+    """
+    tree = None
+    if data.name == "cifar100":  # its tree has levels: the config picks them
+        tree = cifar100_human(cfg.primary_level, cfg.aux_level) if cfg.method == "human" else None
+    elif data.fine_parent is not None:
+        tree = human_hierarchy(data.fine_parent, data.num_classes)
+    if cfg.method == "human":
+        if cfg.psi or cfg.psi_file:
+            raise AuxgenError("--method human takes psi from the data's label tree; drop --psi/--psi-file")
+        if tree is None:
+            raise AuxgenError(f"--method human needs fine labels: {_human_sources()}")
+        return tree
+    if tree is not None and not cfg.psi and not cfg.psi_file:
+        return tree[0], None
+    return parse_psi(cfg.psi, cfg.psi_file, data.num_classes), None
+
+
+def _human_sources() -> str:
+    """'a, b, or c': the datasets (and options) that give fine labels, from the registry."""
+    ways = [d.human for d in DATASETS.values() if d.human]
+    return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])}, or {ways[-1]}"
+
+
+def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy) -> tuple[MultiTaskNet, LabelGenerator | None]:
+    """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images."""
+    model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width)
+    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width)
+           if cfg.method == "maxl" else None)
+    return model, gen
