@@ -23,10 +23,11 @@ import torch
 from webdataset.tariterators import base_plus_ext
 
 import auxgen
+import auxgen.export.ranks as ranks
+import auxgen.export.state as state
 from auxgen import distributed
 from auxgen.data import Data
 from auxgen.errors import AuxgenError
-from auxgen.export import ranks, state
 from auxgen.export.format import EXPORT_FILE_MODE, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME, wds_key
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path, save_generator
 from auxgen.export.hdf5 import Hdf5Sink
