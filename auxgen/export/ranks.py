@@ -16,8 +16,8 @@ and the shares are gathered over the process group. Then:
 
 This module holds only what is particular to several processes: whether an export is one
 (`takes_over`), the gathered label source (`gather`), the shard plan (`plan`) and which shards
-are this process's (`mine`); checks, resume state and finishing are the exporter's, for any
-number of processes.
+are this process's (`mine`). Checks, the resume state and finishing are the same for any number
+of processes (auxgen.export.exporter, auxgen.export.state).
 
 Every process holds all labels of the exported splits (N x K floats), not the images' encodings.
 Multi-node runs need --out on a file system every node sees (WebDataset shards are written by
