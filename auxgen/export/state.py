@@ -58,7 +58,7 @@ def prepare(out: Path, opts: ExportOptions, params: dict[str, Any], created: str
     if changed:
         raise AuxgenError(f"--resume: the export in {out} was started with different {', '.join(changed)}; "
                           f"repeat its options or start over with --force")
-    plan = _read_plan(out / STATE_NAME, state) if planned else None
+    plan = _read_plan(out / STATE_NAME, state, opts.splits) if planned else None
     if plan is None:
         kept = _kept_in_order(out, state, opts.splits, psi)
     else:
@@ -71,14 +71,18 @@ def prepare(out: Path, opts: ExportOptions, params: dict[str, Any], created: str
     return Prepared(state.get("created", created), kept, plan)
 
 
-def _read_plan(path: Path, state: dict[str, Any]) -> Plan:
+def _read_plan(path: Path, state: dict[str, Any], splits: list[str]) -> Plan:
+    """A multi-process export's plan, with every split it exports (anything else is damage)."""
     if state.get("plan") is None:
         raise AuxgenError(f"--resume: the export in {path.parent} was started by one process; resume it with one "
                           f"process (without torchrun)")
     try:
-        return {s: [(a, n) for a, n in v] for s, v in state["plan"].items()}
+        plan = {s: [(a, n) for a, n in v] for s, v in state["plan"].items()}
     except (TypeError, ValueError, AttributeError):
         raise _damaged(path) from None
+    if not set(splits) <= set(plan):
+        raise _damaged(path)
+    return plan
 
 
 def save(out: Path, params: dict[str, Any], prep: Prepared, plan: Plan | None) -> None:
