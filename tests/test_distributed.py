@@ -171,7 +171,8 @@ EXPORTS = {"shards": ("wds", {"split": "test", "max_count": 40, "views": 3, "bat
            "labels.h5": ("hdf5", {"views": 3, "batch_size": 100})}
 
 
-def _export_worker(rank: int, world: int, port: int, run: str, base: str, stop_after: int) -> None:
+def _export_worker(rank: int, world: int, port: int, run: str, base: str, stop_after: int,
+                   resume: bool = False) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), SOURCE_DATE_EPOCH="1700000000")
     torch.set_num_threads(1)
@@ -189,9 +190,9 @@ def _export_worker(rank: int, world: int, port: int, run: str, base: str, stop_a
 
         wds._shard_written = die
     for name, (fmt, extra) in EXPORTS.items():
-        if stop_after and fmt != "wds":
+        if (stop_after or resume) and fmt != "wds":
             continue
-        export_labels(run, Path(base) / name, fmt, device="cpu", **extra)
+        export_labels(run, Path(base) / name, fmt, device="cpu", resume=resume, **extra)
     torch.distributed.destroy_process_group()
 
 
@@ -239,3 +240,24 @@ def test_interrupted_two_process_export_resumes_on_one(tiny_run, one_process_exp
     summary = export_labels(tiny_run, out, fmt, device="cpu", resume=True, **extra)
     assert summary["resumed"]  # finished shards were kept, not recomputed into new files
     assert _files(out) == _files(one_process_exports / "shards")  # the manifest too: `created` is the first run's
+
+
+def test_interrupted_two_process_export_resumes_on_two(tiny_run, one_process_exports, tmp_path):
+    """Killed after each process's first shard, one of them then damaged; two processes resume, keep the other."""
+    from auxgen.export.layout import rank_state_name, shard_name
+
+    with pytest.raises(mp.ProcessExitedException):
+        mp.spawn(_export_worker, args=(2, _free_port(), str(tiny_run), str(tmp_path), 1), nprocs=2)
+    out = tmp_path / "shards"
+    # the first process to die can take the other down at any point, so only what was recorded counts
+    first, second = out / shard_name("test", 0), out / shard_name("test", 1)  # rank 0's and rank 1's
+    record = out / rank_state_name(0)
+    recorded = record.is_file() and first.name in record.read_text()
+    assert (recorded or second.is_file()) and not (out / "manifest.json").exists()
+    if second.is_file():
+        second.write_bytes(b"damaged")  # written again: its sha256 no longer checks out
+        (out / rank_state_name(1)).write_text("{")  # as if killed while writing it: its shards are written again
+    inode = first.stat().st_ino if recorded else None
+    mp.spawn(_export_worker, args=(2, _free_port(), str(tiny_run), str(tmp_path), 0, True), nprocs=2)
+    assert inode is None or first.stat().st_ino == inode  # a recorded shard that checks out is kept
+    assert _files(out) == _files(one_process_exports / "shards")

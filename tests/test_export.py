@@ -384,3 +384,40 @@ def test_summary_uses_the_shared_label_statistics(tiny_run, tmp_path, capsys):
     print_summary(summary)
     table = capsys.readouterr().out
     assert "block usage" in table and "per-sample entropy" in table
+
+
+# ------------------------------------------------------------------------------ structure
+def test_file_names_come_from_one_place():
+    from auxgen.export import layout
+
+    ours = ["manifest.json", "generator.pt", "generator.pt2", "generator.onnx", ".auxgen-export.json",
+            layout.rank_state_name(12), layout.shard_name("train", 1), layout.shard_name("test", 999999),
+            layout.temp_path(Path("d"), layout.shard_name("train", 0)).name]
+    theirs = ["notes.txt", "val-000001.tar", "train-1.tar", "generator.pth", ".auxgen-export.rank-x.json", "x.tmp"]
+    assert all(layout.is_ours(n) for n in ours) and not any(layout.is_ours(n) for n in theirs)
+    assert layout.is_shard("test-000003.tar", "test") and not layout.is_shard("test-000003.tar", "train")
+    assert [p.name for p in layout.hdf5_paths(Path("l.h5"))][:2] == ["l.h5", "l.h5.manifest.json"]
+
+
+def test_export_modules_import_no_cycle():
+    """The multi-process code (ranks.py) builds on the shared stages, never on the exporter that uses it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "auxgen" / "export"
+    deps = {}
+    for f in root.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("auxgen.export."):
+                found.add(node.module.rsplit(".", 1)[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "auxgen.export":  # a module or a name
+                found |= {a.name for a in node.names if (root / f"{a.name}.py").is_file()}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("auxgen.export.")}
+        deps[f.stem] = found
+
+    def reaches(a: str, b: str, seen: set[str]) -> bool:
+        return any(d == b or (d not in seen and reaches(d, b, seen | {d})) for d in deps.get(a, ()))
+
+    assert "exporter" not in deps["ranks"]
+    assert not [m for m in deps if m != "__init__" and reaches(m, m, {m})]

@@ -1,16 +1,19 @@
-"""`export_labels`: a run's generator over its data, written as HDF5 or WebDataset shards with a manifest."""
+"""`export_labels`: a run's generator over its data, written as HDF5 or WebDataset shards with a manifest.
+
+One path for one process and for several (`torchrun ... -m auxgen export`, auxgen.export.ranks):
+the run is loaded and every input checked, rank 0 first, before anything is written; the labels
+come from a source stage (computed here, or gathered from every process); the folder is prepared
+or resumed (auxgen.export.state); the sinks take the labels on a writer thread; and rank 0
+finishes: generator files, the manifest, the summary. With one process every collective is a no-op.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import glob
 import json
 import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,24 +23,19 @@ import torch
 from webdataset.tariterators import base_plus_ext
 
 import auxgen
-from auxgen.checkpoint import sha256_file, write_json_atomic
+import auxgen.export.ranks as ranks
+import auxgen.export.state as state
+from auxgen import distributed
 from auxgen.data import Data
 from auxgen.errors import AuxgenError
-from auxgen.export.format import (
-    EXPORT_FILE_MODE,
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    HDF5_MANIFEST_SUFFIX,
-    MANIFEST_NAME,
-    STATE_NAME,
-    wds_key,
-)
+from auxgen.export.format import EXPORT_FILE_MODE, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME, wds_key
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path, save_generator
 from auxgen.export.hdf5 import Hdf5Sink
-from auxgen.export.labels import hard_and_entropy, iter_label_batches
+from auxgen.export.labels import Batches, local_batches, sample_chunks
+from auxgen.export.layout import hdf5_paths, hdf5_temps, is_ours, manifest_of, new_hdf5_temp, rank_state_name
 from auxgen.export.manifest import file_entry, write_manifest
 from auxgen.export.options import ExportOptions
-from auxgen.export.pipeline import BackgroundWriter, SampleAssembler
+from auxgen.export.pipeline import BackgroundWriter
 from auxgen.export.sink import Sink, SplitSource
 from auxgen.export.source import open_run
 from auxgen.export.views import draw_split_views
@@ -45,13 +43,24 @@ from auxgen.export.wds import WdsSink
 from auxgen.label_stats import LabelStats
 from auxgen.run import LoadedRun, load_run_data
 
-_SHARD = re.compile(r"^(train|test)-\d{6}\.tar$")
-_OUR_FILES = re.compile(r"^(manifest\.json|generator\.(pt|pt2|onnx)|\.auxgen-export(\.rank-\d+)?\.json"
-                        r"|(train|test)-\d{6}\.tar|\..*\.tmp)$")
-# label batches computed elsewhere: (split, start row) -> (first row, soft, hard, entropy), ...
-Batches = Callable[[str, int], Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]]
 # names webdataset's reader skips as metadata (tar_file_iterator's skip_meta default)
 _WDS_META = re.compile(r"__[^/]*__($|/)")
+
+
+@dataclasses.dataclass
+class _Job:
+    """One export, as every stage sees it (the same in every process but for `dist`)."""
+
+    dist: distributed.Dist
+    multi: bool                  # labels gathered from the processes, shards cut by a plan (auxgen.export.ranks)
+    run: LoadedRun
+    data: Data
+    out: Path
+    opts: ExportOptions
+    info: dict[str, Any]         # fields of the manifest and the HDF5 attributes
+    sources: list[SplitSource]
+    batches: Batches             # the label source
+    show: bool
 
 
 def export_labels(run_dir: str | Path, out: str | Path, fmt: str | None = None, *,
@@ -61,83 +70,101 @@ def export_labels(run_dir: str | Path, out: str | Path, fmt: str | None = None, 
     Options come as an `ExportOptions`, or as its fields by name (`fmt` also as the third
     argument); fields given by name override those of `options`. Nothing is written or removed
     until every check has passed; an export never writes over its inputs (the run, its
-    checkpoint, the dataset), with or without --force.
+    checkpoint, the dataset), with or without --force. Under torchrun every process calls this
+    and every process returns the summary.
     """
     base = options or ExportOptions()
     opts = dataclasses.replace(base, **({"fmt": fmt} if fmt is not None else {}), **fields).validated()
     out = Path(out)
-    from auxgen.export import ranks
-
-    if ranks.takes_over(out, opts):  # under torchrun, or resuming an export that several processes started
-        return ranks.export_ranks(run_dir, out, opts, show)
-    try:
-        _check_out(out, opts)
-    except OSError as e:  # e.g. a folder that cannot be listed
-        raise AuxgenError(f"--out {out}: {e.strerror or e}") from None
-    run = _load(run_dir, opts)
-    data = load_run_data(run, check=True)
-    if data.num_classes != run.hier.num_primary:
-        raise AuxgenError(f"the data has {data.num_classes} classes but the run's psi covers {run.hier.num_primary}")
-    _check_not_inputs(out, opts, run)
-    _check_keys(data, opts)
-    info = _info(run, data, opts)
+    multi = ranks.takes_over(out, opts)  # under torchrun, or resuming an export that several processes started
+    dist = distributed.init("cuda" if torch.cuda.is_available() and opts.device != "cpu" else "cpu") \
+        if multi else distributed.SINGLE
+    run, data, info = _open(dist, run_dir, out, opts)
+    sources = _split_sources(run, data, opts)
     t0 = time.perf_counter()
     try:
-        if opts.fmt == "hdf5":
-            result = _export_hdf5(run, data, out, info, opts, show)
-        else:
-            result = _export_wds(run, data, out, info, opts, show)
+        batches = local_batches(run.generator, data, run.device, opts.batch_size,  # type: ignore[arg-type]
+                                int(run.meta["data"]["pad"]))
+        if multi:
+            batches = ranks.gather(dist, batches, sources, opts.views, run.hier.num_aux, opts.batch_size)
+        job = _Job(dist, multi, run, data, out, opts, info, sources, batches, show and dist.is_main)
+        result, computed = (_write_hdf5 if opts.fmt == "hdf5" else _write_wds)(job)
     except OSError as e:  # a full disk, a read-only or vanished folder: say which file, in one line
         reason = e.strerror or " ".join(str(e).split())[:200]
         hint = ("; the finished shards are kept: run again with --resume to continue"
                 if opts.fmt == "wds" and (out / STATE_NAME).is_file() else "")
         raise AuxgenError(f"cannot write {e.filename or out}: {reason}{hint}") from None
     seconds = time.perf_counter() - t0
-    computed = result.pop("computed")
+    computed = sum(dist.all_gather(computed))  # samples this call wrote, over all processes
     result.update(seconds=seconds, samples_per_s=computed / seconds if seconds > 0 else None,
-                  samples_computed=computed)
+                  samples_computed=computed, **({"processes": dist.world} if multi else {}))
     return result
+
+
+def _open(dist: distributed.Dist, run_dir: str | Path, out: Path,
+          opts: ExportOptions) -> tuple[LoadedRun, Data, dict[str, Any]]:
+    """The run and its data, loaded and checked before anything is written (rank 0 first: its errors stop every
+    process once); returns them with the manifest's fields, rank 0's (one `created` for every process)."""
+    dist.on_main(lambda: _check_out(out, opts))
+    run = dist.main_first(lambda: _load(run_dir, opts))
+    device_name = str(run.device)  # what a one-process export records (not this process's cuda:LOCAL_RANK)
+    if run.device.type == "cuda" and dist.enabled:
+        run.device = dist.device(run.device)
+        run.generator.to(run.device)  # type: ignore[union-attr]
+    data = dist.main_first(lambda: load_run_data(run, check=True))
+
+    def check() -> dict[str, Any]:
+        if data.num_classes != run.hier.num_primary:
+            raise AuxgenError(f"the data has {data.num_classes} classes but the run's psi covers "
+                              f"{run.hier.num_primary}")
+        _check_not_inputs(out, opts, run)
+        _check_keys(data, opts)
+        return {**_info(run, data, opts), "device": device_name}
+
+    return run, data, dist.broadcast(dist.on_main(check))  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------ checks (nothing written)
 def _check_out(out: Path, opts: ExportOptions) -> None:
     """--out against what is there now: the right kind of path, and replaced only when asked."""
-    above = next((p for p in out.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise AuxgenError(f"--out {out}: {above} is a file, not a folder")
-    if opts.fmt == "hdf5":
-        if out.is_dir():
-            raise AuxgenError(f"--out {out} is a folder; give a file name such as {out / 'labels.h5'}")
-        existing = [p for p in _hdf5_paths(out) if p.exists()]
-        if existing and not opts.force:
-            raise AuxgenError(f"{existing[0]} exists; pass --force to replace the export, or choose another --out")
-        return
+    try:
+        above = next((p for p in out.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise AuxgenError(f"--out {out}: {above} is a file, not a folder")
+        if opts.fmt == "hdf5":
+            if out.is_dir():
+                raise AuxgenError(f"--out {out} is a folder; give a file name such as {out / 'labels.h5'}")
+            existing = [p for p in hdf5_paths(out) if p.exists()]
+            if existing and not opts.force:
+                raise AuxgenError(f"{existing[0]} exists; pass --force to replace the export, or choose another --out")
+            return
+        _check_folder(out, opts)
+    except OSError as e:  # e.g. a folder that cannot be listed
+        raise AuxgenError(f"--out {out}: {e.strerror or e}") from None
+
+
+def _check_folder(out: Path, opts: ExportOptions) -> None:
+    """A shard folder: new, empty, an export to replace (--force) or an unfinished one to continue (--resume)."""
     if out.exists() and not out.is_dir():
         raise AuxgenError(f"--out {out} is a file; shards go into a folder")
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    state, manifest = out / STATE_NAME, out / MANIFEST_NAME
+    state_file, manifest = out / STATE_NAME, out / MANIFEST_NAME
     if opts.resume:
-        if not state.is_file():
+        if not state_file.is_file():
             what = "is a finished export (it has a manifest)" if manifest.is_file() else "holds no unfinished export"
             raise AuxgenError(f"--resume: {out} {what}; nothing to resume")
         return
     if not names:
         return
-    foreign = [n for n in names if not _OUR_FILES.match(n)]
+    foreign = [n for n in names if not is_ours(n)]
     if foreign:
         raise AuxgenError(f"--out {out} holds files auxgen did not write ({', '.join(foreign[:3])}); "
                           f"choose an empty or new folder")
     if not opts.force:
-        if state.is_file():
+        if state_file.is_file():
             raise AuxgenError(f"{out} holds an unfinished export; pass --resume to continue it "
                               f"or --force to start over")
         raise AuxgenError(f"{out} already holds an export; pass --force to replace it, or choose another --out")
-
-
-def _hdf5_paths(out: Path) -> tuple[Path, ...]:
-    """The HDF5 file, its manifest, and every generator file an export may put beside it."""
-    return (out, out.with_name(out.name + HDF5_MANIFEST_SUFFIX),
-            *(generator_path(out, "hdf5", f) for f in GENERATOR_FORMATS))
 
 
 def _load(run_dir: str | Path, opts: ExportOptions) -> LoadedRun:
@@ -164,7 +191,7 @@ def _inputs(run: LoadedRun) -> list[tuple[str, Path]]:
 
 def _check_not_inputs(out: Path, opts: ExportOptions, run: LoadedRun) -> None:
     """Refuse any output path that is, holds or lies inside an input (symbolic links followed)."""
-    outputs = _hdf5_paths(out) if opts.fmt == "hdf5" else (out,)
+    outputs = hdf5_paths(out) if opts.fmt == "hdf5" else (out,)
     for o in outputs:
         target = o.expanduser().resolve()
         for what, src in _inputs(run):
@@ -211,16 +238,8 @@ def _created() -> str:
     return when.isoformat(timespec="seconds")
 
 
-def _publish(*paths: Path) -> None:
-    """Give finished outputs the documented EXPORT_FILE_MODE (temporary files are created private)."""
-    for p in paths:
-        if p.is_file():
-            os.chmod(p, EXPORT_FILE_MODE)
-
-
 # ------------------------------------------------------------------------------ the compute loop
-def _split_sources(run: LoadedRun, data: Data, opts: ExportOptions, starts: dict[str, int] | None = None,
-                   start_shards: dict[str, int] | None = None) -> list[SplitSource]:
+def _split_sources(run: LoadedRun, data: Data, opts: ExportOptions) -> list[SplitSource]:
     """What the sinks get of each exported split (views drawn from the seed, per split)."""
     pad = int(run.meta["data"]["pad"])
     out = []
@@ -228,42 +247,26 @@ def _split_sources(run: LoadedRun, data: Data, opts: ExportOptions, starts: dict
         sp = getattr(data, s)
         views = draw_split_views(len(sp), opts.views, pad, opts.seed) if opts.views else None
         out.append(SplitSource(s, sp.keys, sp.labels.numpy(), sp.images.numpy() if opts.images else None,
-                               None if views is None else views.numpy(), data.split_fingerprint(s),
-                               (starts or {}).get(s, 0), (start_shards or {}).get(s, 0)))
+                               None if views is None else views.numpy(), data.split_fingerprint(s)))
     return out
 
 
-def _compute(run: LoadedRun, data: Data, sink: Sink, opts: ExportOptions, splits: list[SplitSource],
-             show: bool, batches: Batches | None = None) -> int:
-    """Run the generator over the splits and feed the sink on a writer thread; returns samples computed.
+def _compute(job: _Job, sink: Sink, pieces: list[tuple[SplitSource, int]]) -> int:
+    """Feed the sink each piece, samples `start` to `end` of a split, on a writer thread; returns samples written.
 
-    `batches(split, start_row)` replaces the generator by label batches computed elsewhere (the
-    processes of a multi-process export): (first row, soft, hard, entropy) in the same batching.
+    A piece is a whole split (HDF5), the rest of one (a one-process shard export, resumed or
+    not) or one planned shard (several processes); the sink's split begins at the piece.
     """
-    v = max(opts.views, 1)
-    pad = int(run.meta["data"]["pad"])
-    total = sum(len(sp.keys) - sp.start for sp in splits)
     writer = BackgroundWriter(maxsize=4)
     done = 0
-    with _Progress(total, show) as progress:
+    with _Progress(sum(end - sp.start for sp, end in pieces), job.show) as progress:
         try:
-            for sp in splits:
+            for sp, end in pieces:
                 writer.call(sink.begin_split, sp)
-                if sp.start >= len(sp.keys):
-                    writer.call(sink.end_split)
-                    continue
-                split = getattr(data, sp.name)
-                asm = SampleAssembler(sp.name, sp.primary, opts.views, sp.start)
-                views = None if sp.views is None else torch.from_numpy(sp.views)
-                rows = (batches(sp.name, sp.start * v) if batches is not None else
-                        ((r0, soft, *hard_and_entropy(soft)) for r0, soft in iter_label_batches(
-                            run.generator, split.images, split.labels, run.device, opts.batch_size, views, pad,
-                            sp.start * v)))
-                for r0, soft, hard, ent in rows:
-                    for chunk in asm.add(r0, soft.cpu().numpy(), hard.cpu().numpy(), ent.cpu().numpy()):
-                        writer.call(sink.write, chunk)
-                        done += len(chunk)
-                        progress.update(done)
+                for chunk in sample_chunks(job.batches, sp, job.opts.views, sp.start, end):
+                    writer.call(sink.write, chunk)
+                    done += len(chunk)
+                    progress.update(done)
                 writer.call(sink.end_split)
             writer.call(sink.close)
             writer.close()
@@ -305,12 +308,112 @@ class _Progress:
             self.bar.stop()
 
 
-def _write_generators(run: LoadedRun, data: Data, out: Path, kind: str, info: dict[str, Any],
-                      opts: ExportOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+# ------------------------------------------------------------------------------ HDF5
+def _write_hdf5(job: _Job) -> tuple[dict[str, Any], int]:
+    """Rank 0 writes the one file (the others wait for it); returns the summary and the samples written here."""
+    summary, computed = job.dist.broadcast(job.dist.on_main(lambda: _hdf5_file(job)))  # type: ignore[misc]
+    return summary, computed if job.dist.is_main else 0
+
+
+def _hdf5_file(job: _Job) -> tuple[dict[str, Any], int]:
+    out, run, info = job.out, job.run, job.info
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in hdf5_temps(out):  # of an interrupted export to this --out (the file, its manifest, its generator)
+        os.unlink(stale)
+    attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+             **{k: v for k, v in info.items() if k not in ("psi", "test_acc", "splits", "run_dir", "device")},
+             "psi": np.asarray(info["psi"], dtype=np.int64),
+             "test_acc": float("nan") if info["test_acc"] is None else float(info["test_acc"]),
+             "run_config": json.dumps(run.meta, sort_keys=True)}
+    tmp = new_hdf5_temp(out)
+    try:
+        sink = Hdf5Sink(tmp, attrs, job.opts.dtype, run.hier.num_aux, job.opts.views, run.hier.psi)
+        computed = _compute(job, sink, [(sp, len(sp.keys)) for sp in job.sources])
+        # a replaced export loses its manifest first, so the new file never pairs with the old manifest
+        manifest_of(out, "hdf5").unlink(missing_ok=True)
+        os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: the file never appears with mkstemp's 0600
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return _finish(job, info, [file_entry(out, out.parent)], sink.stats, {}), computed
+
+
+# ------------------------------------------------------------------------------ WebDataset
+def _write_wds(job: _Job) -> tuple[dict[str, Any], int]:
+    """Shards: the folder prepared or resumed, each process's pieces written, rank 0 finishing."""
+    dist, run, opts, out = job.dist, job.run, job.opts, job.out
+    info = {**job.info, "images": bool(opts.images), "shard_size": opts.shard_size, "max_count": opts.max_count}
+    params = state.state_params(info)
+    prep: state.Prepared = dist.broadcast(dist.on_main(  # type: ignore[assignment]
+        lambda: state.prepare(out, opts, params, info["created"], run.hier.psi, job.multi)))
+    info["created"] = prep.created
+    if job.multi:  # every process records its shards in its own file; rank 0 merges them at the end
+        log = state.ShardLog(out / rank_state_name(dist.rank), {"params": params}, None)
+    else:
+        log = state.ShardLog(out / STATE_NAME, {"params": params, "created": prep.created}, prep.kept)
+    maxcount, maxsize = opts.max_count or 2**62, int(opts.shard_size or 0)
+    sink = WdsSink(out, opts.dtype, run.hier.num_aux, opts.views, maxcount, maxsize, run.hier.psi, log.add)
+    plan = prep.plan
+    if job.multi and plan is None:
+        plan = ranks.plan(dist, sink, job.sources, job.batches, opts.views, maxcount, maxsize)
+    dist.on_main(lambda: state.save(out, params, prep, plan))  # every process waits for it: a barrier
+    if plan is None:  # one process: the rest of each split, its writer cutting the shards as it goes
+        pieces = [(dataclasses.replace(sp, start=sum(r["count"] for r in prep.kept[sp.name]),
+                                       start_shard=len(prep.kept[sp.name])), len(sp.keys)) for sp in job.sources]
+    else:
+        pieces = ranks.mine(dist, job.sources, plan, prep.kept)
+    computed = _compute(job, sink, pieces)
+    new = [r for part in dist.all_gather(log.new) for r in part]
+    summary = dist.broadcast(dist.on_main(lambda: _finish_shards(job, info, prep.kept, new)))
+    return summary, computed  # type: ignore[return-value]
+
+
+def _finish_shards(job: _Job, info: dict[str, Any], kept: dict[str, list[state.Record]],
+                   new: list[state.Record]) -> dict[str, Any]:
+    """Rank 0, once every shard is written: their files and merged statistics checked and finished."""
+    psi, splits = job.run.hier.psi, job.opts.splits
+    shards = {s: sorted([*kept[s], *(r for r in new if r["split"] == s)], key=lambda r: r["start"]) for s in splits}
+    counts = {s: sum(r["count"] for r in shards[s]) for s in splits}
+    expected = {s: len(getattr(job.data, s)) for s in splits}
+    if counts != expected:  # a bug, not a user error: never write a manifest for an incomplete export
+        raise RuntimeError(f"shards hold {counts} samples, expected {expected}")
+    stats = LabelStats(psi)
+    for r in (r for s in splits for r in shards[s]):
+        stats.merge(LabelStats.from_dict(psi, r["stats"]))
+    files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for s in splits for r in shards[s]]
+    resumed = {s: n for s in splits if (n := sum(r["count"] for r in kept[s]))}
+    return _finish(job, info, files, stats, resumed)
+
+
+# ------------------------------------------------------------------------------ finishing (rank 0)
+def _finish(job: _Job, info: dict[str, Any], files: list[dict[str, Any]], stats: LabelStats,
+            resumed: dict[str, int]) -> dict[str, Any]:
+    """Once every sample is written: the generator files, the manifest (last: it marks the export complete),
+    the resume state removed; returns the summary."""
+    kind, out, opts, run = job.opts.fmt, job.out, job.opts, job.run
+    gen_files, generators = _write_generators(job, info)
+    files = [*files, *gen_files]
+    counts = {s: len(getattr(job.data, s)) for s in opts.splits}
+    # documented file mode for every output (shards kept from an earlier process too, whatever wrote them)
+    for f in files:
+        os.chmod((out if kind == "wds" else out.parent) / f["path"], EXPORT_FILE_MODE)
+    manifest = manifest_of(out, kind)
+    write_manifest(manifest, kind, {**info, **_generator_info(generators)}, files, counts)
+    if kind == "wds":
+        state.finished(out)
+    return {"format": kind, "out": str(out), "manifest": str(manifest), "files": files,
+            "total_bytes": sum(f["bytes"] for f in files), "counts": counts, "psi": list(run.hier.psi),
+            "num_aux": run.hier.num_aux, "views": opts.views, "dtype": opts.dtype,
+            "checkpoint": str(run.checkpoint_path), "stats": stats.summary(), "resumed": resumed}
+
+
+def _write_generators(job: _Job, info: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Write the generator in each of opts.generator_formats (and remove files of the other formats, left by an
     earlier export); returns their `files` entries and their `generators` manifest entries."""
+    kind, out, data = job.opts.fmt, job.out, job.data
     base = out if kind == "wds" else out.parent
-    sp = getattr(data, opts.splits[0])
+    sp = getattr(data, job.opts.splits[0])
     n = min(64, len(sp))  # the reload check: enough rows to catch a wrong file, few enough to be instant
     example = (sp.images[:n], sp.labels[:n])
     meta = {k: info[k] for k in ("psi", "num_primary", "num_aux", "checkpoint_sha256", "config_sha256", "dataset")}
@@ -319,10 +422,11 @@ def _write_generators(run: LoadedRun, data: Data, out: Path, kind: str, info: di
     files, generators = [], []
     for fmt in GENERATOR_FORMATS:
         path = generator_path(out, kind, fmt)
-        if fmt not in opts.generator_formats:
+        if fmt not in job.opts.generator_formats:
             path.unlink(missing_ok=True)
             continue
-        entry = save_generator(run.generator, path, fmt, {**meta, "generator_format": fmt}, example)  # type: ignore[arg-type]
+        entry = save_generator(job.run.generator, path, fmt, {**meta, "generator_format": fmt},  # type: ignore[arg-type]
+                               example)
         files.append(file_entry(path, base))
         generators.append({"path": files[-1]["path"], **entry, "bytes": files[-1]["bytes"],
                            "sha256": files[-1]["sha256"]})
@@ -334,172 +438,3 @@ def _generator_info(generators: list[dict[str, Any]]) -> dict[str, Any]:
     readers before auxgen 0.2 load), or null."""
     script = next((g["path"] for g in generators if g["format"] == "torchscript"), None)
     return {"generator": script, "generators": generators}
-
-
-# ------------------------------------------------------------------------------ HDF5
-def _export_hdf5(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: ExportOptions,
-                 show: bool, batches: Batches | None = None) -> dict[str, Any]:
-    manifest_path = _hdf5_paths(out)[1]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # temporary files of an interrupted export to this --out (the file, its manifest, its generator)
-    for stale in glob.glob(os.path.join(glob.escape(str(out.parent)), f".{glob.escape(out.name)}.*.tmp")):
-        os.unlink(stale)
-    attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-             **{k: v for k, v in info.items() if k not in ("psi", "test_acc", "splits", "run_dir", "device")},
-             "psi": np.asarray(info["psi"], dtype=np.int64),
-             "test_acc": float("nan") if info["test_acc"] is None else float(info["test_acc"]),
-             "run_config": json.dumps(run.meta, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        sink = Hdf5Sink(tmp, attrs, opts.dtype, run.hier.num_aux, opts.views, run.hier.psi)
-        computed = _compute(run, data, sink, opts, _split_sources(run, data, opts), show, batches)
-        # a replaced export loses its manifest first, so the new file never pairs with the old manifest
-        manifest_path.unlink(missing_ok=True)
-        os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: the file never appears with mkstemp's 0600
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    gen_files, generators = _write_generators(run, data, out, "hdf5", info, opts)
-    files = [file_entry(out, out.parent), *gen_files]
-    counts = {s: len(getattr(data, s)) for s in opts.splits}
-    info = {**info, **_generator_info(generators)}
-    write_manifest(manifest_path, "hdf5", info, files, counts)
-    return _summary("hdf5", out, manifest_path, files, counts, sink.stats, run, opts, computed, {})
-
-
-# ------------------------------------------------------------------------------ WebDataset
-_STATE_PARAMS = ("checkpoint_sha256", "config_sha256", "dataset_fingerprint", "splits", "dtype", "views", "pad",
-                 "seed", "batch_size", "device", "images", "shard_size", "max_count")
-
-
-def _export_wds(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: ExportOptions,
-                show: bool) -> dict[str, Any]:
-    info = {**info, "images": bool(opts.images), "shard_size": opts.shard_size, "max_count": opts.max_count}
-    params = {k: info[k] for k in _STATE_PARAMS}
-    params["format_version"] = FORMAT_VERSION
-    state_path = out / STATE_NAME
-    shards: dict[str, list[dict[str, Any]]] = {s: [] for s in opts.splits}
-    if opts.resume:
-        state = _read_state(state_path)
-        changed = sorted(k for k in set(params) | set(state["params"]) if params.get(k) != state["params"].get(k))
-        if changed:
-            raise AuxgenError(f"--resume: the export in {out} was started with different {', '.join(changed)}; "
-                              f"repeat its options or start over with --force")
-        info["created"] = state.get("created", info["created"])
-        shards = _kept_shards(out, state, opts.splits, run.hier.psi)
-    elif out.is_dir():
-        _clear(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    starts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
-    resumed = {s: n for s, n in starts.items() if n}
-
-    def save_state() -> None:
-        write_json_atomic(state_path, {"params": params, "created": info["created"], "shards": shards})
-
-    def on_record(record: dict[str, Any]) -> None:
-        shards[record["split"]].append(record)
-        save_state()
-
-    try:
-        save_state()
-    except BaseException:
-        if created:  # a folder this call made and could not write into goes again
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-    sink = WdsSink(out, opts.dtype, run.hier.num_aux, opts.views, opts.max_count or 2**62, int(opts.shard_size or 0),
-                   run.hier.psi, on_record)
-    sources = _split_sources(run, data, opts, starts, {s: len(shards[s]) for s in opts.splits})
-    computed = _compute(run, data, sink, opts, sources, show)
-    files, counts, stats, info = finish_shards(run, data, out, info, opts, shards)
-    manifest_path = out / MANIFEST_NAME
-    _publish(*(out / f["path"] for f in files))  # shards kept from an earlier process, whatever wrote them
-    write_manifest(manifest_path, "wds", info, files, counts)
-    state_path.unlink()
-    return _summary("wds", out, manifest_path, files, counts, stats, run, opts, computed, resumed)
-
-
-def _clear(out: Path) -> None:
-    """Remove an earlier export from a folder (_check_out made sure it holds nothing else)."""
-    names = sorted(p.name for p in out.iterdir() if _OUR_FILES.match(p.name))
-    # the manifest goes first, so a half-replaced folder never looks complete
-    for name in [n for n in names if n == MANIFEST_NAME] + [n for n in names if n != MANIFEST_NAME]:
-        (out / name).unlink(missing_ok=True)
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    """The resume state, checked for the structure the exporter writes; anything else is damage."""
-    damaged = AuxgenError(f"{path} is damaged; start the export over with --force")
-    try:
-        state = json.loads(path.read_text())
-    except (ValueError, OSError):
-        raise damaged from None
-    if not isinstance(state, dict) or not isinstance(state.get("params"), dict) \
-            or not isinstance(state.get("shards"), dict):
-        raise damaged
-    for split, records in state["shards"].items():
-        if not isinstance(records, list):
-            raise damaged
-        for r in records:
-            if not (isinstance(r, dict) and isinstance(r.get("path"), str) and _SHARD.match(r["path"])
-                    and r["path"].startswith(f"{split}-") and isinstance(r.get("count"), int) and r["count"] > 0
-                    and isinstance(r.get("bytes"), int) and isinstance(r.get("sha256"), str)
-                    and isinstance(r.get("stats"), dict)):
-                raise damaged
-    return state
-
-
-def _kept_shards(out: Path, state: dict[str, Any], splits: list[str],
-                 psi: tuple[int, ...]) -> dict[str, list[dict[str, Any]]]:
-    """Finished shards whose size and sha256 check out, up to the first that does not; the rest are removed."""
-    kept: dict[str, list[dict[str, Any]]] = {}
-    for s in splits:
-        kept[s] = []
-        for r in state["shards"].get(s, []):
-            p = out / r["path"]
-            if not (p.is_file() and p.stat().st_size == r["bytes"] and sha256_file(p) == r["sha256"]):
-                break
-            try:
-                LabelStats.from_dict(psi, r["stats"])
-            except (KeyError, TypeError, ValueError, RuntimeError):
-                raise AuxgenError(f"{out / STATE_NAME} is damaged; start the export over with --force") from None
-            kept[s].append(r)
-    keep_names = {r["path"] for rs in kept.values() for r in rs}
-    for p in out.iterdir():
-        if _OUR_FILES.match(p.name) and p.name.endswith((".tar", ".tmp")) and p.name not in keep_names:
-            p.unlink()
-    return kept
-
-
-def _summary(kind: str, out: Path, manifest: Path, files: list[dict[str, Any]], counts: dict[str, int],
-             stats: LabelStats, run: LoadedRun, opts: ExportOptions, computed: int,
-             resumed: dict[str, int]) -> dict[str, Any]:
-    return {"format": kind, "out": str(out), "manifest": str(manifest), "files": files,
-            "total_bytes": sum(f["bytes"] for f in files), "counts": counts, "psi": list(run.hier.psi),
-            "num_aux": run.hier.num_aux, "views": opts.views, "dtype": opts.dtype,
-            "checkpoint": str(run.checkpoint_path), "stats": stats.summary(), "resumed": resumed,
-            "computed": computed}
-
-
-def finish_shards(run: LoadedRun, data: Data, out: Path, info: dict[str, Any], opts: ExportOptions,
-                  shards: dict[str, list[dict[str, Any]]]
-                  ) -> tuple[list[dict[str, Any]], dict[str, int], LabelStats, dict[str, Any]]:
-    """Once every shard is written: write the generator files, check the counts, merge the label statistics.
-
-    Returns the manifest's file list, the sample counts, the statistics, and `info` with the generator entries.
-    """
-    files = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for s in opts.splits for r in shards[s]]
-    gen_files, generators = _write_generators(run, data, out, "wds", info, opts)
-    files += gen_files
-    counts = {s: sum(r["count"] for r in shards[s]) for s in opts.splits}
-    expected = {s: len(getattr(data, s)) for s in opts.splits}
-    if counts != expected:  # a bug, not a user error: never write a manifest for an incomplete export
-        raise RuntimeError(f"shards hold {counts} samples, expected {expected}")
-    stats = LabelStats(run.hier.psi)
-    for s in opts.splits:
-        for r in shards[s]:
-            stats.merge(LabelStats.from_dict(run.hier.psi, r["stats"]))
-    return files, counts, stats, {**info, **_generator_info(generators)}

@@ -8,12 +8,22 @@ algorithms by batch size), so the reference computation and the exporter share t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
-from auxgen.data import apply_views
+from auxgen.data import Data, apply_views
+from auxgen.export.pipeline import Chunk, SampleAssembler
+from auxgen.export.sink import SplitSource
 from auxgen.losses import block_entropy
+
+# A label source, the stage an export's writers read from: (split, first row) -> batches of
+# (first row, soft [b, K], hard [b], entropy [b]) in numpy, in the fixed batching, starting with
+# the batch that holds that row. `local_batches` computes them here; a multi-process export
+# gathers them from every process (auxgen.export.ranks.gather).
+Rows = tuple[int, np.ndarray, np.ndarray, np.ndarray]
+Batches = Callable[[SplitSource, int], Iterator[Rows]]
 
 
 def _rows(images: torch.Tensor, primary: torch.Tensor, views: torch.Tensor | None, pad: int,
@@ -63,3 +73,30 @@ def compute_soft_labels(generator: torch.nn.Module, images_uint8: torch.Tensor, 
 def hard_and_entropy(soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """aux_hard (argmax, first on ties) and per-row entropy in nats, both from float32 labels."""
     return soft.argmax(dim=1), block_entropy(soft)
+
+
+def local_batches(generator: torch.nn.Module, data: Data, device: torch.device | str, batch_size: int,
+                  pad: int) -> Batches:
+    """The label source of one process: the generator run here over a split's rows (views from the SplitSource)."""
+    def batches(sp: SplitSource, start_row: int) -> Iterator[Rows]:
+        split = getattr(data, sp.name)
+        views = None if sp.views is None else torch.from_numpy(sp.views)
+        for r0, soft in iter_label_batches(generator, split.images, split.labels, device, batch_size, views, pad,
+                                           start_row):
+            hard, ent = hard_and_entropy(soft)
+            yield r0, soft.cpu().numpy(), hard.cpu().numpy(), ent.cpu().numpy()
+
+    return batches
+
+
+def sample_chunks(batches: Batches, sp: SplitSource, views: int, a: int, b: int) -> Iterator[Chunk]:
+    """Samples a..b of a split as chunks of whole samples (with views, V consecutive rows per sample)."""
+    if a >= b:
+        return
+    asm = SampleAssembler(sp.name, sp.primary, views, a)
+    for r0, soft, hard, ent in batches(sp, a * max(views, 1)):
+        for chunk in asm.add(r0, soft, hard, ent):
+            if chunk.start + len(chunk) >= b:  # the last one wanted: later batches are not computed
+                yield chunk.head(b - chunk.start)
+                return
+            yield chunk

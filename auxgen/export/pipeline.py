@@ -30,6 +30,10 @@ class Chunk:
     def __len__(self) -> int:
         return len(self.primary)
 
+    def head(self, n: int) -> Chunk:
+        """The first n samples."""
+        return Chunk(self.split, self.start, self.primary[:n], self.soft[:n], self.hard[:n], self.entropy[:n])
+
 
 class SampleAssembler:
     """Turns batches of label rows (fixed batching) into chunks of whole samples from `start` on."""

@@ -27,7 +27,8 @@ import numpy as np
 from numpy.lib import format as npy_format
 from PIL import Image
 
-from auxgen.export.format import EXPORT_FILE_MODE, TAR_TRAILER, shard_name, wds_key
+from auxgen.export.format import EXPORT_FILE_MODE, TAR_TRAILER, wds_key
+from auxgen.export.layout import shard_name, temp_path
 from auxgen.export.pipeline import Chunk
 from auxgen.export.sink import SplitSource, add_chunk
 from auxgen.label_stats import LabelStats
@@ -140,7 +141,7 @@ class _ShardWriter:
     def _open(self) -> None:
         self.name = shard_name(self.split, self.shard)
         self.shard += 1
-        self.fh = _HashingFile(self.folder / f".{self.name}.tmp")
+        self.fh = _HashingFile(temp_path(self.folder, self.name))
         self.tar = tarfile.open(fileobj=self.fh, mode="w|", format=TAR_FORMAT,  # type: ignore[call-overload]
                                 encoding=TAR_ENCODING)
         self.count = self.size = 0
@@ -148,7 +149,7 @@ class _ShardWriter:
     def _finish(self) -> None:
         assert self.tar is not None and self.fh is not None
         self.tar.close()  # end-of-archive blocks, padded to a whole tar record
-        fh, tmp, final = self.fh, self.folder / f".{self.name}.tmp", self.folder / self.name
+        fh, tmp, final = self.fh, temp_path(self.folder, self.name), self.folder / self.name
         fh.flush()
         os.fsync(fh.f.fileno())
         fh.close()
@@ -185,7 +186,7 @@ class _ShardWriter:
                 self.tar.close()
         if self.fh is not None:
             self.fh.close()
-            (self.folder / f".{self.name}.tmp").unlink(missing_ok=True)
+            temp_path(self.folder, self.name).unlink(missing_ok=True)
         self.tar = self.fh = None
 
 
