@@ -117,9 +117,11 @@ def maxl_iteration(nets: Nets, x: torch.Tensor, y: torch.Tensor, objective: Obje
     mx, my = (x, y) if meta_batch is None else meta_batch
     if meta_batch is not None:
         labels = nets.generator(mx, my)
-    before, after = meta_step(nets, mx, my, labels, objective, pair, reduce)
-    return {"loss_pri": loss_pri, "loss_aux": loss_aux, "correct": correct, "target": target,
-            "meta_before": before, "meta_after": after}
+    losses = meta_step(nets, mx, my, labels, objective, pair, reduce)
+    out = {"loss_pri": loss_pri, "loss_aux": loss_aux, "correct": correct, "target": target}
+    if losses is not None:
+        out["meta_before"], out["meta_after"] = losses
+    return out
 
 
 def fused_iteration(nets: Nets, x: torch.Tensor, y: torch.Tensor, objective: Objective,
@@ -161,14 +163,23 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 def meta_step(nets: Nets, x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, objective: Objective,
-              pair: torch.Tensor | None = None, reduce: Reduce | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              pair: torch.Tensor | None = None, reduce: Reduce | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Step 2: theta2 <- theta2 - beta grad_theta2 [objective], through the look-ahead theta1+.
 
     `labels` = g(x, y; theta2) *with* its graph to theta2 (the caller may share it with the
     training step when the meta batch is the training batch). Returns detached primary losses
-    on the meta batch before and after the look-ahead.
+    on the meta batch before and after the look-ahead; None when the objective has no
+    meta-signal (meta_weight 0), whose step needs no look-ahead at all.
     """
-    m = meta_gradient(nets.model, _trainable(nets.generator), x, y, labels, objective, pair=pair, reduce=reduce)
+    gen_params = _trainable(nets.generator)
+    if not objective.meta_weight:
+        grads = list(torch.autograd.grad(objective.terms(labels, y, pair, gen_params), gen_params))
+        if reduce is not None:
+            reduce(grads)
+        _apply(nets.generator, nets.gen_opt, grads)
+        return None
+    m = meta_gradient(nets.model, gen_params, x, y, labels, objective, pair=pair, reduce=reduce)
     _apply(nets.generator, nets.gen_opt, m.gen_grads)
     return m.loss_before, m.loss_after
 

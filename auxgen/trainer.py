@@ -568,9 +568,9 @@ def meta_pass(ep: Epoch, rng: torch.Generator, tally: Tally) -> None:
     for i in range(len(rows) // B):
         mx, my, _ = ep.batches(rows[i * B:(i + 1) * B])
         with ep.run.precision.context():
-            before, after = meta_step(ep.nets, mx, my, ep.nets.generator(mx, my), ep.objective, ep.pair(mx, my),
-                                      ep.reduce)
-        tally.add_meta(before, after)
+            losses = meta_step(ep.nets, mx, my, ep.nets.generator(mx, my), ep.objective, ep.pair(mx, my), ep.reduce)
+        if losses is not None:
+            tally.add_meta(*losses)
 
 
 class Tally:
@@ -665,8 +665,9 @@ def _epoch_metrics(run: Run, epoch: int, n_steps: int, tally: Tally, lrs: dict[s
                          "train_loss_pri": float(s["pri"]) / n, "train_loss_aux": float(s["aux"]) / n,
                          "train_acc": int(tally.correct) / (n * run.cfg.batch_size)}
     if run.targets.kind == "maxl":
-        k = max(tally.meta_steps, 1)
-        m.update(gen_lr=lrs["gen_lr"], meta_loss_before=float(s["before"]) / k, meta_loss_after=float(s["after"]) / k)
+        k = tally.meta_steps  # none when the objective has no meta-signal (--meta-weight 0)
+        m.update(gen_lr=lrs["gen_lr"], meta_loss_before=float(s["before"]) / k if k else None,
+                 meta_loss_after=float(s["after"]) / k if k else None)
     if run.targets.kind != "none":
         m.update(tally.stats.summary())
     if cosines:

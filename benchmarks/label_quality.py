@@ -76,6 +76,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "aux25": dict(aux_weight=0.25),       # AuxiLearn's auxiliary-loss scale
     "every4": dict(meta_every=4),         # amortised: a meta step every 4 training steps
     "split": dict(meta_split=0.2),        # the meta objective on held-out rows
+    "glr3": dict(gen_lr=3e-3),            # a faster generator: few steps on small data
+    "glr10": dict(gen_lr=1e-2),
+    "alpha": dict(meta_norm="alpha"),     # the meta-signal divided by alpha: it does not shrink with the step
+    "sharp3": dict(sharpness_weight=3.0, entropy_weight=6.0),
+    "implicit": dict(hypergradient="implicit", meta_split=0.2, meta_every=4, meta_norm="alpha"),
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)

@@ -133,3 +133,15 @@ def test_runs_saved_with_the_bf16_flag_still_load():
 
     assert TrainConfig.from_dict({"bf16": True}).precision == "bf16"
     assert TrainConfig.from_dict({"bf16": False}).validate().precision == "fp32"
+
+
+def test_no_meta_signal_means_no_look_ahead_and_no_meta_loss():
+    cfg = tiny_config(epochs=1, meta_weight=0.0)
+    s = train(cfg, None, show=False, return_run=True)
+    torch.manual_seed(cfg.seed)
+    start = torch.cat([p.flatten() for p in setup(cfg).generator.parameters()])
+    assert not torch.equal(start, torch.cat([p.flatten() for p in s["run"].generator.parameters()]))
+    _, f, g, x, y = _setup(4)
+    f.requires_grad_(False)  # a look-ahead would need theta1's gradients: none can be taken here
+    nets = Nets(f, g, None, torch.optim.SGD(g.parameters(), lr=0.1))
+    assert meta_step(nets, x, y, g(x, y), Objective(ALPHA, GAMMA, meta_weight=0.0, entropy_weight=0.2)) is None
