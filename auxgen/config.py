@@ -39,7 +39,8 @@ _PAPER_COMMON = dict(backbone="vgg16", width=None, gen_width=None, epochs=200, b
                      momentum=0.0, weight_decay=0.0, lr_schedule="step", warmup_epochs=0, gen_weight_decay=5e-4,
                      gamma=2.0, entropy_weight=0.2, usage_entropy="batch", sharpness_weight=0.0, meta_norm="none",
                      meta_weight=1.0, consistency_weight=0.0, invariance_weight=0.0, aux_weight=1.0,
-                     neumann_steps=3, hypergradient="lookahead", meta_every=1, pair_colour=False,
+                     neumann_steps=3, hypergradient="lookahead", meta_every=1, pair_colour=False, pairs="views",
+                     neighbours=5,
                      gen_optimizer="sgd", meta_order=2, fused_lookahead=False, augment="auto", flip=True, psi=None)
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {**_PAPER_COMMON, "gen_lr": 1e-3, "gen_decay": "l2", "meta_split": 0.0, "schedule": "alternate"},
@@ -111,6 +112,8 @@ class TrainConfig:
     hypergradient: str = _f("lookahead", "maxl: how theta2's meta-signal is computed: lookahead (MAXL: through one SGD step of theta1, --meta-order) or implicit (AuxiLearn: the implicit function theorem with a truncated Neumann series, on held-out batches when --meta-split is set).", ("lookahead", "implicit"))
     neumann_steps: int = _f(3, "--hypergradient implicit: Hessian-vector products in the Neumann series of the inverse Hessian.", objective=True)
     pair_colour: bool = _f(False, "The generator's second views (for --consistency-weight and --invariance-weight) also change colour: a random brightness and, for RGB, a random channel order, so labels cannot be about colour.")
+    pairs: str = _f("views", "The generator's pair terms (--consistency-weight, --invariance-weight) compare an image's label with that of: views (another augmented view of it) or neighbours (another view of one of its nearest images of the same class, by thumbnail similarity).", ("views", "neighbours"))
+    neighbours: int = _f(5, "--pairs neighbours: how many nearest images of the same class each image draws its pair from.")
     meta_every: int = _f(1, "maxl: a meta step every N training steps (amortised meta-learning); the steps between train theta1 on the generator's current labels.")
     aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).", objective=True)
     invariance_weight: float = _f(0.0, "Weight of an invariance prior for the generator: the mutual information of the auxiliary classes of two independently augmented views of each image (IIC), inside each primary block.", objective=True)
@@ -241,6 +244,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
                  "invariance_weight"):
         if getattr(cfg, name) < 0:
             raise AuxgenError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}")
+    if cfg.neighbours < 1:
+        raise AuxgenError(f"--neighbours must be at least 1, got {cfg.neighbours}")
     if cfg.meta_every < 1:
         raise AuxgenError(f"--meta-every must be at least 1 (a meta step every N steps), got {cfg.meta_every}")
     if cfg.cosine_every < 0:

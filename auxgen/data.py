@@ -130,6 +130,34 @@ def colour_jitter(images: torch.Tensor, n: int, generator: torch.Generator, part
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def same_class_neighbours(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, k: int,
+                          chunk: int = 1024) -> torch.Tensor:
+    """For every image, the k most similar other images of its class among `rows`: int64 [N, k] row ids.
+
+    Similarity is the cosine of mean-centred 8x8 thumbnails (a cheap stand-in for "looks alike"
+    that ignores overall brightness); rows outside `rows` get -1. A class with k or fewer rows
+    lends a row itself where it runs out of others. Used for the generator's pair terms.
+    """
+    n = len(images)
+    thumbs = torch.nn.functional.adaptive_avg_pool2d(images[rows].float(), 8).flatten(1)
+    thumbs = thumbs - thumbs.mean(dim=1, keepdim=True)
+    thumbs = thumbs / thumbs.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    cls = labels[rows]
+    out = torch.full((n, k), -1, dtype=torch.long, device=images.device)
+    for start in range(0, len(rows), chunk):
+        sims = thumbs[start:start + chunk] @ thumbs.T
+        same = cls[start:start + chunk, None] == cls[None, :]
+        sims = sims.masked_fill(~same, -float("inf"))
+        sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))] = -float("inf")  # not itself
+        vals, pick = sims.topk(min(k, len(rows)), dim=1)
+        own = torch.arange(start, start + len(sims), device=images.device)[:, None]
+        pick = torch.where(torch.isfinite(vals), pick, own)
+        if pick.shape[1] < k:
+            pick = torch.cat([pick, own.expand(-1, k - pick.shape[1])], dim=1)
+        out[rows[start:start + chunk]] = rows[pick]
+    return out
+
+
 # ------------------------------------------------------------------------------ loaders
 @dataclass(frozen=True)
 class DataSpec:

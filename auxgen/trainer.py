@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from auxgen import distributed
 from auxgen.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from auxgen.compose import build_models, hierarchy_for, load_data
 from auxgen.config import TrainConfig
-from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views
+from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views, same_class_neighbours
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, random_labels
 from auxgen.label_stats import LabelStats
@@ -139,6 +139,7 @@ class Run:
     train_images: torch.Tensor      # data.train on the device
     train_labels: torch.Tensor
     precision: Precision
+    neighbours: torch.Tensor | None = None  # --pairs neighbours: [N, k] same-class nearest rows, on the device
 
 
 def default_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, human_map: torch.Tensor | None,
@@ -227,8 +228,12 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
         raise AuxgenError("a maxl target source needs --method maxl, and --method maxl needs one")
     targets = TargetSource(targets.kind, None if targets.labels is None else targets.labels.to(device),
                            None if targets.views is None else targets.views.to(device))
+    images, labels = data.train.images.to(device), data.train.labels.to(device)
+    neighbours = None
+    if gen is not None and cfg.pairs == "neighbours":  # among the rows this run may see: training and meta rows
+        neighbours = same_class_neighbours(images, labels, torch.cat([train_idx, meta_idx]).to(device), cfg.neighbours)
     return Run(cfg, data, hier, device, model, gen, optimizer, gen_optimizer, train_idx, meta_idx,
-               targets, data.train.images.to(device), data.train.labels.to(device), precision_of(cfg, device))
+               targets, images, labels, precision_of(cfg, device), neighbours)
 
 
 def run_metadata(run: Run) -> dict[str, Any]:
@@ -430,6 +435,15 @@ def precision_of(cfg: TrainConfig, device: torch.device) -> Precision:
     return Precision.of(cfg.precision, device)
 
 
+class Batch(NamedTuple):
+    """This process's share of a batch: images, primary labels, fixed targets (or None) and their rows."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None
+    idx: torch.Tensor
+
+
 class Batches:
     """Rows of data.train -> this process's share of (images, primary labels, fixed targets) on the device.
 
@@ -441,21 +455,21 @@ class Batches:
     def __init__(self, run: Run, rng: torch.Generator) -> None:
         self.run, self.rng, self.dist = run, rng, distributed.current()
 
-    def __call__(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(self, rows: torch.Tensor) -> Batch:
         run, src, data = self.run, self.run.targets, self.run.data
         part = self.dist.part(len(rows))
         n, idx = len(rows), rows[part].to(run.device)
         x, target = run.train_images[idx], None
         if src.views is not None:  # a random stored view per row, with that view's label
             v = torch.randint(0, src.views.shape[1], (n,), generator=self.rng)[part].to(run.device)
-            return apply_views(x, src.views[idx, v], data.pad), run.train_labels[idx], src.labels[idx, v]
+            return Batch(apply_views(x, src.views[idx, v], data.pad), run.train_labels[idx], src.labels[idx, v], idx)
         if data.augment:
             x = self.view(x, n)
         if src.kind == "hard":
             target = F.one_hot(src.labels[idx], run.hier.num_aux).float()
         elif src.kind == "soft":
             target = src.labels[idx].float()
-        return x, run.train_labels[idx], target
+        return Batch(x, run.train_labels[idx], target, idx)
 
     def view(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """A random crop-and-flip view of this process's images x (n: the global batch size)."""
@@ -463,8 +477,15 @@ class Batches:
         data = self.run.data
         return apply_views(x, draw_views(n, data.pad, self.rng, data.flip)[self.dist.part(n)], data.pad)
 
-    def pair_view(self, x: torch.Tensor) -> torch.Tensor:
-        """Another view of x for the generator's pair terms: crop and flip, and with --pair-colour a colour change."""
+    def pair_view(self, batch: Batch) -> torch.Tensor:
+        """A second image for each of the batch's, for the generator's pair terms: another crop-and-flip view of it
+        (--pairs views) or of one of its nearest neighbours of the same class (--pairs neighbours), and with
+        --pair-colour a colour change."""
+        x = batch.x
+        if self.run.neighbours is not None:
+            n = len(x) * self.dist.world
+            pick = torch.randint(0, self.run.neighbours.shape[1], (n,), generator=self.rng)[self.dist.part(n)]
+            x = self.run.train_images[self.run.neighbours[batch.idx, pick.to(batch.idx.device)]]
         x = self.view(x)
         if self.run.cfg.pair_colour:
             x = colour_jitter(x, len(x) * self.dist.world, self.rng, self.dist.part(len(x) * self.dist.world))
@@ -482,16 +503,16 @@ class Epoch:
     reduce: Reduce | None       # gradient averaging over processes (None: one process)
     meta_rows: torch.Tensor     # a permutation of the held-out meta rows (empty: reuse training batches)
 
-    def meta_batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def meta_batch(self, i: int) -> Batch | None:
         """The held-out batch of step i (cycling through the permutation), or None to reuse the training batch."""
         if not len(self.meta_rows):
             return None
         B = self.run.cfg.batch_size
-        return self.batches(self.meta_rows[(i * B + torch.arange(B)) % len(self.meta_rows)])[:2]
+        return self.batches(self.meta_rows[(i * B + torch.arange(B)) % len(self.meta_rows)])
 
-    def pair(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """The generator's labels of another view of the images, for the objective's pair terms."""
-        return self.nets.generator(self.batches.pair_view(x), y) if self.objective.needs_pair else None
+    def pair(self, batch: Batch) -> torch.Tensor | None:
+        """The generator's labels of the batch's second images, for the objective's pair terms."""
+        return self.nets.generator(self.batches.pair_view(batch), batch.y) if self.objective.needs_pair else None
 
     def is_meta_step(self, i: int) -> bool:
         return i % self.run.cfg.meta_every == 0
@@ -502,34 +523,34 @@ Step = Callable[[Epoch, int, torch.Tensor], dict[str, Any]]
 
 def fixed_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
     """Single-task, or fixed targets (random, human, k-means, frozen soft labels)."""
-    x, y, target = ep.batches(rows)
-    return _trained(ep, x, y, target)
+    b = ep.batches(rows)
+    return _trained(ep, b.x, b.y, b.target)
 
 
 def generated_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
     """theta1 only, on the generator's current labels (alternate's training pass, and between meta steps)."""
-    x, y, _ = ep.batches(rows)
+    b = ep.batches(rows)
     with torch.no_grad():
-        target = ep.nets.generator(x, y)
-    return _trained(ep, x, y, target)
+        target = ep.nets.generator(b.x, b.y)
+    return {**_trained(ep, b.x, b.y, target), "batch": b}
 
 
 def maxl_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
     """Algorithm 1 on a batch: a training step, then a meta step on it (or on a held-out batch)."""
     if not ep.is_meta_step(i):
         return generated_step(ep, i, rows)
-    x, y, _ = ep.batches(rows)
+    b = ep.batches(rows)
     meta = ep.meta_batch(i)
-    res = maxl_iteration(ep.nets, x, y, ep.objective, meta, ep.pair(*(meta or (x, y))), ep.reduce)
-    return {**res, "x": x, "y": y}
+    res = maxl_iteration(ep.nets, b.x, b.y, ep.objective, meta and meta[:2], ep.pair(meta or b), ep.reduce)
+    return {**res, "x": b.x, "y": b.y}
 
 
 def fused_step(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
     """The meta step first; its look-ahead is the training step."""
     if not ep.is_meta_step(i):
         return generated_step(ep, i, rows)
-    x, y, _ = ep.batches(rows)
-    return {**fused_iteration(ep.nets, x, y, ep.objective, ep.pair(x, y), ep.reduce), "x": x, "y": y}
+    b = ep.batches(rows)
+    return {**fused_iteration(ep.nets, b.x, b.y, ep.objective, ep.pair(b), ep.reduce), "x": b.x, "y": b.y}
 
 
 def implicit_step_(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
@@ -537,9 +558,9 @@ def implicit_step_(ep: Epoch, i: int, rows: torch.Tensor) -> dict[str, Any]:
     step at the trained theta1, its signal the primary loss on a held-out batch (or this one)."""
     res = generated_step(ep, i, rows)
     if ep.is_meta_step(i):
-        x, y = res["x"], res["y"]
-        loss = implicit_step(ep.nets, x, y, ep.nets.generator(x, y), ep.objective, ep.meta_batch(i) or (x, y),
-                             ep.pair(x, y), ep.reduce)
+        b = res["batch"]
+        labels, pair = ep.nets.generator(b.x, b.y), ep.pair(b)
+        loss = implicit_step(ep.nets, b.x, b.y, labels, ep.objective, (ep.meta_batch(i) or b)[:2], pair, ep.reduce)
         res.update(meta_before=loss, meta_after=loss)  # no look-ahead: both are the meta batch's loss at theta1
     return res
 
@@ -566,9 +587,9 @@ def meta_pass(ep: Epoch, rng: torch.Generator, tally: Tally) -> None:
     rows = run.meta_idx if len(run.meta_idx) else run.train_idx
     rows = rows[torch.randperm(len(rows), generator=rng)]
     for i in range(len(rows) // B):
-        mx, my, _ = ep.batches(rows[i * B:(i + 1) * B])
+        b = ep.batches(rows[i * B:(i + 1) * B])
         with ep.run.precision.context():
-            losses = meta_step(ep.nets, mx, my, ep.nets.generator(mx, my), ep.objective, ep.pair(mx, my), ep.reduce)
+            losses = meta_step(ep.nets, b.x, b.y, ep.nets.generator(b.x, b.y), ep.objective, ep.pair(b), ep.reduce)
         if losses is not None:
             tally.add_meta(*losses)
 

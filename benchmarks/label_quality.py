@@ -80,6 +80,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "glr10": dict(gen_lr=1e-2),
     "alpha": dict(meta_norm="alpha"),     # the meta-signal divided by alpha: it does not shrink with the step
     "sharp3": dict(sharpness_weight=3.0, entropy_weight=6.0),
+    "nb-inv": dict(invariance_weight=1.0, pairs="neighbours"),      # pairs: a same-class nearest image
+    "nb-cons": dict(consistency_weight=1.0, pairs="neighbours"),
+    "nb-cons-nometa": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0),
     "implicit": dict(hypergradient="implicit", meta_split=0.2, meta_every=4, meta_norm="alpha"),
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)

@@ -145,3 +145,34 @@ def test_no_meta_signal_means_no_look_ahead_and_no_meta_loss():
     f.requires_grad_(False)  # a look-ahead would need theta1's gradients: none can be taken here
     nets = Nets(f, g, None, torch.optim.SGD(g.parameters(), lr=0.1))
     assert meta_step(nets, x, y, g(x, y), Objective(ALPHA, GAMMA, meta_weight=0.0, entropy_weight=0.2)) is None
+
+
+def test_same_class_neighbours_are_the_brute_force_nearest():
+    from auxgen.data import same_class_neighbours
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (30, 1, 8, 8), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 3, (30,), generator=g)
+    labels[29] = 3  # a class of one: it can only lend itself
+    rows = torch.arange(30)[torch.arange(30) != 5]  # row 5 is not the run's to see
+    nb = same_class_neighbours(images, labels, rows, 3, chunk=7)
+    t = images.float().flatten(1)
+    t = t - t.mean(1, keepdim=True)
+    t = t / t.norm(dim=1, keepdim=True)
+    for i in rows.tolist():
+        if i == 29:
+            assert nb[i].tolist() == [29, 29, 29]
+            continue
+        others = [j for j in rows.tolist() if j != i and labels[j] == labels[i]]
+        best = sorted(others, key=lambda j: -float(t[i] @ t[j]))[:3]
+        assert nb[i].tolist() == best
+    assert nb[5].tolist() == [-1, -1, -1]
+
+
+def test_neighbour_pairs_train():
+    cfg = tiny_config(epochs=1, invariance_weight=1.0, pairs="neighbours", pair_colour=True)
+    s = train(cfg, None, show=False, return_run=True)
+    run = s["run"]
+    assert run.neighbours is not None and run.neighbours.shape == (len(run.data.train), cfg.neighbours)
+    assert torch.equal(run.train_labels[run.neighbours], run.train_labels[:, None].expand_as(run.neighbours))
+    assert math.isfinite(s["final_test_acc"])
