@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from auxgen.errors import AuxgenError
+from auxgen.paths import one_line
 
 # Run files (config, metrics, checkpoints) are private to their owner by default: checkpoints
 # may embed data-derived statistics (batch-norm means of the training images, label usage), and
@@ -121,8 +122,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             detail = f" ({found.group(1)})" if found else ""
             raise AuxgenError(f"checkpoint {path} is a torch file but not an auxgen checkpoint: it holds objects "
                               f"a checkpoint never has{detail}") from None
-        first = (str(e).strip().splitlines() or [""])[0][:120]
-        raise AuxgenError(f"checkpoint {path} cannot be read as a torch file ({type(e).__name__}: {first}); "
+        raise AuxgenError(f"checkpoint {path} cannot be read as a torch file ({type(e).__name__}: "
+                          f"{one_line(e, 120)}); "
                           f"it is damaged or not a checkpoint") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         what = (f"a dict without {', '.join(k for k in CHECKPOINT_KEYS if k not in state)}"

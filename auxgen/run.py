@@ -19,6 +19,8 @@ from auxgen.data import Data, load_data
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy
 from auxgen.models import LabelGenerator, MultiTaskNet, build_models
+from auxgen.paths import one_line
+from auxgen.rundir import RunDir
 from auxgen.runtime import pick_device
 
 
@@ -46,7 +48,7 @@ class LoadedRun:
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     """`best`, `last` or a path to a checkpoint file."""
     if checkpoint in ("best", "last"):
-        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        path = RunDir(run_dir).checkpoint(checkpoint)
         if not path.is_file():
             raise AuxgenError(f"{run_dir} has no {checkpoint} checkpoint ({path}); has it finished an epoch?")
         return path
@@ -63,7 +65,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 def _read_run_config(run_dir: Path) -> tuple[dict[str, Any], str]:
     """config.json parsed, and the sha256 of the same bytes (read once, so the two always agree)."""
-    path = run_dir / "config.json"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise AuxgenError(f"{run_dir} is not an auxgen run directory (no config.json)")
     try:
@@ -89,7 +91,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
         train_cfg["data_root"] = data_root
     if device is not None:
         train_cfg["device"] = device
-    cfg = TrainConfig.from_dict(train_cfg, where=str(run_dir / "config.json")).validate()
+    cfg = TrainConfig.from_dict(train_cfg, where=str(RunDir(run_dir).config)).validate()
     try:  # psi may come from the data (a label tree), so the run's record of it is the reference
         hier = Hierarchy(tuple(meta["psi"]))
     except (KeyError, TypeError):
@@ -106,8 +108,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
         if gen is not None:
             gen.load_state_dict(state["generator"])
     except (KeyError, TypeError, IndexError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise AuxgenError(f"checkpoint {path} does not fit {run_dir / 'config.json'} ({first[:160]})") from None
+        raise AuxgenError(f"checkpoint {path} does not fit {run_dir / 'config.json'} ({one_line(e, 160)})") from None
     model.to(dev).eval()
     if gen is not None:
         gen.to(dev).eval()

@@ -11,10 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
-import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -37,13 +34,13 @@ from auxgen.label_stats import LabelStats
 from auxgen.losses import focal_loss
 from auxgen.maxl import grad_cosine, maxl_iteration, meta_step, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet, build_models
+from auxgen.paths import one_line
 from auxgen.progress import TrainProgress
+from auxgen.rundir import RUN_FILES, RUN_MARKER, TEMP_FILE, RunDir  # noqa: F401  (re-exported names)
 from auxgen.runtime import autocast, pick_device
 
 CHECKPOINT_FORMAT = 1
-RUN_MARKER = ".auxgen-run"  # written by auxgen alone: how --force recognises a run it may replace
-TEMP_FILE = re.compile(r"\.[^/]+\.[A-Za-z0-9_]+\.tmp")  # atomic_write's temporary names: .NAME.RANDOM.tmp
-RUN_FILES = (RUN_MARKER, "config.json", "metrics.jsonl", "checkpoints", "summary.json")
+# the run directory's layout, lock and checks live in auxgen.rundir; these names stay for importers
 SYNC_EVERY = 10  # steps between host syncs (NaN check, progress); exact step still reported
 
 
@@ -245,36 +242,12 @@ def run_metadata(run: Run) -> dict[str, Any]:
 
 def is_run_dir(path: Path) -> bool:
     """Whether `path` holds an auxgen run: the marker file only auxgen writes."""
-    return (path / RUN_MARKER).is_file()
+    return RunDir(path).is_run
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty folder unless --force names an earlier auxgen run to replace."""
-    for parent in [out, *out.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise AuxgenError(f"--out {out}: {parent} is a file, not a folder")
-            break
-    if out.is_dir():  # a run killed while writing its first file leaves only auxgen's temporary files
-        for tmp in out.iterdir():
-            if tmp.is_file() and TEMP_FILE.fullmatch(tmp.name):
-                tmp.unlink()
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise AuxgenError(f"--out {out} is not empty; pass --resume to continue that run or "
-                              f"--force to replace it")
-        if not is_run_dir(out):
-            raise AuxgenError(f"--out {out} is not empty and holds no auxgen run (no {RUN_MARKER} file); "
-                              f"refusing to delete its files even with --force")
-        for name in RUN_FILES:
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AuxgenError(f"--out {out} cannot be created ({e.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise AuxgenError(f"--out {out} is not writable")
+    """Refuse a non-empty folder unless --force names an earlier auxgen run (only its own files go)."""
+    RunDir(out).prepare(force)
 
 
 def _state(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
@@ -298,9 +271,10 @@ def _state(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
 
 def _restore(run: Run, out: Path, gens: dict[str, torch.Generator]) -> tuple[list[dict], tuple[float, int], int, int]:
     """Load checkpoints/last.pt into the run; (history, best, next epoch, global step)."""
-    last = out / "checkpoints" / "last.pt"
+    rd = RunDir(out)
+    last = rd.last
     if not last.is_file():
-        if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip():
+        if rd.metrics.is_file() and rd.metrics.read_text().strip():
             raise AuxgenError(f"--resume {out}: metrics.jsonl records finished epochs but checkpoints/last.pt is "
                               f"missing; the run cannot continue (start a new one)")
         print(f"note: {out} has no checkpoints/last.pt (no epoch finished); starting from epoch 1", file=sys.stderr)
@@ -321,9 +295,8 @@ def _restore(run: Run, out: Path, gens: dict[str, torch.Generator]) -> tuple[lis
         for k, g in gens.items():
             g.set_state(state["rng"][k])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AuxgenError(f"--resume {out}: checkpoints/last.pt does not fit the run's config.json "
-                          f"({first[:160]}); was config.json edited?") from None
+                          f"({one_line(e, 160)}); was config.json edited?") from None
     torch.set_rng_state(state["rng"]["torch"])
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -342,6 +315,7 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     return_run=True the summary carries the trained `Run` under "run".
     """
     out = None if out is None else Path(out)
+    rd = None if out is None else RunDir(out)
     dist = distributed.init(pick_device(cfg.device))
     dist.check_batch(cfg.batch_size)
     write, show = out is not None and dist.is_main, show and dist.is_main  # rank 0 writes and shows
@@ -352,15 +326,15 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     history: list[dict[str, Any]] = []
     best, start_epoch, step = (-1.0, 0), 1, 0
     if resume:
-        saved = json.loads((out / "config.json").read_text())
+        saved = json.loads(rd.config.read_text())
         if saved["data"]["fingerprint"] != meta["data"]["fingerprint"]:
             raise AuxgenError(f"the dataset differs from the one {out} was trained on "
                               f"(fingerprint mismatch); resume needs the same data")
         meta = saved
         history, best, start_epoch, step = _restore(run, out, gens)
     if write:
-        write_json_atomic(out / "config.json", meta)
-        write_text_atomic(out / RUN_MARKER, f"auxgen run directory (auxgen {auxgen.__version__})\n")
+        write_json_atomic(rd.config, meta)
+        write_text_atomic(rd.marker, f"auxgen run directory (auxgen {auxgen.__version__})\n")
 
     progress = TrainProgress(cfg.epochs, enabled=show)
     warned: set[str] = set()
@@ -382,9 +356,9 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
             if write:
                 state = _state(run, epoch, step, gens, history, best)
                 if improved:  # before last.pt, the commit point resume trusts: a kill between leaves both consistent
-                    save_checkpoint(state, out / "checkpoints" / "best.pt")
-                save_checkpoint(state, out / "checkpoints" / "last.pt")
-                write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+                    save_checkpoint(state, rd.best)
+                save_checkpoint(state, rd.last)
+                write_text_atomic(rd.metrics, "".join(json.dumps(m) + "\n" for m in history))
             dist.barrier()  # no rank runs ahead of the checkpoint a resume would start from
             progress.end_epoch(metrics)
             if on_epoch_end is not None:
@@ -396,7 +370,7 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
                                            "aux_sample_entropy_frac")},
                "history": [m["test_acc"] for m in history]}
     if write:
-        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(rd.summary, summary)
     if return_run:
         summary["run"] = run
     return summary

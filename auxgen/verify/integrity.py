@@ -12,6 +12,7 @@ from auxgen.data import Data
 from auxgen.export.format import FORMAT_NAME, READABLE_VERSIONS, wds_key
 from auxgen.export.read import Export, ExportSplit
 from auxgen.run import LoadedRun
+from auxgen.rundir import RunDir
 from auxgen.verify.result import CheckResult, problems_reason
 
 # How far a stored row may be from the value it stands for, per stored dtype. Storing rounds
@@ -106,7 +107,7 @@ def _check_run_facts(meta: dict[str, Any], where: str, run: LoadedRun, problems:
     if ck != run.checkpoint_sha256:
         hint = ""
         for name in ("best", "last"):
-            p = run.run_dir / "checkpoints" / f"{name}.pt"
+            p = RunDir(run.run_dir).checkpoint(name)
             if p.is_file() and p != run.checkpoint_path and sha256_file(p) == ck:
                 hint = f"; it matches the run's {name} checkpoint: pass --checkpoint {name}"
         problems.append(f"{where} checkpoint_sha256 {str(ck)[:12]} is not the run's checkpoint "
