@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from auxgen.errors import AuxgenError
+from auxgen.errors import AuxgenError, CheckpointError
 from auxgen.paths import one_line
 
 # Run files (config, metrics, checkpoints) are private to their owner by default: checkpoints
@@ -95,24 +95,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     that says which of those it is."""
     path = Path(path)
     if path.is_dir():
-        raise AuxgenError(f"checkpoint {path} is a folder, not a file")
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
-        raise AuxgenError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
-        raise AuxgenError(f"checkpoint {path} cannot be read ({_reason(e)})") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_reason(e)})") from None
     if size == 0:
-        raise AuxgenError(f"checkpoint {path} is empty (0 bytes); it was not written completely")
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was not written completely")
     # torch.save writes a zip archive; a cut-off one keeps the local header but loses the
     # central directory at the end
     if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
-        raise AuxgenError(f"checkpoint {path} is truncated ({size} bytes, the end of the archive is missing); "
+        raise CheckpointError(f"checkpoint {path} is truncated ({size} bytes, the end of the archive is missing); "
                           f"it was not written completely")
     if head != b"PK\x03\x04":  # auxgen checkpoints are always zip archives (torch.save's format)
-        raise AuxgenError(f"checkpoint {path} is not an auxgen checkpoint (not the zip archive torch.save "
+        raise CheckpointError(f"checkpoint {path} is not an auxgen checkpoint (not the zip archive torch.save "
                           f"writes: a plain pickle or another kind of file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -120,15 +120,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if isinstance(e, pickle.UnpicklingError):  # weights_only refuses anything but tensors and containers
             found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
             detail = f" ({found.group(1)})" if found else ""
-            raise AuxgenError(f"checkpoint {path} is a torch file but not an auxgen checkpoint: it holds objects "
+            raise CheckpointError(f"checkpoint {path} is a torch file but not an auxgen checkpoint: it holds objects "
                               f"a checkpoint never has{detail}") from None
-        raise AuxgenError(f"checkpoint {path} cannot be read as a torch file ({type(e).__name__}: "
+        raise CheckpointError(f"checkpoint {path} cannot be read as a torch file ({type(e).__name__}: "
                           f"{one_line(e, 120)}); "
                           f"it is damaged or not a checkpoint") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         what = (f"a dict without {', '.join(k for k in CHECKPOINT_KEYS if k not in state)}"
                 if isinstance(state, dict) else f"a {type(state).__name__}")
-        raise AuxgenError(f"checkpoint {path} is a torch file but not an auxgen checkpoint (it holds {what})")
+        raise CheckpointError(f"checkpoint {path} is a torch file but not an auxgen checkpoint (it holds {what})")
     return state
 
 

@@ -122,8 +122,19 @@ def _run() -> None:
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
+# what an interrupted command leaves behind, by command (only train can be resumed)
+_AFTER_INTERRUPT = {
+    "train": "finished epochs are saved (continue with auxgen train --resume RUN)",
+    "export": "nothing was published at --out (a --format wds export keeps its finished shards: continue with "
+              "--resume)",
+    "verify": "verify only reads: nothing was written; run it again",
+    "report": "the report folder is as it was; run it again",
+}
+
+
 def _interrupted(what: str) -> None:
-    print(f"{what}; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    print(f"{what}; {_AFTER_INTERRUPT.get(command, 'nothing was changed')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from auxgen.checkpoint import load_checkpoint, sha256_file
 from auxgen.config import TrainConfig
 from auxgen.data import Data, load_data
-from auxgen.errors import AuxgenError
+from auxgen.errors import AuxgenError, CheckpointError
 from auxgen.hierarchy import Hierarchy
 from auxgen.models import LabelGenerator, MultiTaskNet, build_models
 from auxgen.paths import one_line
@@ -50,11 +50,11 @@ def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     if checkpoint in ("best", "last"):
         path = RunDir(run_dir).checkpoint(checkpoint)
         if not path.is_file():
-            raise AuxgenError(f"{run_dir} has no {checkpoint} checkpoint ({path}); has it finished an epoch?")
+            raise CheckpointError(f"{run_dir} has no {checkpoint} checkpoint ({path}); has it finished an epoch?")
         return path
     path = Path(checkpoint)
     if not path.is_file():
-        raise AuxgenError(f"checkpoint {path} does not exist; use best, last or a .pt file")
+        raise CheckpointError(f"checkpoint {path} does not exist; use best, last or a .pt file")
     return path
 
 
@@ -99,7 +99,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     if state.get("psi") != meta["psi"]:
-        raise AuxgenError(f"checkpoint {path} has psi {state.get('psi')} but the run has {meta['psi']}")
+        raise CheckpointError(f"checkpoint {path} has psi {state.get('psi')} but the run has {meta['psi']}")
     dev = pick_device(cfg.device)
 
     try:
@@ -108,7 +108,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
         if gen is not None:
             gen.load_state_dict(state["generator"])
     except (KeyError, TypeError, IndexError, RuntimeError) as e:
-        raise AuxgenError(f"checkpoint {path} does not fit {run_dir / 'config.json'} ({one_line(e, 160)})") from None
+        raise CheckpointError(f"checkpoint {path} does not fit {RunDir(run_dir).config} ({one_line(e, 160)})") from None
     model.to(dev).eval()
     if gen is not None:
         gen.to(dev).eval()

@@ -203,8 +203,9 @@ def output_lock(out: Path, busy: str) -> Iterator[None]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as e:
-        raise AuxgenError(f"cannot lock {out} ({e.strerror})") from None
+    except OSError:  # no folder can hold the output (a file on the way, no permission): the command's
+        yield        # own checks say so in their words, and nothing can be written to race over
+        return
     try:
         _flock(fd, busy)
         try:

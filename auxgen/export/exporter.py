@@ -11,7 +11,6 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from auxgen.export.format import (
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path, save_generator
 from auxgen.export.hdf5 import Hdf5Sink
 from auxgen.export.labels import hard_and_entropy, iter_label_batches
-from auxgen.export.manifest import file_entry, write_manifest
+from auxgen.export.manifest import created_timestamp, file_entry, write_manifest
 from auxgen.export.options import ExportOptions
 from auxgen.export.pipeline import BackgroundWriter, SampleAssembler
 from auxgen.export.sink import Sink, SplitSource
@@ -206,9 +205,7 @@ def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:
 
 def _created() -> str:
     """Now, or SOURCE_DATE_EPOCH where set (reproducible builds): two exports of one run can then be byte-identical."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch.isdigit() else datetime.now(timezone.utc)
-    return when.isoformat(timespec="seconds")
+    return created_timestamp()
 
 
 def _publish(*paths: Path) -> None:

@@ -202,10 +202,10 @@ def check_generator_file(generator: nn.Module, path: str | Path, fmt: str, image
 
 @torch.inference_mode()
 def generator_max_diff(generator: nn.Module, path: str | Path, fmt: str, images: torch.Tensor,
-                       primary: torch.Tensor, batch_size: int = 500) -> float | None:
+                       primary: torch.Tensor, batch_size: int = 500, sha256: str | None = None) -> float | None:
     """Largest |file label - generator label| over the images (NaN counts as inf); None when the file puts
-    anything but exact zeros outside a block."""
-    run, _ = load_generator(path, fmt)
+    anything but exact zeros outside a block. With `sha256` the file must match it to be loaded at all."""
+    run, _ = load_generator(path, fmt, sha256)
     ref = _eval_copy(generator)
     worst = 0.0
     for s in range(0, len(images), batch_size):
