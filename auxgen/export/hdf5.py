@@ -36,9 +36,11 @@ def _write_errors(path: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as e:
+        full = "errno = 28" in str(e)  # HDF5 quotes the C library's errno of the failed write
         with contextlib.suppress(OSError):
-            if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < (16 << 20):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
+            full = full or shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < (16 << 20)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
         raise OSError(errno.EIO, f"HDF5 write failed ({' '.join(str(e).split())[:120]})", path) from None
 
 
