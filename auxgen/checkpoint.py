@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from auxgen.errors import AuxgenError, CheckpointError
-from auxgen.paths import one_line
+from auxgen.paths import one_line, regular_file_problem
 
 # Run files (config, metrics, checkpoints) are private to their owner by default: checkpoints
 # may embed data-derived statistics (batch-norm means of the training images, label usage), and
@@ -94,10 +94,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load an auxgen checkpoint on the CPU; a missing, truncated or foreign file is an AuxgenError
     that says which of those it is."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    problem = regular_file_problem(path)  # a FIFO would block the read forever
+    if problem:
+        raise CheckpointError(f"checkpoint {path} {problem}")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:

@@ -11,6 +11,7 @@ import typer
 
 from auxgen import __version__
 from auxgen.errors import AuxgenError
+from auxgen.paths import one_line
 
 # auxgen no longer writes TorchScript by default, but torch's forward-mode AD (the exact meta-gradient) scripts
 # its own JVP decompositions on first use and warns about it: torch's doing, which users cannot act on
@@ -66,7 +67,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _one_line(e: BaseException) -> str:
     # messages quote paths and parser errors; whatever they hold, an error is one line
-    return " ".join(str(e).split()) or type(e).__name__
+    return one_line(e, 10_000, whole=True)
 
 
 def main() -> None:

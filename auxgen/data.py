@@ -24,6 +24,7 @@ import torch
 from auxgen.config import TrainConfig
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import cifar100_fine_to, cifar100_names
+from auxgen.paths import one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DIGITS_TEST_FRACTION = 0.2
@@ -498,7 +499,7 @@ def _load_images(root: Path, items: list[tuple[str, int]], size: int) -> torch.T
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             # OSError: not an image, truncated, unreadable; ValueError: a mode PIL cannot convert to RGB
             empty = (root / rel).is_file() and (root / rel).stat().st_size == 0
-            reason = "the file is empty (0 bytes)" if empty else " ".join(str(e).split())
+            reason = "the file is empty (0 bytes)" if empty else one_line(e, 10_000, whole=True)
             raise AuxgenError(f"imagefolder: cannot read image {root / rel}: {reason}") from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 

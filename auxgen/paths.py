@@ -11,10 +11,15 @@ from pathlib import Path
 from auxgen.errors import AuxgenError
 
 
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message (its type name when it has none), at most `limit` characters."""
+def one_line(exc: BaseException, limit: int = 200, whole: bool = False) -> str:
+    """An exception's message as one line of at most `limit` characters (its type name when it has none).
+
+    The first line by default (libraries append context and tracebacks below it); whole=True keeps
+    every line, joined (parsers put the position on the next line).
+    """
     text = str(exc.args[0]) if exc.args and isinstance(exc.args[0], str) else str(exc)
-    return (text.strip().splitlines() or [type(exc).__name__])[0][:limit]
+    lines = text.split() if whole else text.strip().splitlines()[:1]
+    return (" ".join(lines) if whole else "".join(lines))[:limit] or type(exc).__name__
 
 
 def refuse_under_file(path: Path, flag: str) -> None:

@@ -460,6 +460,14 @@ def test_report_with_a_bad_checkpoint_fails(tiny_run, tmp_path, cli, content):
     assert "--data-root" not in err and not (tmp_path / "rep").exists()
 
 
+def test_a_fifo_as_checkpoint_is_refused_not_read(tmp_path):
+    from auxgen.checkpoint import load_checkpoint
+
+    os.mkfifo(tmp_path / "best.pt")
+    with pytest.raises(AuxgenError, match="not a regular file"):
+        load_checkpoint(tmp_path / "best.pt")
+
+
 def test_resuming_a_finished_run_says_it_was_finished(run_copy, cli):
     before = snapshot(run_copy / "checkpoints")
     code, _, err = cli("train", "--resume", run_copy)

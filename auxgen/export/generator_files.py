@@ -177,7 +177,7 @@ def save_generator(generator: nn.Module, path: str | Path, fmt: str, meta: dict[
         else:
             raise AuxgenError(f"unknown generator format {fmt!r}")
     except RuntimeError as e:  # torch reports a failed archive write (a full disk) as a RuntimeError
-        raise AuxgenError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+        raise AuxgenError(f"cannot write {path}: {one_line(e, whole=True)}") from None
     problem = check_generator_file(generator, path, fmt, *example)
     if problem:
         path.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ import numpy as np
 from auxgen.export.pipeline import Chunk
 from auxgen.export.sink import SplitSource, add_chunk
 from auxgen.label_stats import LabelStats
+from auxgen.paths import one_line
 
 CHUNK_BYTES = 1 << 18
 GZIP_LEVEL = 4
@@ -41,7 +42,7 @@ def _write_errors(path: str) -> Iterator[None]:
             full = full or shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < (16 << 20)
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
-        raise OSError(errno.EIO, f"HDF5 write failed ({' '.join(str(e).split())[:120]})", path) from None
+        raise OSError(errno.EIO, f"HDF5 write failed ({one_line(e, 120, whole=True)})", path) from None
 
 
 class Hdf5Sink:
