@@ -54,12 +54,12 @@ def verify(run_dir: str | Path, labels: str | Path | None = None, checkpoint: st
     except AuxgenError as e:
         # a missing or damaged checkpoint fails verification; the other checks need it and cannot run
         return _not_run(report, f"the run cannot be loaded: {e}", "the run's checkpoint cannot be loaded", others)
-    data = load_run_data(run, check=False)
-    if data.fingerprint() != run.meta["data"]["fingerprint"]:
-        # a tree that gained or lost images or classes: every check would compare with other data
-        # (a new class is even outside the model's outputs), so it is the one failure reported
+    data = load_run_data(run, check=False)  # a changed dataset is reported by the checks, not refused
+    if data.num_classes != run.hier.num_primary:
+        # a tree that gained or lost a class: its labels are outside the model's outputs, so no check can run
         return _not_run(report, f"the dataset at {run.cfg.data_root} differs from the one {run_dir} was trained on "
-                        f"(fingerprint mismatch)", "the dataset differs from the run's", others)
+                        f"(fingerprint mismatch: {data.num_classes} classes now, the run has {run.hier.num_primary})",
+                        "the dataset differs from the run's", others)
     report.checks.append(check_evaluation(run, data, tolerance))
     if export is not None:
         integrity = check_integrity(run, data, export)
