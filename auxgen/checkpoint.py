@@ -8,7 +8,9 @@ import json
 import os
 import pickle
 import re
+import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -41,13 +43,18 @@ def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = RUN
     `mode` (RUN_FILE_MODE unless given). OS errors become one-line AuxgenErrors.
     """
     path = Path(path)
+    held = _hold_sigterm()  # until the temporary file's name is known to the clean-up below
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise AuxgenError(f"cannot write {path}: {_reason(e)}") from None
-    os.close(fd)
-    try:
+    except BaseException as e:
+        _release(held)
+        if isinstance(e, OSError):
+            raise AuxgenError(f"cannot write {path}: {_reason(e)}") from None
+        raise
+    try:  # from here on the temporary file is removed whatever stops the write (a SIGTERM held above too)
+        _release(held)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, mode)  # mkstemp's 0600 would do for run files, but exports pass their own mode
         _fsync(tmp)  # the rename must not reach the disk before the data (a crash would leave an empty file)
@@ -58,6 +65,19 @@ def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = RUN
         if isinstance(e, OSError):
             raise AuxgenError(f"cannot write {path}: {_reason(e)}") from None
         raise
+
+
+def _hold_sigterm() -> set[int] | None:
+    """Hold SIGTERM back (the CLI turns it into an exception) in the main thread; the old mask, or None."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _release(held: set[int] | None) -> None:
+    """Restore the mask: a SIGTERM that came meanwhile is raised now, where its clean-up is in place."""
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _fsync(path: str) -> None:
