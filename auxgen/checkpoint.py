@@ -8,7 +8,9 @@ import json
 import os
 import pickle
 import re
+import signal
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,8 @@ from typing import Any
 
 import torch
 
-from auxgen.errors import AuxgenError
+from auxgen.errors import AuxgenError, CheckpointError
+from auxgen.paths import one_line, regular_file_problem
 
 # Run files (config, metrics, checkpoints) are private to their owner by default: checkpoints
 # may embed data-derived statistics (batch-norm means of the training images, label usage), and
@@ -40,13 +43,18 @@ def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = RUN
     `mode` (RUN_FILE_MODE unless given). OS errors become one-line AuxgenErrors.
     """
     path = Path(path)
+    held = _hold_sigterm()  # until the temporary file's name is known to the clean-up below
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise AuxgenError(f"cannot write {path}: {_reason(e)}") from None
-    os.close(fd)
-    try:
+    except BaseException as e:
+        _release(held)
+        if isinstance(e, OSError):
+            raise AuxgenError(f"cannot write {path}: {_reason(e)}") from None
+        raise
+    try:  # from here on the temporary file is removed whatever stops the write (a SIGTERM held above too)
+        _release(held)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, mode)  # mkstemp's 0600 would do for run files, but exports pass their own mode
         _fsync(tmp)  # the rename must not reach the disk before the data (a crash would leave an empty file)
@@ -57,6 +65,19 @@ def atomic_write(path: str | Path, write: Callable[[str], None], mode: int = RUN
         if isinstance(e, OSError):
             raise AuxgenError(f"cannot write {path}: {_reason(e)}") from None
         raise
+
+
+def _hold_sigterm() -> set[int] | None:
+    """Hold SIGTERM back (the CLI turns it into an exception) in the main thread; the old mask, or None."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _release(held: set[int] | None) -> None:
+    """Restore the mask: a SIGTERM that came meanwhile is raised now, where its clean-up is in place."""
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _fsync(path: str) -> None:
@@ -93,25 +114,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load an auxgen checkpoint on the CPU; a missing, truncated or foreign file is an AuxgenError
     that says which of those it is."""
     path = Path(path)
-    if path.is_dir():
-        raise AuxgenError(f"checkpoint {path} is a folder, not a file")
-    if not path.is_file():
-        raise AuxgenError(f"checkpoint {path} does not exist")
+    problem = regular_file_problem(path)  # a FIFO would block the read forever
+    if problem:
+        raise CheckpointError(f"checkpoint {path} {problem}")
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
-        raise AuxgenError(f"checkpoint {path} cannot be read ({_reason(e)})") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_reason(e)})") from None
     if size == 0:
-        raise AuxgenError(f"checkpoint {path} is empty (0 bytes); it was not written completely")
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); it was not written completely")
     # torch.save writes a zip archive; a cut-off one keeps the local header but loses the
     # central directory at the end
     if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
-        raise AuxgenError(f"checkpoint {path} is truncated ({size} bytes, the end of the archive is missing); "
+        raise CheckpointError(f"checkpoint {path} is truncated ({size} bytes, the end of the archive is missing); "
                           f"it was not written completely")
     if head != b"PK\x03\x04":  # auxgen checkpoints are always zip archives (torch.save's format)
-        raise AuxgenError(f"checkpoint {path} is not an auxgen checkpoint (not the zip archive torch.save "
+        raise CheckpointError(f"checkpoint {path} is not an auxgen checkpoint (not the zip archive torch.save "
                           f"writes: a plain pickle or another kind of file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -119,15 +139,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if isinstance(e, pickle.UnpicklingError):  # weights_only refuses anything but tensors and containers
             found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
             detail = f" ({found.group(1)})" if found else ""
-            raise AuxgenError(f"checkpoint {path} is a torch file but not an auxgen checkpoint: it holds objects "
+            raise CheckpointError(f"checkpoint {path} is a torch file but not an auxgen checkpoint: it holds objects "
                               f"a checkpoint never has{detail}") from None
-        first = (str(e).strip().splitlines() or [""])[0][:120]
-        raise AuxgenError(f"checkpoint {path} cannot be read as a torch file ({type(e).__name__}: {first}); "
+        raise CheckpointError(f"checkpoint {path} cannot be read as a torch file ({type(e).__name__}: "
+                          f"{one_line(e, 120)}); "
                           f"it is damaged or not a checkpoint") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         what = (f"a dict without {', '.join(k for k in CHECKPOINT_KEYS if k not in state)}"
                 if isinstance(state, dict) else f"a {type(state).__name__}")
-        raise AuxgenError(f"checkpoint {path} is a torch file but not an auxgen checkpoint (it holds {what})")
+        raise CheckpointError(f"checkpoint {path} is a torch file but not an auxgen checkpoint (it holds {what})")
     return state
 
 

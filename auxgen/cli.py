@@ -11,6 +11,7 @@ import typer
 
 from auxgen import __version__
 from auxgen.errors import AuxgenError
+from auxgen.paths import one_line
 
 # auxgen no longer writes TorchScript by default, but torch's forward-mode AD (the exact meta-gradient) scripts
 # its own JVP decompositions on first use and warns about it: torch's doing, which users cannot act on
@@ -66,7 +67,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def _one_line(e: BaseException) -> str:
     # messages quote paths and parser errors; whatever they hold, an error is one line
-    return " ".join(str(e).split()) or type(e).__name__
+    return one_line(e, 10_000, whole=True)
 
 
 def main() -> None:
@@ -122,8 +123,19 @@ def _run() -> None:
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
+# what an interrupted command leaves behind, by command (only train can be resumed)
+_AFTER_INTERRUPT = {
+    "train": "finished epochs are saved (continue with auxgen train --resume RUN)",
+    "export": "nothing was published at --out (a --format wds export keeps its finished shards: continue with "
+              "--resume)",
+    "verify": "verify only reads: nothing was written; run it again",
+    "report": "the report folder is as it was; run it again",
+}
+
+
 def _interrupted(what: str) -> None:
-    print(f"{what}; finished epochs are saved (train: continue with --resume)", file=sys.stderr)
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    print(f"{what}; {_AFTER_INTERRUPT.get(command, 'nothing was changed')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

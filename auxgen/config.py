@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import stat
 import types
 import typing
 from collections.abc import Collection
@@ -282,8 +283,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise AuxgenError(f"config file {path} is a folder, not a file")
-    if not path.is_file():
+    if not path.exists():
         raise AuxgenError(f"config file {path} does not exist")
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read, /dev/zero never end it
+        raise AuxgenError(f"config file {path} is not a regular file (a FIFO, socket or device); give a .json "
+                          f"or .toml file")
     try:
         raw = path.read_bytes()
     except OSError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import cifar100_fine_to, cifar100_names
+from auxgen.paths import one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DIGITS_TEST_FRACTION = 0.2
@@ -481,8 +483,7 @@ def _scan_tree(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     if not root.is_dir():
         raise AuxgenError(f"imagefolder: {root} is not a folder; expected ROOT/CLASS/IMAGE files")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    items = [(str(f.relative_to(root).as_posix()), i) for i, c in enumerate(classes)
-             for f in sorted((root / c).rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    items = [(rel, i) for i, c in enumerate(classes) for rel in _class_images(root, c)]
     if not classes or not items:
         raise AuxgenError(f"imagefolder: no class folders with images ({', '.join(IMAGE_EXTENSIONS)}) "
                           f"under {root}; expected ROOT/CLASS/IMAGE files")
@@ -494,6 +495,57 @@ def _scan_tree(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, items
 
 
+def _class_images(root: Path, cls: str) -> list[str]:
+    """The image files of one class folder, as paths relative to root, sorted.
+
+    Hidden entries at any depth are not samples (a `.ipynb_checkpoints/` copy, macOS `._x.png` files),
+    as hidden class folders are not classes. A name that is not UTF-8 cannot be a key (it is refused
+    before anything is written), nor can a FIFO or device named like an image be read.
+    """
+    found = []
+    for f in sorted((root / cls).rglob("*")):
+        rel = f.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or f.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        text = rel.as_posix()
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise AuxgenError(f"imagefolder: {str(root / rel)!r} has a name that is not valid UTF-8; rename it (sample "
+                              f"keys are text)") from None
+        if _blocks(f):
+            raise AuxgenError(f"imagefolder: {root / rel} is not a regular file (a FIFO, socket or device); "
+                              f"refusing to read it")
+        found.append(text)
+    return found
+
+
+def _blocks(path: Path) -> bool:
+    """A FIFO, socket or device: reading it would block or never end (folders and broken links fail later,
+    with their own message)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _to_rgb(img: Any) -> Any:
+    """A PIL image as 8-bit RGB as every viewer shows it: EXIF orientation applied, and 16-bit or float
+    greyscale scaled from its type's range (convert("RGB") would clip 16-bit values to 255)."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.max(initial=0) > 255):
+            a = a / 257.0  # 0..65535 -> 0..255
+        elif img.mode == "F" and a.max(initial=0) <= 1.0:
+            a = a * 255.0
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def _load_images(root: Path, items: list[tuple[str, int]], size: int) -> torch.Tensor:
     from PIL import Image, ImageOps
 
@@ -502,11 +554,11 @@ def _load_images(root: Path, items: list[tuple[str, int]], size: int) -> torch.T
         try:
             with Image.open(root / rel) as img:
                 # resize the short side and centre-crop, keeping the aspect ratio
-                out[i] = np.asarray(ImageOps.fit(img.convert("RGB"), (size, size), Image.BILINEAR))
+                out[i] = np.asarray(ImageOps.fit(_to_rgb(img), (size, size), Image.BILINEAR))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             # OSError: not an image, truncated, unreadable; ValueError: a mode PIL cannot convert to RGB
             empty = (root / rel).is_file() and (root / rel).stat().st_size == 0
-            reason = "the file is empty (0 bytes)" if empty else " ".join(str(e).split())
+            reason = "the file is empty (0 bytes)" if empty else one_line(e, 10_000, whole=True)
             raise AuxgenError(f"imagefolder: cannot read image {root / rel}: {reason}") from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 

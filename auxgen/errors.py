@@ -8,3 +8,10 @@ class AuxgenError(Exception):
     """
 
     exit_code = 2
+
+
+class CheckpointError(AuxgenError):
+    """A checkpoint that is missing, damaged, foreign or does not fit its run: never a data problem.
+
+    Callers that carry on without a dataset (the report's curves) must still stop on this one.
+    """

@@ -17,9 +17,11 @@ from auxgen.checkpoint import load_checkpoint, sha256_file
 from auxgen.compose import build_models, load_data
 from auxgen.config import TrainConfig
 from auxgen.data import Data
-from auxgen.errors import AuxgenError
+from auxgen.errors import AuxgenError, CheckpointError
 from auxgen.hierarchy import Hierarchy
 from auxgen.models import LabelGenerator, MultiTaskNet
+from auxgen.paths import one_line
+from auxgen.rundir import RunDir
 from auxgen.runtime import pick_device
 
 
@@ -47,13 +49,13 @@ class LoadedRun:
 def resolve_checkpoint(run_dir: Path, checkpoint: str) -> Path:
     """`best`, `last` or a path to a checkpoint file."""
     if checkpoint in ("best", "last"):
-        path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+        path = RunDir(run_dir).checkpoint(checkpoint)
         if not path.is_file():
-            raise AuxgenError(f"{run_dir} has no {checkpoint} checkpoint ({path}); has it finished an epoch?")
+            raise CheckpointError(f"{run_dir} has no {checkpoint} checkpoint ({path}); has it finished an epoch?")
         return path
     path = Path(checkpoint)
     if not path.is_file():
-        raise AuxgenError(f"checkpoint {path} does not exist; use best, last or a .pt file")
+        raise CheckpointError(f"checkpoint {path} does not exist; use best, last or a .pt file")
     return path
 
 
@@ -64,7 +66,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 def _read_run_config(run_dir: Path) -> tuple[dict[str, Any], str]:
     """config.json parsed, and the sha256 of the same bytes (read once, so the two always agree)."""
-    path = run_dir / "config.json"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise AuxgenError(f"{run_dir} is not an auxgen run directory (no config.json)")
     try:
@@ -90,7 +92,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
         train_cfg["data_root"] = data_root
     if device is not None:
         train_cfg["device"] = device
-    cfg = TrainConfig.from_dict(train_cfg, where=str(run_dir / "config.json")).validate()
+    cfg = TrainConfig.from_dict(train_cfg, where=str(RunDir(run_dir).config)).validate()
     try:  # psi may come from the data (a label tree), so the run's record of it is the reference
         hier = Hierarchy(tuple(meta["psi"]))
     except (KeyError, TypeError):
@@ -98,7 +100,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
     path = resolve_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     if state.get("psi") != meta["psi"]:
-        raise AuxgenError(f"checkpoint {path} has psi {state.get('psi')} but the run has {meta['psi']}")
+        raise CheckpointError(f"checkpoint {path} has psi {state.get('psi')} but the run has {meta['psi']}")
     dev = pick_device(cfg.device)
 
     try:
@@ -107,8 +109,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
         if gen is not None:
             gen.load_state_dict(state["generator"])
     except (KeyError, TypeError, IndexError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise AuxgenError(f"checkpoint {path} does not fit {run_dir / 'config.json'} ({first[:160]})") from None
+        raise CheckpointError(f"checkpoint {path} does not fit {RunDir(run_dir).config} ({one_line(e, 160)})") from None
     model.to(dev).eval()
     if gen is not None:
         gen.to(dev).eval()

@@ -11,10 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
-import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -48,13 +45,13 @@ from auxgen.maxl import (
     train_step,
 )
 from auxgen.models import LabelGenerator, MultiTaskNet
+from auxgen.paths import one_line
 from auxgen.progress import TrainProgress
+from auxgen.rundir import RUN_FILES, RUN_MARKER, TEMP_FILE, RunDir  # noqa: F401  (re-exported names)
 from auxgen.runtime import Precision, pick_device
 
 CHECKPOINT_FORMAT = 1
-RUN_MARKER = ".auxgen-run"  # written by auxgen alone: how --force recognises a run it may replace
-TEMP_FILE = re.compile(r"\.[^/]+\.[A-Za-z0-9_]+\.tmp")  # atomic_write's temporary names: .NAME.RANDOM.tmp
-RUN_FILES = (RUN_MARKER, "config.json", "metrics.jsonl", "checkpoints", "summary.json")
+# the run directory's layout, lock and checks live in auxgen.rundir; these names stay for importers
 SYNC_EVERY = 10  # steps between host syncs (NaN check, progress); exact step still reported
 
 
@@ -262,41 +259,17 @@ def run_metadata(run: Run) -> dict[str, Any]:
 
 def is_run_dir(path: Path) -> bool:
     """Whether `path` holds an auxgen run: the marker file only auxgen writes."""
-    return (path / RUN_MARKER).is_file()
+    return RunDir(path).is_run
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse a non-empty folder unless --force names an earlier auxgen run to replace."""
-    for parent in [out, *out.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise AuxgenError(f"--out {out}: {parent} is a file, not a folder")
-            break
-    if out.is_dir():  # a run killed while writing its first file leaves only auxgen's temporary files
-        for tmp in out.iterdir():
-            if tmp.is_file() and TEMP_FILE.fullmatch(tmp.name):
-                tmp.unlink()
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise AuxgenError(f"--out {out} is not empty; pass --resume to continue that run or "
-                              f"--force to replace it")
-        if not is_run_dir(out):
-            raise AuxgenError(f"--out {out} is not empty and holds no auxgen run (no {RUN_MARKER} file); "
-                              f"refusing to delete its files even with --force")
-        for name in RUN_FILES:
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise AuxgenError(f"--out {out} cannot be created ({e.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise AuxgenError(f"--out {out} is not writable")
+    """Refuse a non-empty folder unless --force names an earlier auxgen run (only its own files go)."""
+    RunDir(out).prepare(force)
 
 
-def _state(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
+def _state(run: Run, epoch: int, step: int, rngs: dict[str, torch.Generator],
            history: list[dict[str, Any]], best: tuple[float, int]) -> dict[str, Any]:
-    rng = {k: g.get_state() for k, g in gens.items()}
+    rng = {k: g.get_state() for k, g in rngs.items()}
     rng["torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -313,11 +286,12 @@ def _state(run: Run, epoch: int, step: int, gens: dict[str, torch.Generator],
     }
 
 
-def _restore(run: Run, out: Path, gens: dict[str, torch.Generator]) -> tuple[list[dict], tuple[float, int], int, int]:
+def _restore(run: Run, out: Path, rngs: dict[str, torch.Generator]) -> tuple[list[dict], tuple[float, int], int, int]:
     """Load checkpoints/last.pt into the run; (history, best, next epoch, global step)."""
-    last = out / "checkpoints" / "last.pt"
+    rd = RunDir(out)
+    last = rd.last
     if not last.is_file():
-        if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip():
+        if rd.metrics.is_file() and rd.metrics.read_text().strip():
             raise AuxgenError(f"--resume {out}: metrics.jsonl records finished epochs but checkpoints/last.pt is "
                               f"missing; the run cannot continue (start a new one)")
         print(f"note: {out} has no checkpoints/last.pt (no epoch finished); starting from epoch 1", file=sys.stderr)
@@ -335,12 +309,11 @@ def _restore(run: Run, out: Path, gens: dict[str, torch.Generator]) -> tuple[lis
         if run.generator is not None:
             run.generator.load_state_dict(state["generator"])
             run.gen_optimizer.load_state_dict(state["gen_optimizer"])
-        for k, g in gens.items():
+        for k, g in rngs.items():
             g.set_state(state["rng"][k])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AuxgenError(f"--resume {out}: checkpoints/last.pt does not fit the run's config.json "
-                          f"({first[:160]}); was config.json edited?") from None
+                          f"({one_line(e, 160)}); was config.json edited?") from None
     torch.set_rng_state(state["rng"]["torch"])
     if "cuda" in state["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -359,31 +332,32 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     return_run=True the summary carries the trained `Run` under "run".
     """
     out = None if out is None else Path(out)
+    rd = None if out is None else RunDir(out)
     dist = distributed.init(pick_device(cfg.device))
     dist.check_batch(cfg.batch_size)
     write, show = out is not None and dist.is_main, show and dist.is_main  # rank 0 writes and shows
     run = setup(cfg, data, targets, train_idx)
     meta = run_metadata(run)
-    gens = {"data": torch.Generator().manual_seed(cfg.seed + 2),
+    rngs = {"data": torch.Generator().manual_seed(cfg.seed + 2),
             "aug": torch.Generator().manual_seed(cfg.seed + 3)}
     history: list[dict[str, Any]] = []
     best, start_epoch, step = (-1.0, 0), 1, 0
     if resume:
-        saved = json.loads((out / "config.json").read_text())
+        saved = json.loads(rd.config.read_text())
         if saved["data"]["fingerprint"] != meta["data"]["fingerprint"]:
             raise AuxgenError(f"the dataset differs from the one {out} was trained on "
                               f"(fingerprint mismatch); resume needs the same data")
         meta = saved
-        history, best, start_epoch, step = _restore(run, out, gens)
+        history, best, start_epoch, step = _restore(run, out, rngs)
     if write:
-        write_json_atomic(out / "config.json", meta)
-        write_text_atomic(out / RUN_MARKER, f"auxgen run directory (auxgen {auxgen.__version__})\n")
+        write_json_atomic(rd.config, meta)
+        write_text_atomic(rd.marker, f"auxgen run directory (auxgen {auxgen.__version__})\n")
 
     progress = TrainProgress(cfg.epochs, enabled=show)
     warned: set[str] = set()
     with progress:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            metrics, step = _train_epoch(run, epoch, step, gens, progress, out)
+            metrics, step = _train_epoch(run, epoch, step, rngs, progress, out)
             ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma, run.precision)
             metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
             found = _collapse_warnings(run, metrics, epoch)
@@ -397,11 +371,11 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
             if improved:
                 best = (metrics["test_acc"], epoch)
             if write:
-                state = _state(run, epoch, step, gens, history, best)
+                state = _state(run, epoch, step, rngs, history, best)
                 if improved:  # before last.pt, the commit point resume trusts: a kill between leaves both consistent
-                    save_checkpoint(state, out / "checkpoints" / "best.pt")
-                save_checkpoint(state, out / "checkpoints" / "last.pt")
-                write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+                    save_checkpoint(state, rd.best)
+                save_checkpoint(state, rd.last)
+                write_text_atomic(rd.metrics, "".join(json.dumps(m) + "\n" for m in history))
             dist.barrier()  # no rank runs ahead of the checkpoint a resume would start from
             progress.end_epoch(metrics)
             if on_epoch_end is not None:
@@ -413,7 +387,7 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
                                            "aux_sample_entropy_frac")},
                "history": [m["test_acc"] for m in history]}
     if write:
-        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(rd.summary, summary)
     if return_run:
         summary["run"] = run
     return summary

@@ -7,8 +7,16 @@ the functions that work on torch tensors or PNG bytes import torch and PIL thems
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections.abc import Iterable
+import json
+import os
+import pickletools
+import re
+import stat
+import sys
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,15 +31,217 @@ FORMAT = "auxgen-labels"
 ImageT = TypeVar("ImageT", np.ndarray, "torch.Tensor")
 
 
+class ExportError(ValueError):
+    """An export these readers cannot use (damaged, foreign, unsafe): a one-line message naming the problem."""
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """A reader's script entry: a bad export or file is one `error:` line and exit 2, not a traceback."""
+    try:
+        main()
+    except (ExportError, KeyError, FileNotFoundError) as e:
+        text = str(e.args[0]) if e.args else type(e).__name__
+        sys.exit(f"error: {' '.join(text.split())}")
+    except OSError as e:
+        sys.exit(f"error: {e.strerror or type(e).__name__}" + (f" ({e.filename})" if e.filename else ""))
+
+
+def check_regular(path: str | Path) -> Path:
+    """`path` when it is a regular file: a FIFO or device would block a reader forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ExportError(f"{path} does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise ExportError(f"{path} is not a regular file (a folder, FIFO or device); refusing to read it")
+    return Path(path)
+
+
+def inside(base: str | Path, rel: object) -> Path:
+    """base/rel for a relative path read from a manifest that stays inside `base`; ExportError otherwise."""
+    base = Path(base)
+    ok = (isinstance(rel, str) and rel and "\\" not in rel and "\x00" not in rel and not Path(rel).is_absolute()
+          and ".." not in rel.split("/") and base.resolve() in (base / rel).resolve().parents)
+    if not ok:
+        raise ExportError(f"{base}: the manifest names {str(rel)[:80]!r}, which is not a file inside the export")
+    return base / rel
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """An export's manifest.json: a regular file holding a JSON object of format auxgen-labels."""
+    try:
+        data = json.loads(check_regular(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ExportError(f"{path} is not valid JSON; the export is damaged") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("files"), list):
+        raise ExportError(f"{path} is not an auxgen label manifest (format {FORMAT!r} with a file list)")
+    return data
+
+
+def listed_files(manifest: dict[str, Any], base: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(path inside `base`, entry) for each file the manifest lists; a path outside `base` is an ExportError."""
+    for entry in manifest["files"]:
+        if not isinstance(entry, dict):
+            raise ExportError(f"{base}: the manifest lists {str(entry)[:60]!r}, not a file entry")
+        yield inside(base, entry.get("path")), entry
+
+
+def listed_generator(base: str | Path, manifest: dict[str, Any], formats: tuple[str, ...] = ("pt2", "onnx")
+                     ) -> tuple[Path, bytes] | None:
+    """The first generator file the manifest lists in `formats` order, inside `base`, read once and checked
+    against its sha256 (a .pt2 also against `pt2_problem`); None when the export lists none."""
+    entries = [g for g in manifest.get("generators") or [] if isinstance(g, dict)]
+    for fmt in formats:
+        for g in entries:
+            if g.get("format") != fmt:
+                continue
+            path = inside(base, g.get("path"))
+            data = check_regular(path).read_bytes()
+            sha = next((f.get("sha256") for f in manifest["files"] if isinstance(f, dict)
+                        and f.get("path") == g.get("path")), None)
+            if sha is None or hashlib.sha256(data).hexdigest() != sha:
+                raise ExportError(f"{path} does not match the sha256 the manifest lists; not loaded")
+            if fmt == "pt2":
+                check_pt2(path, data)
+            return path, data
+    return None
+
+
+# ------------------------------------------------------------------------------ .pt2 archives made elsewhere
+# torch.export.load runs code from a crafted .pt2 (pickled weights and constants, sample inputs that fail the
+# weights-only loader, shape expressions it evaluates, guard code it exec()s); docs/format.md lists what a
+# generator file holds, and a file holding anything else is refused before torch sees it. auxgen applies the
+# same rules (auxgen/export/generator_files.py); readers here cannot import it.
+_PT2_MEMBER = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+                         r"|models/model\.json|data/(weights|constants)/model_(weights|constants)_config\.json"
+                         r"|data/weights/weight_\d+|data/constants/tensor_\d+|data/sample_inputs/model\.pt"
+                         r"|extra/[A-Za-z0-9_.-]+")
+_PT2_GLOBALS = {"torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter", "collections OrderedDict",
+                *(f"torch {t}Storage" for t in ("Byte", "Char", "Short", "Int", "Long", "Half", "Float", "Double",
+                                                 "BFloat16", "Bool"))}
+_PT2_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.(getitem|add|sub|"
+                         r"mul|truediv|floordiv|mod|neg|pow|eq|ne|lt|le|gt|ge)|torch\.sym_(int|float|max|min|not)")
+_PT2_NAME = r"L\['[A-Za-z_][A-Za-z0-9_]*'\](\.size\(\)\[\d+\])?"
+_PT2_GUARD = re.compile(rf"{_PT2_NAME} (==|!=|<=|>=|<|>) ({_PT2_NAME}|-?\d+)")
+_PT2_SYMBOL = re.compile(r"Symbol\('[a-z]+\d+'(, (positive|integer|nonnegative|real)=(True|False))*\)")
+
+
+def check_pt2(path: str | Path, data: bytes) -> None:
+    """ExportError unless the .pt2 bytes hold only what a plain torch.export program needs (nothing that runs)."""
+    try:
+        problem = _pt2_problem(zipfile.ZipFile(io.BytesIO(data)))
+    except (zipfile.BadZipFile, ValueError, KeyError, UnicodeDecodeError) as e:
+        problem = f"not a readable torch.export archive ({type(e).__name__})"
+    if problem:
+        raise ExportError(f"refusing to load {path}: {problem}")
+
+
+def _pt2_problem(z: zipfile.ZipFile) -> str | None:
+    names = z.namelist()
+    if len({n.split("/", 1)[0] for n in names}) != 1 or any("/" not in n for n in names):
+        return "its members do not sit in one archive folder"
+    members = {n.split("/", 1)[1]: n for n in names}
+    odd = [m for m in members if not _PT2_MEMBER.fullmatch(m)]
+    if odd or "models/model.json" not in members:
+        return f"it holds {odd[0] if odd else 'no models/model.json'}, which a generator program never has"
+    for kind, prefix in (("weights", "weight_"), ("constants", "tensor_")):
+        config = members.get(f"data/{kind}/model_{kind}_config.json")
+        entries = json.loads(z.read(config)).get("config") or {} if config else {}
+        for fqn, e in entries.items():
+            pickled = not isinstance(e, dict) or e.get("use_pickle") is not False
+            if pickled or not str(e.get("path_name")).startswith(prefix):
+                return f"{kind} entry {fqn} is pickled or not a tensor, which loading would unpickle"
+    if "data/sample_inputs/model.pt" in members:
+        inner = zipfile.ZipFile(io.BytesIO(z.read(members["data/sample_inputs/model.pt"])))
+        for n in (n for n in inner.namelist() if n.endswith(".pkl")):
+            for op, arg, _ in pickletools.genops(inner.read(n)):
+                if op.name in ("STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4", "NEWOBJ_EX") or (
+                        op.name == "GLOBAL" and arg.replace("\n", " ") not in _PT2_GLOBALS):
+                    return f"its sample inputs pickle {op.name} {str(arg or '')[:60]}, which loading could run"
+    return _pt2_program_problem(json.loads(z.read(members["models/model.json"])))
+
+
+def _pt2_program_problem(program: dict[str, Any]) -> str | None:
+    if any(not isinstance(g, str) or not _PT2_GUARD.fullmatch(g) for g in program.get("guards_code") or []):
+        return "models/model.json holds guard code that loading would execute"
+    stack: list[tuple[Any, Any]] = [(None, program)]
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, dict):
+            stack += list(node.items())
+        elif isinstance(node, list):
+            stack += [(key, v) for v in node]
+        elif key == "target" and isinstance(node, str) and (not _PT2_TARGET.fullmatch(node)
+                                                             or re.search("file|save|load|print", node, re.I)):
+            return f"models/model.json calls {node[:60]!r}, not a plain tensor operation"
+        elif key == "expr_str" and isinstance(node, str) and not _safe_expression(node):
+            return f"models/model.json holds a shape expression loading would evaluate ({node[:60]!r})"
+    return None
+
+
+def _safe_expression(text: str) -> bool:
+    rest = _PT2_SYMBOL.sub("s0", text)
+    names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rest)
+    return ("__" not in rest and re.fullmatch(r"[A-Za-z0-9_ +\-*/%(),.<>=!]*", rest) is not None
+            and all(re.fullmatch(r"[a-z]+\d+|[A-Z][A-Za-z]+|oo", n) for n in names))
+
+
 # ------------------------------------------------------------------------------ HDF5 exports
 def open_export(path: str | Path) -> h5py.File:
-    """`path` opened read-only; ValueError unless its `format` attribute names an auxgen label export."""
-    f = h5py.File(path, "r")
+    """`path` opened read-only; ExportError unless it is an HDF5 file whose `format` attribute names an auxgen
+    label export."""
+    check_regular(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ExportError(f"{path} cannot be read as HDF5 (truncated or damaged?): {str(e).splitlines()[0][:120]}"
+                          ) from None
     found = f.attrs.get("format")
     if found != FORMAT:
         f.close()
-        raise ValueError(f"{path} is not an auxgen label export (format attribute {found!r}, not {FORMAT!r})")
+        raise ExportError(f"{path} is not an auxgen label export (format attribute {found!r}, not {FORMAT!r})")
     return f
+
+
+def read_split(f: h5py.File, name: str, fields: Iterable[str]) -> dict[str, Any]:
+    """A split's arrays (as `read_arrays`), checked against the file's psi; ExportError when anything is off."""
+    if name not in f or not isinstance(f[name], h5py.Group):
+        raise ExportError(f"{f.filename} has no {name!r} split (has {', '.join(f)})")
+    try:
+        arrays = read_arrays(f[name], fields)
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise ExportError(f"{f.filename} /{name} cannot be read (truncated or damaged?): "
+                          f"{' '.join(str(e).split())[:120]}") from None
+    check_labels(arrays, read_attrs(f), f"{f.filename} /{name}")
+    return arrays
+
+
+def check_labels(arrays: dict[str, Any], attrs: dict[str, Any], where: str) -> None:
+    """docs/format.md's rules for the labels a reader trains on: shapes, finite probabilities in their block."""
+    psi = attrs.get("psi")
+    if not isinstance(psi, list) or not psi or not all(isinstance(p, int) and p > 0 for p in psi):
+        raise ExportError(f"{where}: psi {psi!r} is not a list of positive counts")
+    soft, primary = np.asarray(arrays.get("aux_soft")), np.asarray(arrays.get("primary"))
+    n, k = len(arrays.get("keys", ())), sum(psi)
+    if soft.ndim not in (2, 3) or soft.shape[0] != n or soft.shape[-1] != k or primary.shape != (n,):
+        raise ExportError(f"{where}: aux_soft {soft.shape} / primary {primary.shape} do not fit {n} keys and "
+                          f"K = sum(psi) = {k}")
+    if attrs.get("num_aux", k) != k or attrs.get("num_primary", len(psi)) != len(psi):
+        raise ExportError(f"{where}: num_aux/num_primary {attrs.get('num_aux')}/{attrs.get('num_primary')} "
+                          f"disagree with psi {psi}")
+    if soft.dtype.kind != "f" or primary.dtype.kind not in "iu":
+        raise ExportError(f"{where}: aux_soft is {soft.dtype} and primary {primary.dtype}, not floats and integers")
+    if n and (primary.min() < 0 or primary.max() >= len(psi)):
+        raise ExportError(f"{where}: primary labels outside 0..{len(psi) - 1}")
+    soft64 = soft.astype(np.float64)
+    if not np.isfinite(soft64).all() or (soft64 < 0).any():
+        raise ExportError(f"{where}: aux_soft holds NaN, Inf or negative values; the export is damaged")
+    block = np.repeat(np.arange(len(psi)), psi)
+    outside = block[None, :] != primary[:, None]
+    if soft.ndim == 3:
+        outside = np.broadcast_to(outside[:, None, :], soft.shape)
+    if (soft64[outside] != 0).any() or (np.abs(soft64.sum(-1) - 1) > 1e-2).any():
+        raise ExportError(f"{where}: aux_soft rows are not probabilities inside their primary class's block")
 
 
 def read_attrs(f: h5py.File) -> dict[str, Any]:

@@ -40,7 +40,7 @@ class LabelFile:
             self.attrs: dict[str, Any] = _common.read_attrs(f)
             self.splits: dict[str, dict[str, np.ndarray]] = {}
             for name in f:
-                arrays = _common.read_arrays(f[name], (*FIELDS, "views"))
+                arrays = _common.read_split(f, name, (*FIELDS, "views"))
                 arrays["keys"] = np.array(arrays["keys"], dtype=object)
                 self.splits[name] = arrays
         self.psi = [int(p) for p in self.attrs["psi"]]
@@ -136,4 +136,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _common.run_main(main)

@@ -57,7 +57,8 @@ class OnnxGenerator:
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: onnxruntime's default (all cores)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        data = _common.check_regular(path).read_bytes()  # read once: what is checked is what runs
+        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         meta = self.session.get_modelmeta().custom_metadata_map.get("auxgen.json", "{}")
         self.meta: dict[str, Any] = json.loads(meta)  # psi, num_aux, checkpoint_sha256, image_shape, ...
@@ -152,12 +153,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    generator = Path(args.generator or f"{args.labels}.generator.onnx")
+    if args.generator:
+        generator = Path(args.generator)
+    else:  # the one the export's manifest lists, inside its folder, with a matching sha256
+        labels = Path(args.labels)
+        found = _common.listed_generator(labels.parent, _common.read_manifest(f"{labels}.manifest.json"), ("onnx",))
+        generator = found[0] if found else labels.with_name(f"{labels.name}.generator.onnx")
     if not generator.is_file():
         raise SystemExit(f"error: no ONNX generator at {generator}; export with --generator")
     with _common.open_export(args.labels) as f:
         attrs = _common.read_attrs(f)
-        train = _common.read_arrays(f["train"], ("index", "primary", "aux_soft"))
+        train = _common.read_split(f, "train", ("index", "primary", "aux_soft"))
     images = np.load(args.images)[train["index"]]
     frozen = train["aux_soft"].astype(np.float32)
     targets = OnnxRefreshedTargets(images, train["primary"], generator, int(attrs.get("pad", 0)), args.every,
@@ -189,4 +195,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    _common.run_main(main)

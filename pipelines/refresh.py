@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,38 +31,37 @@ from typing import Any
 import torch
 
 if __package__:
-    from ._common import apply_views
+    from ._common import apply_views, check_pt2, check_regular, listed_generator, read_manifest, run_main
     from .torch_frozen import TwoHeadNet, soft_focal_loss
     from .wds_stream import shard_urls, stream
 else:  # run as a script: python pipelines/refresh.py
-    from _common import apply_views
+    from _common import apply_views, check_pt2, check_regular, listed_generator, read_manifest, run_main
     from torch_frozen import TwoHeadNet, soft_focal_loss
     from wds_stream import shard_urls, stream
 
 
-GENERATOR_NAMES = ("generator.pt2", "generator.onnx", "generator.pt")  # what a shard folder may hold, preferred first
 Labeller = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def load_generator(path: str | Path) -> Labeller:
+def load_generator(path: str | Path, data: bytes | None = None) -> Labeller:
     """An exported generator file as a function (uint8 images [B, C, H, W], int64 primary [B]) -> soft labels [B, K].
 
-    By suffix: .pt2 (torch.export), .onnx (onnxruntime on the CPU), .pt (TorchScript, deprecated).
+    By suffix: .pt2 (torch.export), .onnx (onnxruntime on the CPU), .pt (TorchScript, deprecated: it is
+    code, load only your own). The bytes (`data`, or the file's, read once) are what is checked and loaded:
+    a .pt2 holding anything that could run code on load is refused (`check_pt2`).
     """
     path = Path(path)
+    data = check_regular(path).read_bytes() if data is None else data
     if path.suffix == ".pt2":
-        module = torch.export.load(str(path)).module()
+        check_pt2(path, data)
+        module = torch.export.load(io.BytesIO(data)).module()
         return lambda x, y: module(x, y)
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
 
         def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -70,13 +70,15 @@ def load_generator(path: str | Path) -> Labeller:
 
         return run
     if path.suffix == ".pt":
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        return torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
     raise ValueError(f"{path}: expected a generator file ending in .pt2, .onnx or .pt")
 
 
 def find_generator(folder: str | Path) -> Path | None:
-    """The generator file of a shard folder (.pt2 first, then .onnx, then an older export's .pt), or None."""
-    return next((Path(folder) / n for n in GENERATOR_NAMES if (Path(folder) / n).is_file()), None)
+    """The generator file a shard folder's manifest lists (.pt2 first, then .onnx), checked against its sha256,
+    or None when it lists none. A file at a generator's name that the manifest does not list is not used."""
+    found = listed_generator(folder, read_manifest(Path(folder) / "manifest.json"))
+    return None if found is None else found[0]
 
 
 class RefreshedTargets:
@@ -103,10 +105,11 @@ class RefreshedTargets:
 
     def _load(self) -> bool:
         """(Re)load the generator when its file changed; True when a different generator was loaded."""
-        digest = _digest(self.path)
+        data = check_regular(self.path).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
         if digest == self.digest:
             return False
-        self.gen = load_generator(self.path)
+        self.gen = load_generator(self.path, data)
         switched = bool(self.digest)
         self.digest = digest
         return switched
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
+    manifest = read_manifest(Path(args.shards) / "manifest.json")
     pad = args.pad if args.pad is not None else int(manifest.get("pad", 0))
     generator = Path(args.generator) if args.generator else find_generator(args.shards)
     if generator is None or not generator.is_file():
@@ -208,4 +211,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,9 +27,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 if __package__:
-    from ._common import apply_view, collate, open_export, read_arrays, read_attrs, take_view, to_uint8_chw
+    from ._common import apply_view, collate, open_export, read_attrs, run_main, take_view, to_uint8_chw
+    from ._common import read_split as _read_split
 else:  # run as a script: python pipelines/torch_frozen.py
-    from _common import apply_view, collate, open_export, read_arrays, read_attrs, take_view, to_uint8_chw
+    from _common import apply_view, collate, open_export, read_attrs, run_main, take_view, to_uint8_chw
+    from _common import read_split as _read_split
 
 
 # ------------------------------------------------------------------------------ reading and views
@@ -38,7 +40,7 @@ def read_split(path: str | Path, split: str = "train") -> dict[str, Any]:
     with open_export(path) as f:
         if split not in f:
             raise KeyError(f"{path} has no {split!r} split (has {', '.join(f)})")
-        out = read_arrays(f[split], ("index", "primary", "aux_soft", "aux_hard", "views"))
+        out = _read_split(f, split, ("index", "primary", "aux_soft", "aux_hard", "views"))
         out["attrs"] = read_attrs(f)
     return out
 
@@ -239,4 +241,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -29,32 +29,48 @@ import torch
 import webdataset as wds
 
 if __package__:
-    from ._common import collate, decode_png, take_view
+    from ._common import ExportError, check_regular, collate, decode_png, listed_files, run_main, take_view
+    from ._common import read_manifest as _read_manifest
     from .torch_frozen import TwoHeadNet, accuracy, train_epoch
 else:  # run as a script: python pipelines/wds_stream.py
-    from _common import collate, decode_png, take_view
+    from _common import ExportError, check_regular, collate, decode_png, listed_files, run_main, take_view
+    from _common import read_manifest as _read_manifest
     from torch_frozen import TwoHeadNet, accuracy, train_epoch
 
 Sample = tuple[torch.Tensor, int, torch.Tensor]
 
 
 def shard_urls(folder: str | Path, split: str = "train") -> list[str]:
-    """The shards of one split, in order (from the manifest when there is one)."""
+    """The shards of one split, in order: those the manifest lists (each inside the folder), or for a folder
+    without a manifest (image shards of your own) its SPLIT-*.tar files. Each must be a regular file."""
     folder = Path(folder)
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        names = [f["path"] for f in json.loads(manifest.read_text())["files"]
-                 if Path(f["path"]).name.startswith(f"{split}-") and f["path"].endswith(".tar")]
+    if (folder / "manifest.json").exists():
+        paths = [p for p, _ in listed_files(_read_manifest(folder / "manifest.json"), folder)
+                 if p.name.startswith(f"{split}-") and p.name.endswith(".tar")]
     else:
-        names = [p.name for p in folder.glob(f"{split}-*.tar")]
-    if not names:
+        paths = list(folder.glob(f"{split}-*.tar"))
+    if not paths:
         raise FileNotFoundError(f"no {split} shards in {folder}")
-    return [str(folder / n) for n in sorted(names)]
+    for p in paths:
+        if not p.exists():
+            raise ExportError(f"{p} is listed in the manifest but missing; the export is incomplete")
+        check_regular(p)
+    return [str(p) for p in sorted(paths)]
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The export's manifest.json (checked: a regular file, a JSON object of format auxgen-labels)."""
+    return _read_manifest(Path(folder) / "manifest.json")
+
+
+def _labels(aux: Any, where: str, num_aux: int | None) -> np.ndarray:
+    """One sample's stored labels, refused unless they are finite probabilities over K classes."""
+    a = np.asarray(aux)
+    if a.dtype.kind != "f" or a.ndim not in (1, 2) or (num_aux is not None and a.shape[-1] != num_aux):
+        raise ExportError(f"{where}: aux.npy has shape {a.shape} ({a.dtype}), not [K] floats with K = {num_aux}")
+    if not np.isfinite(a).all() or (a < 0).any():
+        raise ExportError(f"{where}: aux.npy holds NaN, Inf or negative values; the export is damaged")
+    return a
 
 
 def label_table(urls: list[str]) -> dict[str, tuple[int, np.ndarray, Any]]:
@@ -62,7 +78,8 @@ def label_table(urls: list[str]) -> dict[str, tuple[int, np.ndarray, Any]]:
     table = {}
     for s in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples()):
         meta = json.loads(s["json"])
-        table[s["__key__"]] = (int(s["cls"]), np.load(io.BytesIO(s["aux.npy"])), meta.get("views"))
+        aux = _labels(np.load(io.BytesIO(s["aux.npy"]), allow_pickle=False), s["__key__"], None)
+        table[s["__key__"]] = (int(s["cls"]), aux, meta.get("views"))
     return table
 
 
@@ -90,13 +107,14 @@ def _shuffled(urls: list[str], seed: int) -> Callable[[Iterator], Iterator]:
 def stream(urls: list[str], batch_size: int = 64, shuffle: int = 1000, epoch: int = 0, seed: int = 0,
            labels: dict[str, tuple[int, np.ndarray, Any]] | None = None, key_fn: Callable[[str], str] | None = None,
            pad: int = 0, rank: int | None = None, world_size: int | None = None,
-           partial: bool = True) -> wds.DataPipeline:
+           partial: bool = True, num_aux: int | None = None) -> wds.DataPipeline:
     """Batches (images uint8 [B, C, H, W], primary [B], aux_soft [B, K] float32) from shards.
 
     Without `labels` the shards hold images and labels; with it, `urls` are image shards and each
     sample's labels come from the table by key. With --views exports a random stored view is
     applied (needs `pad`, the export's) together with that view's label. `epoch` reseeds the
-    shard and sample shuffles so each epoch differs, identically on every node.
+    shard and sample shuffles so each epoch differs, identically on every node. Labels that are not
+    finite non-negative floats (over `num_aux` classes, when given) are an ExportError.
     """
     rng = random.Random(seed * 1000003 + epoch)
 
@@ -107,8 +125,9 @@ def stream(urls: list[str], batch_size: int = 64, shuffle: int = 1000, epoch: in
                 raise KeyError(f"image shard sample {s['__key__']} has no labels (key {key})")
             primary, aux, views = labels[key]
         else:
-            primary, aux = int(s["cls"]), np.load(io.BytesIO(s["aux.npy"]))
+            primary, aux = int(s["cls"]), np.load(io.BytesIO(s["aux.npy"]), allow_pickle=False)
             views = json.loads(s["json"]).get("views")
+        aux = _labels(aux, s["__key__"], num_aux)
         image = decode_png(s["png"] if "png" in s else s["jpg"])
         aux = torch.from_numpy(np.asarray(aux, dtype=np.float32))
         if views:
@@ -144,19 +163,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
-    manifest = read_manifest(args.shards)
-    pad = int(manifest.get("pad", 0))
+    manifest = read_manifest(args.shards)  # the class counts come from it, never from a guess
+    pad, num_aux = int(manifest.get("pad", 0)), manifest.get("num_aux")
+    if not isinstance(manifest.get("num_primary"), int) or not isinstance(num_aux, int):
+        raise ExportError(f"{args.shards}/manifest.json lacks num_primary/num_aux; the export is damaged")
     labels = label_table(shard_urls(args.shards, "train")) if args.images else None
     image_dir = args.images or args.shards
     urls = shard_urls(image_dir, "train")
-    first = next(iter(stream(urls, 1, 0, labels=labels, pad=pad)))
-    model = TwoHeadNet(first[0].shape[1], int(manifest.get("num_primary", 0)) or int(first[1].max()) + 1,
-                       first[2].shape[1], args.width)
+    first = next(iter(stream(urls, 1, 0, labels=labels, pad=pad, num_aux=num_aux)))
+    model = TwoHeadNet(first[0].shape[1], manifest["num_primary"], num_aux, args.width)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     result: dict[str, Any] = {"epochs": []}
     for epoch in range(args.epochs):
         batches = loader(stream(urls, args.batch_size, args.shuffle, epoch, args.seed, labels, pad=pad,
-                                partial=False), args.workers)
+                                partial=False, num_aux=num_aux), args.workers)
         losses = train_epoch(model, batches, opt, args.gamma)
         result["epochs"].append(sum(losses) / max(len(losses), 1))
         print(f"epoch {epoch + 1}: loss {result['epochs'][-1]:.4f} ({len(losses)} steps)", flush=True)
@@ -171,4 +191,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -343,11 +343,13 @@ def test_a_generator_file_of_another_run_fails(generator_export, tmp_path, fmt, 
     assert f"exported {fmt} generator g.h5.generator.{suffix} disagrees" in reason(report, "rederivation")
 
 
-def test_an_unlisted_generator_file_is_checked_too(generator_export, tmp_path):
-    """A generator file beside the export that the manifest does not list (copied in later) is checked as well."""
+def test_an_unlisted_generator_file_is_never_loaded(generator_export, tmp_path, monkeypatch):
+    """A generator file beside the export that the manifest does not list (copied in later) fails integrity and
+    is never loaded: a file nobody vouches for may run code (issue 16; it used to be loaded and checked)."""
+    from auxgen.export import generator_files
+
     run, root = generator_export
     h5 = copy_export(root, "g.h5", tmp_path)
-    shutil.copy(root / "g.h5.generator.pt2", tmp_path)
     mpath = tmp_path / "g.h5.manifest.json"
     man = json.loads(mpath.read_text())
     man["files"] = [f for f in man["files"] if f["path"] == "g.h5"]
@@ -355,5 +357,8 @@ def test_an_unlisted_generator_file_is_checked_too(generator_export, tmp_path):
     mpath.write_text(json.dumps(man))
     assert verify(run, h5, sample=32).passed
     shutil.copy(root / "other.generator.onnx", tmp_path / "g.h5.generator.onnx")
+    loaded = []
+    monkeypatch.setattr(generator_files, "read_generator_bytes", lambda *a, **k: loaded.append(a) or b"")
     report = verify(run, h5, sample=32)
-    assert status(report)["rederivation"] == "fail" and "onnx generator" in reason(report, "rederivation")
+    assert status(report)["integrity"] == "fail" and "g.h5.generator.onnx sits beside" in reason(report, "integrity")
+    assert not loaded

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path, sav
 from auxgen.export.hdf5 import Hdf5Sink
 from auxgen.export.labels import Batches, local_batches, sample_chunks
 from auxgen.export.layout import hdf5_paths, hdf5_temps, is_ours, manifest_of, new_hdf5_temp, rank_state_name
-from auxgen.export.manifest import file_entry, write_manifest
+from auxgen.export.manifest import created_timestamp, file_entry, write_manifest
 from auxgen.export.options import ExportOptions
 from auxgen.export.pipeline import BackgroundWriter
 from auxgen.export.sink import Sink, SplitSource
@@ -233,9 +232,7 @@ def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:
 
 def _created() -> str:
     """Now, or SOURCE_DATE_EPOCH where set (reproducible builds): two exports of one run can then be byte-identical."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    when = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch.isdigit() else datetime.now(timezone.utc)
-    return when.isoformat(timespec="seconds")
+    return created_timestamp()
 
 
 # ------------------------------------------------------------------------------ the compute loop

@@ -11,10 +11,13 @@ and the mask softmax, and a JSON metadata record `auxgen.json` (psi, hashes, ima
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
+import re
 import warnings
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from torch import nn
 from auxgen.checkpoint import atomic_write
 from auxgen.errors import AuxgenError
 from auxgen.export.format import EXPORT_FILE_MODE
+from auxgen.paths import one_line, regular_file_problem
 
 EXTRA_FILE = "auxgen.json"  # metadata record inside every generator file (archive extra file / ONNX metadata)
 GENERATOR_FORMATS = ("pt2", "onnx", "torchscript")
@@ -116,7 +120,7 @@ def export_program(generator: nn.Module, example: tuple[torch.Tensor, torch.Tens
             return torch.export.export(module, _trace_inputs(example), dynamic_shapes=_dynamic_batch())
     except Exception as e:  # a backbone torch.export cannot trace
         raise AuxgenError(f"the generator cannot be exported with torch.export ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0][:200]}); choose another --generator-format") from None
+                          f"{one_line(e)}); choose another --generator-format") from None
 
 
 def _onnx_model(generator: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> Any:
@@ -134,7 +138,7 @@ def _onnx_model(generator: nn.Module, example: tuple[torch.Tensor, torch.Tensor]
                                         dynamic_shapes=_dynamic_batch(), external_data=False)
     except Exception as e:
         raise AuxgenError(f"the generator cannot be exported to ONNX ({type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0][:200]}); choose another --generator-format") from None
+                          f"{one_line(e)}); choose another --generator-format") from None
     return program.model_proto
 
 
@@ -173,7 +177,7 @@ def save_generator(generator: nn.Module, path: str | Path, fmt: str, meta: dict[
         else:
             raise AuxgenError(f"unknown generator format {fmt!r}")
     except RuntimeError as e:  # torch reports a failed archive write (a full disk) as a RuntimeError
-        raise AuxgenError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+        raise AuxgenError(f"cannot write {path}: {one_line(e, whole=True)}") from None
     problem = check_generator_file(generator, path, fmt, *example)
     if problem:
         path.unlink(missing_ok=True)
@@ -198,10 +202,10 @@ def check_generator_file(generator: nn.Module, path: str | Path, fmt: str, image
 
 @torch.inference_mode()
 def generator_max_diff(generator: nn.Module, path: str | Path, fmt: str, images: torch.Tensor,
-                       primary: torch.Tensor, batch_size: int = 500) -> float | None:
+                       primary: torch.Tensor, batch_size: int = 500, sha256: str | None = None) -> float | None:
     """Largest |file label - generator label| over the images (NaN counts as inf); None when the file puts
-    anything but exact zeros outside a block."""
-    run, _ = load_generator(path, fmt)
+    anything but exact zeros outside a block. With `sha256` the file must match it to be loaded at all."""
+    run, _ = load_generator(path, fmt, sha256)
     ref = _eval_copy(generator)
     worst = 0.0
     for s in range(0, len(images), batch_size):
@@ -216,18 +220,178 @@ def generator_max_diff(generator: nn.Module, path: str | Path, fmt: str, images:
     return worst
 
 
+# ------------------------------------------------------------------------------ safe loading
+# What auxgen loads from a generator file made by someone else (docs/format.md, "Loading a generator file
+# safely"). torch.export.load runs code from a crafted .pt2: it unpickles (weights_only=False) any weight
+# or constant whose config says use_pickle, custom and opaque objects, legacy weight files and sample
+# inputs that fail the weights-only loader; it sympifies (evaluates) shape expressions and exec()s the
+# guard code of models/model.json. So a .pt2 is inspected first and refused unless every member is one
+# torch.export.save writes for a plain program, nothing is pickled but tensors, and every expression,
+# guard and call target is of the few plain forms such a program has. ONNX files are data for
+# onnxruntime (refused with external data: it would read other files). TorchScript archives are code:
+# they are loaded only when the manifest lists them with a matching sha256, like every generator file.
+_PT2_MEMBER = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+                         r"|models/model\.json|data/weights/model_weights_config\.json|data/weights/weight_\d+"
+                         r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+"
+                         r"|data/sample_inputs/model\.pt|extra/[A-Za-z0-9_.-]+")
+_PAYLOAD = {"data/weights/model_weights_config.json": re.compile(r"weight_\d+"),
+            "data/constants/model_constants_config.json": re.compile(r"tensor_\d+")}
+_PICKLE_GLOBALS = {"torch._utils _rebuild_tensor_v2", "torch._utils _rebuild_parameter", "collections OrderedDict",
+                   *(f"torch {t}Storage" for t in ("Byte", "Char", "Short", "Int", "Long", "Half", "Float",
+                                                    "Double", "BFloat16", "Bool"))}
+_PICKLE_REFUSED = {"STACK_GLOBAL", "INST", "OBJ", "EXT1", "EXT2", "EXT4", "NEWOBJ_EX"}
+_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+|_operator\.(getitem|add|sub|mul|"
+                     r"truediv|floordiv|mod|neg|pow|eq|ne|lt|le|gt|ge)|torch\.sym_(int|float|max|min|not)")
+_UNSAFE_OP = re.compile(r"file|save|load|print", re.IGNORECASE)  # aten ops that touch files (from_file, ...)
+_NAME = r"L\['[A-Za-z_][A-Za-z0-9_]*'\](\.size\(\)\[\d+\])?"
+_GUARD = re.compile(rf"{_NAME} (==|!=|<=|>=|<|>) ({_NAME}|-?\d+)")
+_SYMBOL_CALL = re.compile(r"Symbol\('[a-z]+\d+'(, (positive|integer|nonnegative|real)=(True|False))*\)")
+_SYMPY_NAMES = {"Integer", "Rational", "Mul", "Add", "Pow", "Mod", "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge",
+                "FloorDiv", "CeilToInt", "FloorToInt", "CleanDiv", "PythonMod", "IntTrueDiv", "TruncToInt",
+                "ToFloat", "True", "False", "oo", "And", "Or", "Not"}
+
+
+def pt2_problem(data: bytes) -> str | None:
+    """Why loading these .pt2 bytes could run code or read other files (None: safe to torch.export.load)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            names = z.namelist()
+            roots = {n.split("/", 1)[0] for n in names}
+            if len(roots) != 1 or any("/" not in n for n in names):
+                return "its members do not sit in one archive folder (not a torch.export.save archive)"
+            members = {n.split("/", 1)[1]: n for n in names}
+            odd = sorted(m for m in members if not _PT2_MEMBER.fullmatch(m))
+            if odd:
+                return f"it holds a member torch.export.save never writes for a program ({odd[0]})"
+            if "models/model.json" not in members:
+                return "it holds no models/model.json (not a torch.export program)"
+            for config, pattern in _PAYLOAD.items():
+                if config in members:
+                    problem = _payload_problem(z.read(members[config]), pattern)
+                    if problem:
+                        return f"{config}: {problem}"
+            if "data/sample_inputs/model.pt" in members:
+                problem = _pickle_archive_problem(z.read(members["data/sample_inputs/model.pt"]))
+                if problem:
+                    return f"data/sample_inputs/model.pt: {problem}"
+            return _program_problem(z.read(members["models/model.json"]))
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, RuntimeError) as e:
+        return f"it is not a readable zip archive ({type(e).__name__})"
+
+
+def _payload_problem(raw: bytes, pattern: re.Pattern[str]) -> str | None:
+    config = json.loads(raw.decode("utf-8")).get("config")
+    if not isinstance(config, dict):
+        return "no config mapping"
+    for name, entry in config.items():
+        if not isinstance(entry, dict) or entry.get("use_pickle") is not False:
+            return f"{name} is stored pickled (use_pickle), which loading would unpickle and could run code"
+        if not isinstance(entry.get("path_name"), str) or not pattern.fullmatch(entry["path_name"]):
+            return f"{name} names a payload of another kind ({str(entry.get('path_name'))[:40]})"
+    return None
+
+
+def _pickle_archive_problem(raw: bytes) -> str | None:
+    """A torch.save zip whose pickles name nothing but tensors, storages and OrderedDict."""
+    import pickletools
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            pickles = [n for n in z.namelist() if n.endswith(".pkl")]
+            for name in pickles:
+                for op, arg, _ in pickletools.genops(z.read(name)):
+                    if op.name in _PICKLE_REFUSED or (op.name == "GLOBAL" and arg.replace("\n", " ")
+                                                      not in _PICKLE_GLOBALS):
+                        return f"it pickles {op.name} {str(arg or '')[:60]}, which loading could run"
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return "not a torch.save archive (a plain pickle, which loading would run)"
+    return None if pickles else "no pickled data"
+
+
+def _program_problem(raw: bytes) -> str | None:
+    """Call targets, shape expressions and guard code of models/model.json, each of its plain forms only."""
+    program = json.loads(raw.decode("utf-8"))
+    if not isinstance(program, dict):
+        return "models/model.json is not a program"
+    for guard in program.get("guards_code") or []:
+        if not isinstance(guard, str) or not _GUARD.fullmatch(guard):
+            return f"models/model.json holds guard code that loading would execute ({str(guard)[:60]!r})"
+    for key, value in _strings(program):
+        if key == "target" and (not _TARGET.fullmatch(value) or _UNSAFE_OP.search(value)):
+            return f"models/model.json calls {value[:60]!r}, not a plain tensor operation"
+        if key == "expr_str" and not _safe_expression(value):
+            return f"models/model.json holds a shape expression loading would evaluate ({value[:60]!r})"
+    return None
+
+
+def _strings(node: Any, key: str | None = None) -> Iterator[tuple[str | None, str]]:
+    """(key, value) of every string in a JSON tree, with the key it sits under."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v, key)
+    elif isinstance(node, str):
+        yield key, node
+
+
+def _safe_expression(text: str) -> bool:
+    """sympy arithmetic on shape symbols (s0, 2*s1 + 1, Symbol('s3', positive=True)), nothing else."""
+    rest = _SYMBOL_CALL.sub("s0", text)
+    if "__" in rest or not re.fullmatch(r"[A-Za-z0-9_ +\-*/%(),.<>=!]*", rest):
+        return False
+    names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", rest)
+    return all(re.fullmatch(r"[a-z]+\d+", n) or n in _SYMPY_NAMES for n in names)
+
+
+def onnx_problem(data: bytes) -> str | None:
+    """Why an ONNX model could read other files (tensors kept as external data), or None."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as e:  # protobuf's own decode errors
+        return f"it is not a readable ONNX model ({type(e).__name__})"
+    for t in onnx.external_data_helper._get_all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+            return f"tensor {t.name} is external data (another file), which auxgen never writes"
+    return None
+
+
+def read_generator_bytes(path: str | Path, sha256: str | None = None) -> bytes:
+    """A generator file's bytes, read once (what is checked is what is loaded), matching `sha256` when given."""
+    path = Path(path)
+    problem = regular_file_problem(path)
+    if problem:
+        raise AuxgenError(f"generator file {path} {problem}")
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise AuxgenError(f"generator file {path} does not match the manifest's sha256; not loaded")
+    return data
+
+
 # ------------------------------------------------------------------------------ read
-def load_generator(path: str | Path, fmt: str | None = None) -> tuple[Labeller, dict[str, Any]]:
+def load_generator(path: str | Path, fmt: str | None = None,
+                   sha256: str | None = None) -> tuple[Labeller, dict[str, Any]]:
     """A generator file as a function (uint8 images, int64 primary) -> float32 soft labels on the CPU, and its
-    metadata record (psi, checkpoint sha256, ...)."""
+    metadata record (psi, checkpoint sha256, ...).
+
+    The bytes are read once, checked against `sha256` when given and, for .pt2 and ONNX, inspected
+    for anything that could run code or read other files before they are loaded (see above).
+    """
     fmt = fmt or format_of(path)
+    data = read_generator_bytes(path, sha256)
+    problem = pt2_problem(data) if fmt == "pt2" else onnx_problem(data) if fmt == "onnx" else None
+    if problem:
+        raise AuxgenError(f"refusing to load generator file {path}: {problem}")
     if fmt == "pt2":
         extra = {EXTRA_FILE: ""}
-        program = torch.export.load(str(path), extra_files=extra)
+        program = torch.export.load(io.BytesIO(data), extra_files=extra)
         module = program.module()
         return (lambda x, y: module(x, y)), json.loads(extra[EXTRA_FILE] or "{}")
     if fmt == "onnx":
-        session = onnx_session(path)
+        session = onnx_session(data)
         meta = session.get_modelmeta().custom_metadata_map.get(EXTRA_FILE, "{}")
 
         def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -236,19 +400,20 @@ def load_generator(path: str | Path, fmt: str | None = None) -> tuple[Labeller, 
 
         return run, json.loads(meta)
     if fmt == "torchscript":
-        module, meta = load_generator_script(path)
+        module, meta = load_generator_script(io.BytesIO(data))
         return (lambda x, y: module(x, y)), meta
     raise AuxgenError(f"unknown generator format {fmt!r}")
 
 
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session for a generator file, with as many threads as torch uses (or `threads`)."""
+def onnx_session(path: str | Path | bytes, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for a generator file (or its bytes), with as many threads as torch uses."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 # ------------------------------------------------------------------------------ TorchScript (deprecated)
@@ -272,7 +437,7 @@ def script_generator(generator: nn.Module) -> torch.jit.ScriptModule:
             return torch.jit.script(_Exported(gen))
     except Exception as e:  # a backbone TorchScript cannot compile
         raise AuxgenError(f"the generator cannot be compiled to TorchScript ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0]}); choose another --generator-format") from None
+                          f"{one_line(e)}); choose another --generator-format") from None
 
 
 def save_generator_script(generator: nn.Module, path: str | Path, meta: dict[str, Any]) -> None:
@@ -284,10 +449,11 @@ def save_generator_script(generator: nn.Module, path: str | Path, meta: dict[str
         atomic_write(path, lambda tmp: torch.jit.save(module, tmp, _extra_files=extra), mode=EXPORT_FILE_MODE)
 
 
-def load_generator_script(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Load a TorchScript generator and its metadata (psi, checkpoint sha256, ...)."""
+def load_generator_script(path: str | Path | io.BytesIO) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a TorchScript generator (a file or its bytes) and its metadata (psi, checkpoint sha256, ...)."""
     extra = {EXTRA_FILE: ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(path if isinstance(path, io.BytesIO) else str(path), map_location="cpu",
+                                _extra_files=extra)
     return module, json.loads(extra[EXTRA_FILE] or "{}")

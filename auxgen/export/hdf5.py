@@ -6,6 +6,11 @@ chunks of about 256 KiB keep a full scan fast and random access cheap (one small
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
@@ -14,6 +19,7 @@ import numpy as np
 from auxgen.export.pipeline import Chunk
 from auxgen.export.sink import SplitSource, add_chunk
 from auxgen.label_stats import LabelStats
+from auxgen.paths import one_line
 
 CHUNK_BYTES = 1 << 18
 GZIP_LEVEL = 4
@@ -22,6 +28,21 @@ GZIP_LEVEL = 4
 def _chunks(n: int, row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
     return (max(1, min(n, CHUNK_BYTES // row_bytes)), *row_shape)
+
+
+@contextlib.contextmanager
+def _write_errors(path: str) -> Iterator[None]:
+    """HDF5 reports a failed write (a full disk, above all) as a RuntimeError naming its own internals; the
+    exporter turns OSErrors into one line naming the file, so failed writes become OSErrors."""
+    try:
+        yield
+    except RuntimeError as e:
+        full = "errno = 28" in str(e)  # HDF5 quotes the C library's errno of the failed write
+        with contextlib.suppress(OSError):
+            full = full or shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < (16 << 20)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from None
+        raise OSError(errno.EIO, f"HDF5 write failed ({one_line(e, 120, whole=True)})", path) from None
 
 
 class Hdf5Sink:
@@ -33,6 +54,7 @@ class Hdf5Sink:
     def __init__(self, path: str, attrs: dict[str, Any], dtype: str, num_aux: int, views: int,
                  psi: tuple[int, ...]) -> None:
         # a large chunk cache holds partly written chunks until complete, so nothing is compressed twice
+        self.path = path
         self.f = h5py.File(path, "w", rdcc_nbytes=64 << 20, rdcc_nslots=10007)
         for k, v in attrs.items():
             self.f.attrs[k] = v
@@ -50,6 +72,10 @@ class Hdf5Sink:
                               compression="gzip", compression_opts=GZIP_LEVEL, shuffle=numeric)
 
     def begin_split(self, split: SplitSource) -> None:
+        with _write_errors(self.path):
+            self._begin_split(split)
+
+    def _begin_split(self, split: SplitSource) -> None:
         n = len(split.keys)
         self.g = self.f.create_group(split.name)
         self.g.attrs["count"] = n
@@ -67,16 +93,18 @@ class Hdf5Sink:
     def write(self, chunk: Chunk) -> None:
         assert self.g is not None
         a, b = chunk.start, chunk.start + len(chunk)
-        self.g["aux_soft"][a:b] = chunk.soft.astype(self.dtype, copy=False)
-        self.g["aux_hard"][a:b] = chunk.hard
-        self.g["entropy"][a:b] = chunk.entropy
+        with _write_errors(self.path):
+            self.g["aux_soft"][a:b] = chunk.soft.astype(self.dtype, copy=False)
+            self.g["aux_hard"][a:b] = chunk.hard
+            self.g["entropy"][a:b] = chunk.entropy
         add_chunk(self.stats, chunk)
 
     def end_split(self) -> None:
         self.g = None
 
     def close(self) -> None:
-        self.f.close()
+        with _write_errors(self.path):
+            self.f.close()
 
     def abort(self) -> None:
         try:

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from auxgen.checkpoint import sha256_file, write_json_atomic
 from auxgen.errors import AuxgenError
 from auxgen.export.format import EXPORT_FILE_MODE, FORMAT_NAME, FORMAT_VERSION, READABLE_VERSIONS
+from auxgen.paths import regular_file_problem
+
+
+def created_timestamp() -> str:
+    """Now, or SOURCE_DATE_EPOCH where set (reproducible builds: two exports of one run can be byte-identical).
+
+    A value that is not a whole number of seconds from 1970 to the year 9999 is an error, not ignored:
+    whoever sets it expects reproducible files.
+    """
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    hint = "unset it, or give seconds since 1970 such as 1700000000"
+    if not raw.isdigit():
+        raise AuxgenError(f"SOURCE_DATE_EPOCH={raw[:40]!r} is not a whole number of seconds since 1970; {hint}")
+    try:
+        return datetime.fromtimestamp(int(raw), timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        raise AuxgenError(f"SOURCE_DATE_EPOCH={raw[:40]} lies beyond the year 9999; {hint}") from None
 
 
 def file_entry(path: Path, base: Path, sha256: str | None = None) -> dict[str, Any]:
@@ -29,6 +50,9 @@ def write_manifest(path: Path, kind: str, info: dict[str, Any], files: list[dict
 def read_manifest(path: str | Path) -> dict[str, Any]:
     """Load a manifest; a missing, damaged or foreign one is an AuxgenError."""
     path = Path(path)
+    problem = regular_file_problem(path)
+    if problem and path.exists() and not path.is_dir():
+        raise AuxgenError(f"{path} {problem}")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -58,8 +82,10 @@ def check_files(manifest: dict[str, Any], base: Path) -> list[str]:
         target = (root / rel).resolve() if isinstance(rel, str) and rel else None
         if target is None or root not in target.parents:
             problems.append(f"manifest entry {entry!r} does not name a file inside {base}")
-        elif not target.is_file():
+        elif not target.exists():
             problems.append(f"{rel} is listed in the manifest but missing")
+        elif not target.is_file():  # a folder, FIFO or device: never read (a FIFO would block)
+            problems.append(f"{rel} is not a regular file")
         elif target.stat().st_size != entry.get("bytes"):
             problems.append(f"{rel} has {target.stat().st_size} bytes, manifest says {entry.get('bytes')}")
         else:

@@ -21,6 +21,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 from auxgen.errors import AuxgenError
 from auxgen.export.format import FORMAT_VERSION, HDF5_MANIFEST_SUFFIX, MANIFEST_NAME, SPLITS
 from auxgen.export.manifest import check_files
+from auxgen.paths import check_regular_file, one_line, regular_file_problem
 
 _SHARD = re.compile(r"^(train|test)-\d{6}\.tar$")
 _H5_FIELDS = ("keys", "index", "primary", "aux_soft", "aux_hard", "entropy")
@@ -85,6 +86,8 @@ def read_export(path: str | Path) -> Export:
     path = Path(path)
     if not path.exists():
         raise AuxgenError(f"--labels {path} does not exist")
+    if not path.is_dir():
+        check_regular_file(path, "--labels")  # a FIFO or device would block the reader forever
     kind = "wds" if path.is_dir() else "hdf5"
     problems: list[str] = []
     manifest = _read_manifest(manifest_path(path), problems)
@@ -101,8 +104,9 @@ def read_export(path: str | Path) -> Export:
 
 
 def _read_manifest(mpath: Path, problems: list[str]) -> dict[str, Any] | None:
-    if not mpath.is_file():
-        problems.append(f"no manifest ({mpath} is missing)")
+    problem = regular_file_problem(mpath)
+    if problem:
+        problems.append(f"no manifest ({mpath} {problem})")
         return None
     try:
         manifest = json.loads(mpath.read_text())
@@ -145,15 +149,14 @@ def _read_hdf5(path: Path, problems: list[str]) -> tuple[dict[str, Any], dict[st
                 splits[name] = ExportSplit(keys, g["index"][()], g["primary"][()], g["aux_soft"][()],
                                            g["aux_hard"][()], g["entropy"][()], views)
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
-        problems.append(f"{path} cannot be read as HDF5 (truncated or damaged?): {_one_line(e)}")
+        problems.append(f"{path} cannot be read as HDF5 (truncated or damaged?): {one_line(e, 160)}")
         return {}, {}, False
     return attrs, splits, True
 
 
 def _one_line(e: BaseException) -> str:
-    """The first line of an exception's own message (webdataset appends the stream to its args)."""
-    text = str(e.args[0]) if e.args else type(e).__name__
-    return (text.split(" @ ")[0].strip().splitlines() or [type(e).__name__])[0][:160]
+    """The first line of an exception's own message (webdataset appends ` @ STREAM` to it)."""
+    return one_line(e, 400).split(" @ ")[0].strip()[:160] or type(e).__name__
 
 
 def _shard_samples(path: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
@@ -172,6 +175,10 @@ def _shard_samples(path: Path, problems: list[str]) -> Iterator[dict[str, Any]]:
             problems.append(f"{path.name}: member {fname} has no extension (webdataset skips it)")
         return key, ext
 
+    problem = regular_file_problem(path)
+    if problem:  # a FIFO named like a shard would block the reader forever
+        problems.append(f"{path.name} {problem}")
+        return
     try:
         with open(path, "rb") as stream:
             files = tar_file_expander([{"url": str(path), "stream": stream}], handler=unreadable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from auxgen.errors import AuxgenError
+from auxgen.paths import one_line
 from auxgen.run import LoadedRun, load_run, read_run_config
 
 
@@ -39,5 +40,4 @@ def check_run_dir(run_dir: str | Path) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
+    return one_line(e)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
@@ -53,8 +54,14 @@ def export_command(
     options = ExportOptions(fmt=fmt, checkpoint=checkpoint, split=split, dtype=dtype, views=views, images=images,
                             shard_size=shard_size, max_count=max_count, generator_formats=formats, force=force,
                             resume=resume, batch_size=batch_size, seed=seed, data_root=data_root, device=device)
-    summary = export_labels(run_dir, out, options=options, show=not quiet)
     from auxgen.distributed import current
+    from auxgen.rundir import output_lock
+
+    # two exports into one --out at once would interleave their files; under torchrun the ranks write
+    # one export together and rank 0 holds the lock for all of them
+    lock = output_lock(out, f"another auxgen export is writing {out}; wait for it or choose another --out")
+    with lock if current().is_main else contextlib.nullcontext():
+        summary = export_labels(run_dir, out, options=options, show=not quiet)
 
     if not quiet and current().is_main:  # under torchrun, rank 0 reports for every process
         print_summary(summary)

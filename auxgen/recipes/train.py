@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +14,11 @@ from auxgen import distributed
 from auxgen.compose import hierarchy_for, load_data
 from auxgen.config import TrainConfig, load_config_file, resolve_config
 from auxgen.errors import AuxgenError
+from auxgen.paths import refuse_inside
 from auxgen.recipes.options import with_config_options
+from auxgen.rundir import RunDir
 from auxgen.runtime import pick_device
-from auxgen.trainer import prepare_out_dir, split_rows, train
+from auxgen.trainer import split_rows, train
 
 
 @with_config_options  # a flag for every TrainConfig field, passed in `options`
@@ -37,16 +35,17 @@ def train_command(
     if resume is not None:
         if out is not None and Path(out) != resume:
             raise AuxgenError("give either --out (new run) or --resume (existing run), not both")
-        if not (resume / "config.json").is_file():
+        run_dir = RunDir(resume)
+        if not run_dir.config.is_file():
             raise AuxgenError(f"--resume {resume}: no config.json there; is it an auxgen run directory?")
-        cfg_data = load_config_file(resume / "config.json")
-        _check_saved_run(resume)
+        cfg_data = load_config_file(run_dir.config)
+        run_dir.check_resumable()
         allowed = {"device", "data_root", "test_root", "download", "eval_batch_size"}
         changed = sorted(k for k, v in overrides.items() if k not in allowed and cfg_data.get(k) != v)
         if changed or config is not None:
             raise AuxgenError(f"--resume continues the saved configuration; drop "
                               f"{', '.join('--' + c.replace('_', '-') for c in changed) or '--config'}")
-        cfg = resolve_config(resume / "config.json", overrides)
+        cfg = resolve_config(run_dir.config, overrides)
         out_dir = resume
     else:
         if out is None:
@@ -62,102 +61,39 @@ def train_command(
     data = dist.main_first(lambda: load_data(cfg))  # rank 0 first: a --download happens once
     hierarchy_for(cfg, data)
     split_rows(cfg, len(data.train))  # the data fits the batch size
+    finished = resume is not None and RunDir(resume).finished  # nothing left to train: say so, not just the summary
     with contextlib.ExitStack() as stack:
         dist.on_main(lambda: _prepare(stack, out_dir, resume is not None, force))
         summary = train(cfg, out_dir, resume=resume is not None, show=not quiet, data=data)
+    if finished and dist.is_main:
+        RunDir(resume).note_finished()
     if not quiet and dist.is_main:
         _print_summary(summary)
 
 
 def _prepare(stack: contextlib.ExitStack, out_dir: Path, resume: bool, force: bool) -> None:
     """Lock the run directory (held in `stack` while training) and make it ready to write into."""
+    run_dir = RunDir(out_dir)
     if resume:
-        stack.enter_context(_locked(out_dir))
-        _remove_stale_temp_files(out_dir)
-        _check_writable(out_dir)
+        stack.enter_context(run_dir.lock())
+        run_dir.remove_stale_temp_files()
+        run_dir.check_resumable()
     else:
-        # lock before prepare_out_dir when the folder exists: --force must not delete the
-        # files of a run that is still training
+        # lock before prepare when the folder exists: --force must not delete the files of a run
+        # that is still training
         locked = out_dir.is_dir()
         if locked:
-            stack.enter_context(_locked(out_dir))
-        prepare_out_dir(out_dir, force)
+            stack.enter_context(run_dir.lock())
+        run_dir.prepare(force)
         if not locked:
-            stack.enter_context(_locked(out_dir))
+            stack.enter_context(run_dir.lock())
 
 
 def _check_out_outside_data(out: Path, cfg: TrainConfig) -> None:
     """An ImageFolder's subfolders are its classes: a run directory inside the tree would become one."""
-    if cfg.dataset != "imagefolder":
-        return
-    target = out.expanduser().resolve()
-    for root in (cfg.data_root, cfg.test_root):
-        if root and target.is_relative_to(Path(root).expanduser().resolve()):
-            raise AuxgenError(f"--out {out} is inside the ImageFolder tree {root}; its folder would become a "
-                              f"class of the data: put the run elsewhere")
-
-
-def _check_saved_run(run_dir: Path) -> None:
-    """config.json of a run must carry what resume compares against (train options, data fingerprint)."""
-    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8-sig"))  # load_config_file checked it
-    data = saved.get("data")
-    if not isinstance(saved.get("train"), dict) or not isinstance(data, dict) or "fingerprint" not in data:
-        raise AuxgenError(f"--resume {run_dir}: config.json is not a run's configuration (it lacks the train "
-                          f"options or the data fingerprint); was it replaced by a hand-written config?")
-
-
-def _check_writable(run_dir: Path) -> None:
-    """Fail before loading data and building models, not at the end of the first epoch."""
-    for d in (run_dir, run_dir / "checkpoints"):
-        if d.is_dir() and not os.access(d, os.W_OK | os.X_OK):
-            raise AuxgenError(f"--resume {run_dir}: {d} is not writable")
-
-
-# the temporary names atomic_write gives run files: .NAME.RANDOM.tmp
-_STALE_TEMP = re.compile(r"\.(config\.json|metrics\.jsonl|summary\.json|last\.pt|best\.pt|\.auxgen-run)\.[^/]+\.tmp")
-
-
-def _remove_stale_temp_files(run_dir: Path) -> None:
-    """Temporary files a killed run left mid-write (a checkpoint's can be hundreds of MB).
-
-    Only called with the run directory locked, so no other process is writing them.
-    """
-    for d in (run_dir, run_dir / "checkpoints"):
-        if d.is_dir():
-            for f in d.iterdir():
-                if _STALE_TEMP.fullmatch(f.name) and f.is_file():
-                    with contextlib.suppress(OSError):
-                        f.unlink()
-
-
-@contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run directory while training into it.
-
-    Two processes writing one run directory would interleave checkpoints and metrics of two
-    different trainings; the second is refused. The lock is flock(2) on the directory itself,
-    so no lock file is left behind, and the kernel releases it when the process dies (kill -9).
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; run unlocked
-        yield
-        return
-    try:
-        fd = os.open(run_dir, os.O_RDONLY)
-    except OSError as e:
-        raise AuxgenError(f"cannot open run directory {run_dir} ({e.strerror})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AuxgenError(f"another auxgen process is training into {run_dir}; wait for it or stop it "
-                              f"first") from None
-        except OSError:  # a file system without flock (some network mounts): run unlocked
-            pass
-        yield
-    finally:
-        os.close(fd)
+    if cfg.dataset == "imagefolder":
+        refuse_inside(out, (cfg.data_root, cfg.test_root), "--out", "the ImageFolder tree",
+                      "its folder would become a class of the data")
 
 
 def _print_summary(s: dict) -> None:

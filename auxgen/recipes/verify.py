@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from auxgen.errors import AuxgenError
+from auxgen.paths import refuse_inside, refuse_under_file
 
 
 class VerificationFailed(AuxgenError):
@@ -64,14 +65,8 @@ def _check_json_target(target: Path, run_dir: Path, labels: Path | None) -> None
     """--json names a file that can be written and lies outside the run and the export (checked before any work)."""
     if target.is_dir():
         raise AuxgenError(f"--json {target} is a folder; give a file name such as {target / 'report.json'}")
-    above = next((p for p in target.parents if p.exists()), None)
-    if above is not None and not above.is_dir():
-        raise AuxgenError(f"--json {target}: {above} is a file, not a folder")
-    resolved = target.resolve()
-    for root in (run_dir, labels):
-        if root is not None and (resolved == Path(root).resolve() or Path(root).resolve() in resolved.parents):
-            raise AuxgenError(f"--json {target}: verify never writes into the run or the export; "
-                              f"choose a path outside {root}")
+    refuse_under_file(target.parent, "--json")
+    refuse_inside(target, (run_dir, labels), "--json", why="verify never writes into the run or the export")
 
 
 def _print(report) -> None:

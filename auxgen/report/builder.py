@@ -8,7 +8,10 @@ them first (`.auxgen-report`), so --force later removes exactly those files and 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +19,8 @@ from typing import Any
 
 import auxgen
 from auxgen.checkpoint import atomic_write, write_text_atomic
-from auxgen.errors import AuxgenError
+from auxgen.errors import AuxgenError, CheckpointError
+from auxgen.paths import refuse_inside, refuse_under_file
 from auxgen.report import figures as F
 from auxgen.report.labels import (
     Analysis,
@@ -45,26 +49,24 @@ class ReportResult:
     notes: list[str]
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+def _image_folders(infos: list[RunInfo], data_root: str | None) -> list[str]:
+    """The ImageFolder trees of the runs: a folder written inside one becomes a class of its data."""
+    roots = []
+    for r in infos:
+        if r.train_cfg.get("dataset") == "imagefolder":
+            roots += [str(x) for x in (r.train_cfg.get("data_root"), r.train_cfg.get("test_root")) if x]
+    return roots + ([data_root] if data_root and roots else [])
 
 
-def check_out(out: Path, runs: list[Path], labels: Path | None, force: bool) -> None:
-    """Refuse an --out inside a run or an export, a file, or a non-empty folder that is no earlier report."""
+def check_out(out: Path, runs: list[Path], labels: Path | None, force: bool, data_roots: list[str] = ()) -> None:
+    """Refuse an --out inside a run, an export or an ImageFolder tree, a file, or a non-empty folder that is no
+    earlier report."""
     target = out.resolve()
-    for r in runs:
-        if _inside(target, r.resolve()):
-            raise AuxgenError(f"--out {out} is inside the run directory {r}; a report never writes into a run; "
-                              f"choose a folder outside it")
-    if labels is not None:
-        lab = labels.resolve()
-        if _inside(target, lab):
-            raise AuxgenError(f"--out {out} is inside the export {labels}; choose a folder outside it")
-    for parent in [target, *target.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise AuxgenError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    refuse_inside(out, runs, "--out", "the run directory", "a report never writes into a run")
+    refuse_inside(out, [labels], "--out", "the export")
+    refuse_inside(out, data_roots, "--out", "the ImageFolder tree",
+                  "its PNG figures would become a class of the data")
+    refuse_under_file(out, "--out")
     if target.is_dir() and any(target.iterdir()):
         if not force:
             raise AuxgenError(f"--out {out} is not empty; pass --force to replace an earlier report there")
@@ -100,7 +102,7 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
     # a checkpoint file names one run's checkpoint: the first run's; the others are described by their best
     others = checkpoint if checkpoint in ("best", "last") else "best"
     infos = [read_run(r, checkpoint if i == 0 else others) for i, r in enumerate(run_paths)]
-    check_out(out, run_paths, labels_path, force)
+    check_out(out, run_paths, labels_path, force, _image_folders(infos, data_root))
     name_runs(infos)
 
     warnings: list[str] = []
@@ -127,6 +129,8 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
         else:
             try:
                 lab = labels_from_generator(first, checkpoint, split, max_samples, seed, device, data_root)
+            except CheckpointError:  # the checkpoint asked for is unusable: no dataset hint fixes that
+                raise
             except AuxgenError as e:  # e.g. the dataset is on another machine: the curves still stand
                 warnings.append(f"{first.name}: labels not shown: {e} (--data-root names the dataset's new place; "
                                 f"--labels EXPORT shows an export's labels instead)")
@@ -160,23 +164,37 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
 
 
 def _write(out: Path, files: dict[str, bytes]) -> None:
-    """Replace an earlier report's files with these: the list first, index.html last."""
+    """Replace an earlier report's files with these: all are written in a staging folder inside `out` first,
+    so a failure (a full disk) leaves `out` as it was; then the list, the renames (index.html last), the list."""
     old = _previous_files(out) if (out / REPORT_MARKER).is_file() else []
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".auxgen-report.*.tmp"):  # a killed report's staging folder
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".auxgen-report.", suffix=".tmp", dir=out))
     except OSError as e:
         raise AuxgenError(f"--out {out} cannot be created ({e.strerror})") from None
-    names = sorted(set(files) | set(old))  # until the old ones are gone, they are still this report's
-    marker = {"format": "auxgen-report", "auxgen_version": auxgen.__version__, "files": names}
-    write_text_atomic(out / REPORT_MARKER, json.dumps(marker, indent=2) + "\n", REPORT_MODE)
+    try:
+        for n, data in files.items():
+            atomic_write(staging / n, lambda tmp, data=data: Path(tmp).write_bytes(data), REPORT_MODE)
+        names = sorted(set(files) | set(old))  # until the old ones are gone, they are still this report's
+        marker = {"format": "auxgen-report", "auxgen_version": auxgen.__version__, "files": names}
+        write_text_atomic(out / REPORT_MARKER, json.dumps(marker, indent=2) + "\n", REPORT_MODE)
+    except (AuxgenError, OSError) as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise AuxgenError(f"{e}; the report was not written ({out} is as it was)") from None
     for n in old:
         if n not in files:
             p = out / n
             if p.is_file() and not p.is_symlink():
                 p.unlink()
     for n in sorted(files, key=lambda n: n == "index.html"):  # the page last: it links the others
-        data = files[n]
-        atomic_write(out / n, lambda tmp, data=data: Path(tmp).write_bytes(data), REPORT_MODE)
+        os.replace(staging / n, out / n)  # a rename needs no space
+    staging.rmdir()
     marker["files"] = sorted(files)
     write_text_atomic(out / REPORT_MARKER, json.dumps(marker, indent=2) + "\n", REPORT_MODE)
 

@@ -6,8 +6,9 @@ that imports auxgen (a notebook keeps its own backend).
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,20 @@ class Fig:
     title: str
     caption: str
     png: bytes
+
+
+def _plain_text(draw: Callable[..., Any]) -> Callable[..., Any]:
+    """Labels are text, never math: a class named `price $\\frac$` would crash matplotlib's mathtext parser.
+
+    Text objects take parse_math from the rc settings when they are created, so the figure is built inside.
+    """
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 def _png(fig: Figure) -> bytes:
@@ -97,6 +112,7 @@ CURVE_PANELS: tuple[tuple[str, str, str, list[tuple[str, str, str]], float | Non
 )
 
 
+@_plain_text
 def curve_figures(runs: Sequence[RunInfo]) -> list[Fig]:
     """Training curves, one figure per panel; panels whose keys no run recorded are left out."""
     colours = _run_colours(len(runs))
@@ -147,6 +163,7 @@ def _block_positions(blocks: Sequence[Block]) -> tuple[np.ndarray, list[float]]:
     return np.asarray(xs), centres
 
 
+@_plain_text
 def usage_figure(an: Analysis) -> Fig:
     """Per primary class: mean soft mass of each of its auxiliary classes, and how many samples each one wins."""
     blocks = an.blocks
@@ -190,6 +207,7 @@ def usage_figure(an: Analysis) -> Fig:
                _png(fig))
 
 
+@_plain_text
 def entropy_figure(an: Analysis) -> Fig:
     """Histogram of per-sample entropy inside the block, as a fraction of log psi."""
     fig = Figure(figsize=(6.4, 3.6))
@@ -211,6 +229,7 @@ def entropy_figure(an: Analysis) -> Fig:
                "means labels that are almost uniform over the block.", _png(fig))
 
 
+@_plain_text
 def human_figure(human: HumanAgreement, fine_names: list[str] | None, max_panels: int = 20) -> Fig:
     """Contingency of generated (hard) and human fine classes within each primary class, as heat maps."""
     per = human.per_class[:max_panels]
@@ -262,6 +281,7 @@ def _tile(img: np.ndarray, scale: int) -> np.ndarray:
     return x.repeat(scale, 0).repeat(scale, 1)
 
 
+@_plain_text
 def grid_figure(labels: Labels, block: Block, examples: list[tuple[list[int], list[int]]], top: int, low: int) -> Fig:
     """One row per auxiliary class of a primary class: its most confident images, then its least confident members."""
     assert labels.images is not None

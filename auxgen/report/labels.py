@@ -18,6 +18,7 @@ from auxgen.errors import AuxgenError
 from auxgen.export.read import read_export
 from auxgen.label_stats import LabelStats
 from auxgen.report.runs import RunInfo
+from auxgen.rundir import RunDir
 
 NEARLY_UNIFORM = 0.95   # per-sample entropy above this fraction of log psi: labels add little (the trainer's threshold)
 COLLAPSING = 0.5        # block usage below this fraction of log psi: classes collapsing (the trainer's threshold)
@@ -63,7 +64,7 @@ def _load_data(run: RunInfo, data_root: str | None):
     opts["download"] = False
     if data_root is not None:
         opts["data_root"] = data_root
-    cfg = TrainConfig.from_dict(opts, where=str(run.run_dir / "config.json")).validate()
+    cfg = TrainConfig.from_dict(opts, where=str(RunDir(run.run_dir).config)).validate()
     data = load_data(cfg)
     recorded = run.meta.get("data", {}).get("fingerprint")
     if recorded and data.fingerprint() != recorded:

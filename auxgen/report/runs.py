@@ -14,7 +14,7 @@ from typing import Any
 from auxgen.checkpoint import sha256_file
 from auxgen.errors import AuxgenError
 from auxgen.run import resolve_checkpoint
-from auxgen.trainer import RUN_MARKER
+from auxgen.rundir import RUN_MARKER, RunDir
 
 
 @dataclass
@@ -65,36 +65,37 @@ def read_run(run_dir: str | Path, checkpoint: str = "best") -> RunInfo:
         raise AuxgenError(f"{run_dir} does not exist")
     if not run_dir.is_dir():
         raise AuxgenError(f"{run_dir} is a file, not a run directory")
-    if not (run_dir / "config.json").is_file():
+    rd = RunDir(run_dir)
+    if not rd.config.is_file():
         raise AuxgenError(f"{run_dir} is not an auxgen run directory (no config.json)")
-    if not (run_dir / RUN_MARKER).is_file():
+    if not rd.is_run:
         raise AuxgenError(f"{run_dir} is not an auxgen run directory (no {RUN_MARKER} marker; auxgen train writes it)")
     try:
-        meta = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        meta = json.loads(rd.config.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
-        raise AuxgenError(f"{run_dir / 'config.json'} is not valid JSON; the run directory is damaged") from None
+        raise AuxgenError(f"{rd.config} is not valid JSON; the run directory is damaged") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("train"), dict):
-        raise AuxgenError(f"{run_dir / 'config.json'} is not an auxgen run config (no 'train' options)")
+        raise AuxgenError(f"{rd.config} is not an auxgen run config (no 'train' options)")
     history = _read_metrics(run_dir)
     # an explicit --checkpoint PATH names one file; best/last are looked up in each run
     ckpt = resolve_checkpoint(run_dir, checkpoint) if checkpoint in ("best", "last") else Path(checkpoint)
     if not ckpt.is_file():
         raise AuxgenError(f"checkpoint {ckpt} does not exist; use best, last or a .pt file")
     summary = None
-    if (run_dir / "summary.json").is_file():
+    if rd.summary.is_file():
         try:
-            s = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            s = json.loads(rd.summary.read_text(encoding="utf-8"))
             summary = s if isinstance(s, dict) else None
         except (ValueError, UnicodeDecodeError):
             summary = None  # the curves come from metrics.jsonl; a damaged summary costs nothing here
-    info = RunInfo(run_dir, meta, history, ckpt, sha256_file(ckpt), sha256_file(run_dir / "config.json"), summary)
+    info = RunInfo(run_dir, meta, history, ckpt, sha256_file(ckpt), sha256_file(rd.config), summary)
     if not info.finished:
         info.notes.append(f"training unfinished: {len(history)} of {info.epochs_planned} epochs recorded")
     return info
 
 
 def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         raise AuxgenError(f"{run_dir} has no metrics.jsonl: training has not finished an epoch")
     history = []

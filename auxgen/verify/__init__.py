@@ -46,21 +46,33 @@ def verify(run_dir: str | Path, labels: str | Path | None = None, checkpoint: st
         raise AuxgenError("--tolerance must be >= 0")
     if checkpoint not in ("best", "last") and not Path(checkpoint).is_file():
         raise AuxgenError(f"--checkpoint {checkpoint}: no such file; use best, last or a .pt file")  # bad usage
-    export = read_export(labels) if labels is not None else None
+    export = read_export(labels) if labels is not None else None  # a FIFO or device is refused, not read
     report = Report(str(run_dir), checkpoint, None if labels is None else str(labels), [])
+    others = (["integrity", "rederivation"] if export else []) + (["quality"] if retrain_epochs else [])
     try:
         run = open_run(run_dir, checkpoint, device=device, data_root=data_root)
     except AuxgenError as e:
         # a missing or damaged checkpoint fails verification; the other checks need it and cannot run
-        report.checks.append(CheckResult("evaluation", "fail", f"the run cannot be loaded: {e}"))
-        for name in (["integrity", "rederivation"] if export else []) + (["quality"] if retrain_epochs else []):
-            report.checks.append(CheckResult(name, "fail", "not run: the run's checkpoint cannot be loaded"))
-        return report
+        return _not_run(report, f"the run cannot be loaded: {e}", "the run's checkpoint cannot be loaded", others)
     data = load_run_data(run, check=False)  # a changed dataset is reported by the checks, not refused
+    if data.num_classes != run.hier.num_primary:
+        # a tree that gained or lost a class: its labels are outside the model's outputs, so no check can run
+        return _not_run(report, f"the dataset at {run.cfg.data_root} differs from the one {run_dir} was trained on "
+                        f"(fingerprint mismatch: {data.num_classes} classes now, the run has {run.hier.num_primary})",
+                        "the dataset differs from the run's", others)
     report.checks.append(check_evaluation(run, data, tolerance))
     if export is not None:
-        report.checks.append(check_integrity(run, data, export))
-        report.checks.append(check_rederivation(run, data, export, sample, seed, atol))
+        integrity = check_integrity(run, data, export)
+        report.checks.append(integrity)
+        report.checks.append(check_rederivation(run, data, export, sample, seed, atol,
+                                                load_generators=integrity.status == "pass"))
         if retrain_epochs:
             report.checks.append(check_quality(run, data, export, retrain_epochs, None, seeds, min_gain))
+    return report
+
+
+def _not_run(report: Report, why: str, short: str, others: list[str]) -> Report:
+    """The evaluation fails for `why`; the other checks are failures that could not run."""
+    report.checks.append(CheckResult("evaluation", "fail", why))
+    report.checks += [CheckResult(name, "fail", f"not run: {short}") for name in others]
     return report

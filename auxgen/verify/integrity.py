@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,8 +12,12 @@ import numpy as np
 from auxgen.checkpoint import sha256_file
 from auxgen.data import Data
 from auxgen.export.format import FORMAT_NAME, READABLE_VERSIONS, wds_key
-from auxgen.export.read import Export, ExportSplit
+from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path
+from auxgen.export.manifest import generator_entries
+from auxgen.export.read import Export, ExportSplit, manifest_path
+from auxgen.paths import confined
 from auxgen.run import LoadedRun
+from auxgen.rundir import RunDir
 from auxgen.verify.result import CheckResult, problems_reason
 
 # How far a stored row may be from the value it stands for, per stored dtype. Storing rounds
@@ -86,11 +92,30 @@ def _check_manifest(export: Export, problems: list[str]) -> None:
             problems.append(f"shards not in the manifest: {', '.join(extra)}")
     elif export.path.resolve() not in listed:
         problems.append(f"the manifest does not list {export.path.name}")
+    problems += _generator_problems(export, man, listed)
     counts = man.get("counts")
     actual = {s: len(v.keys) for s, v in export.splits.items()}
     if export.readable and isinstance(counts, dict) and {k: v for k, v in counts.items() if v} != \
             {k: v for k, v in actual.items() if v}:
         problems.append(f"manifest counts {counts} but the export holds {actual}")
+
+
+def _generator_problems(export: Export, man: dict[str, Any], listed: set[Path]) -> list[str]:
+    """Generator entries must name listed files inside the export; a generator file beside it must be listed."""
+    base = manifest_path(export.path).parent
+    problems = []
+    for g in generator_entries(man):
+        path = confined(base, g["path"])
+        if path is None or path.resolve() not in listed:
+            problems.append(f"the manifest's generator {g['path'][:80]!r} is not one of its files inside the export "
+                            f"(never loaded)")
+    named = {q.resolve() for g in generator_entries(man) if (q := confined(base, g["path"])) is not None}
+    for fmt in GENERATOR_FORMATS:
+        p = generator_path(export.path, export.kind, fmt)
+        if os.path.lexists(p) and p.resolve() not in named:
+            problems.append(f"{p.name} sits beside the export but the manifest does not list it; it was not loaded "
+                            f"or checked: remove it, or export again")
+    return problems
 
 
 def _check_run_facts(meta: dict[str, Any], where: str, run: LoadedRun, problems: list[str]) -> None:
@@ -106,7 +131,7 @@ def _check_run_facts(meta: dict[str, Any], where: str, run: LoadedRun, problems:
     if ck != run.checkpoint_sha256:
         hint = ""
         for name in ("best", "last"):
-            p = run.run_dir / "checkpoints" / f"{name}.pt"
+            p = RunDir(run.run_dir).checkpoint(name)
             if p.is_file() and p != run.checkpoint_path and sha256_file(p) == ck:
                 hint = f"; it matches the run's {name} checkpoint: pass --checkpoint {name}"
         problems.append(f"{where} checkpoint_sha256 {str(ck)[:12]} is not the run's checkpoint "

@@ -11,10 +11,11 @@ import torch
 
 from auxgen.data import Data, apply_views
 from auxgen.errors import AuxgenError
-from auxgen.export.generator_files import GENERATOR_ATOL, GENERATOR_FORMATS, generator_max_diff, generator_path
+from auxgen.export.generator_files import GENERATOR_ATOL, generator_max_diff
 from auxgen.export.labels import compute_soft_labels
 from auxgen.export.manifest import generator_entries
 from auxgen.export.read import Export, manifest_path, numeric_problem
+from auxgen.paths import confined
 from auxgen.run import LoadedRun
 from auxgen.verify.result import CheckResult
 
@@ -27,8 +28,12 @@ def soft_labels(run: LoadedRun, images: torch.Tensor, primary: torch.Tensor, bat
 
 
 def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int = 512, seed: int = 0,
-                       atol: float | None = None) -> CheckResult:
-    """Recompute a seeded random sample of stored labels with the generator and compare."""
+                       atol: float | None = None, load_generators: bool = True) -> CheckResult:
+    """Recompute a seeded random sample of stored labels with the generator and compare.
+
+    With load_generators=False (integrity failed) the exported generator files are not loaded at all:
+    a file that does not match its manifest, or sits beside it unlisted, may be anyone's.
+    """
     if not export.readable:
         return CheckResult("rederivation", "fail", "the export's labels could not be read (see integrity)")
     if run.generator is None:
@@ -69,7 +74,9 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
                "rows_over_atol": n_bad, "worst_key": worst_key}
     if n_checked == 0:
         return CheckResult("rederivation", "fail", "the export holds no samples", figures)
-    gen_problem = _check_generator_files(run, data, export, chosen, rows, figures)
+    gen_problem = (_check_generator_files(run, data, export, chosen, rows, figures) if load_generators
+                   else None if not generator_entries(export.manifest or {}) else
+                   "the exported generator files were not loaded: integrity failed, so none of them is vouched for")
     if gen_problem:
         return CheckResult("rederivation", "fail", gen_problem, figures)
     if n_bad:
@@ -86,16 +93,22 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
                        + also, figures)
 
 
-def _generator_files(export: Export) -> list[tuple[Path, str]]:
-    """(path, format) of every generator file of the export: those the manifest lists, and any other file at a
-    generator's name (e.g. one copied in after the export), so that no generator beside the labels goes unchecked."""
+def _generator_files(export: Export) -> tuple[list[tuple[Path, str, str]], str | None]:
+    """(path, format, sha256) of each generator file the manifest lists, inside the export and listed with a hash
+    among its files; or why one cannot be loaded. Files the manifest does not list are never loaded
+    (integrity reports them): a file made by someone else is only run once its manifest vouches for it."""
     base = manifest_path(export.path).parent
-    found = [(base / g["path"], g["format"]) for g in generator_entries(export.manifest or {})]
-    for fmt in GENERATOR_FORMATS:
-        p = generator_path(export.path, export.kind, fmt)
-        if p.is_file() and all(p.resolve() != q.resolve() for q, _ in found):
-            found.append((p, fmt))
-    return found
+    man = export.manifest or {}
+    hashes = {f.get("path"): f.get("sha256") for f in man.get("files") or [] if isinstance(f, dict)}
+    found = []
+    for g in generator_entries(man):
+        path = confined(base, g["path"])
+        if path is None:
+            return [], f"the manifest names a generator {g['path'][:80]!r} outside the export; not loaded"
+        if not isinstance(hashes.get(g["path"]), str):
+            return [], f"the manifest names a generator {g['path']} without listing its sha256; not loaded"
+        found.append((path, g["format"], hashes[g["path"]]))
+    return found, None
 
 
 def _check_generator_files(run: LoadedRun, data: Data, export: Export, chosen: list[int],
@@ -106,9 +119,9 @@ def _check_generator_files(run: LoadedRun, data: Data, export: Export, chosen: l
     must agree within GENERATOR_ATOL of its format (pt2, TorchScript: float rounding; ONNX:
     onnxruntime's kernels), whatever the stored dtype, and give exact zeros outside the block.
     """
-    files = _generator_files(export)
-    if not files:
-        return None
+    files, problem = _generator_files(export)
+    if problem or not files:
+        return problem
     images_by_split: dict[str, list[int]] = {}
     for c in chosen:
         split, i = rows[c]
@@ -120,11 +133,14 @@ def _check_generator_files(run: LoadedRun, data: Data, export: Export, chosen: l
         batches.append((src.images[t], src.labels[t]))
     results: dict[str, dict[str, Any]] = {}
     figures["generator_files"] = results
-    for path, fmt in files:
+    for path, fmt, sha in files:
         if fmt not in GENERATOR_ATOL:
             return f"the manifest names a generator {path.name} of unknown format {fmt!r}"
         try:
-            diffs = [generator_max_diff(run.generator, path, fmt, x, y) for x, y in batches]  # type: ignore[arg-type]
+            diffs = [generator_max_diff(run.generator, path, fmt, x, y, sha256=sha)  # type: ignore[arg-type]
+                     for x, y in batches]
+        except AuxgenError as e:  # refused before loading: a hash mismatch, an archive that could run code
+            return str(e)
         except Exception as e:  # a missing or damaged file (integrity reports its hash)
             return f"the exported {fmt} generator {path} cannot be loaded or run ({type(e).__name__})"
         if any(d is None for d in diffs):
