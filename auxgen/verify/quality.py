@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from auxgen.compose import hierarchy_for
 from auxgen.data import Data
 from auxgen.errors import AuxgenError
 from auxgen.export.read import Export, numeric_problem
@@ -72,7 +73,12 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
     views = torch.from_numpy(s.views.astype(np.int64)) if s.views is not None and soft.dim() == 3 else None
     if views is None and soft.dim() == 3:
         soft = soft[:, 0]
+    human = _human_labels(run, data, train_index)
     arms: dict[str, list[dict[str, Any]]] = {"exported": [], "single": [], "random": []}
+    if human is not None:
+        arms["human"] = []
+        if views is not None:
+            human = human[:, None].expand(-1, views.shape[1], -1)
     for sd in range(seed, seed + seeds):
         # a fixed random class inside each sample's true block, drawn from the seed like --method random
         pick = random_labels(run.hier, data.train.labels[train_index], torch.Generator().manual_seed(sd + 1))
@@ -82,6 +88,8 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
         arms["exported"].append(retrain(run, data, train_index, soft, epochs, sd, views))
         arms["single"].append(retrain(run, data, train_index, None, epochs, sd, views))
         arms["random"].append(retrain(run, data, train_index, rand, epochs, sd, views))
+        if human is not None:
+            arms["human"].append(retrain(run, data, train_index, human, epochs, sd, views))
     acc = {k: [r["acc"] for r in v] for k, v in arms.items()}
     if not all(math.isfinite(a) for v in acc.values() for a in v):
         return CheckResult("quality", "fail", "retraining gave no finite accuracy")
@@ -90,8 +98,9 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
                                "acc": acc, "history": {k: [r["history"] for r in v] for k, v in arms.items()}}
     for k, v in acc.items():
         figures[f"acc_{k}"], figures[f"acc_{k}_ci95"] = mean_ci(v)
+    fine = f", fine labels {_pct(acc['human'])}" if human is not None else ""
     parts = [f"frozen labels {_pct(acc['exported'])}, single-task {_pct(acc['single'])}, "
-             f"random labels {_pct(acc['random'])}"]
+             f"random labels {_pct(acc['random'])}{fine}"]
     verdicts = {}
     for base in ("single", "random"):
         d, h = paired_difference(acc["exported"], acc[base])
@@ -100,6 +109,8 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
         parts.append(f"vs {base}: {100 * d:+.2f}" + ("" if math.isnan(h) else f" ± {100 * h:.2f}") +
                      f" points, {verdicts[base]}")
     figures["verdicts"] = verdicts
+    if human is not None:
+        parts.append(_oracle(acc, figures))
     reason = "; ".join(parts) + f" ({epochs} epochs, {seeds} seed{'s' * (seeds > 1)}, {run.cfg.backbone})"
     if seeds < 2:
         reason += "; one seed gives no interval: use --seeds 3 or more for a verdict"
@@ -111,6 +122,33 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
     if verdicts["random"] != "helps":
         return CheckResult("quality", "warn", reason + "; not shown to beat random labels", figures)
     return CheckResult("quality", "pass", reason, figures)
+
+
+def _human_labels(run: LoadedRun, data: Data, train_index: torch.Tensor) -> torch.Tensor | None:
+    """One-hot fine labels of the training rows as auxiliary targets, where the data has a label tree whose psi
+    is the run's (the oracle: what the data's own finer labels would give); else None."""
+    if data.train.fine is None:
+        return None
+    try:
+        tree, fine_to_aux = hierarchy_for(dataclasses.replace(run.cfg, method="human", psi=None, psi_file=None), data)
+    except AuxgenError:
+        return None
+    if fine_to_aux is None or tuple(tree.psi) != tuple(run.hier.psi):
+        return None
+    return F.one_hot(fine_to_aux[data.train.fine[train_index]], run.hier.num_aux).float()
+
+
+def _oracle(acc: dict[str, list[float]], figures: dict[str, Any]) -> str:
+    """The fine labels' own gain over single-task, and the share of it the exported labels capture."""
+    gap, gap_h = paired_difference(acc["exported"], acc["human"])
+    figures["gain_vs_human"], figures["gain_vs_human_ci95"] = gap, gap_h  # informative: it never fails the check
+    d, h = paired_difference(acc["human"], acc["single"])
+    figures["oracle_gain"], figures["oracle_gain_ci95"] = d, h
+    text = f"fine labels vs single: {100 * d:+.2f}" + ("" if math.isnan(h) else f" ± {100 * h:.2f}") + " points"
+    if math.isnan(h) or d - h <= 0:
+        return text + " (the fine labels do not help beyond the noise here: no yardstick for 'helps')"
+    figures["oracle_captured"] = figures["gain_vs_single"] / d
+    return text + f"; the exported labels capture {100 * figures['oracle_captured']:.0f}% of it"
 
 
 def _pct(values: list[float]) -> str:
