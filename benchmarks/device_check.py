@@ -355,8 +355,14 @@ def table(results: dict, dev: torch.device) -> str:
     tests = results.get("tests")
     if tests:
         lines.append(f"cuda tests: {tests['summary']}")
+        syncs = [f for f in tests["figures"] if f["test"].startswith("host_sync")]
         for f in tests["figures"]:
-            lines.append("  " + json.dumps({k: v for k, v in f.items() if k != "device"})[:160])
+            if f not in syncs:
+                lines.append("  " + json.dumps({k: v for k, v in f.items() if k != "device"})[:160])
+        if syncs:
+            bad = [f"{f['test'][10:-1]} at {','.join(f['sync_sites'])}" for f in syncs if f["sync_sites"]]
+            lines.append(f"  host syncs in the step loop: {'; '.join(bad)[:300] if bad else 'none'} "
+                         f"({len(syncs)} cases)")
     for key, err in results["errors"].items():
         lines.append(f"FAILED {key}: {err[:150]}")
     if results["skipped"]:

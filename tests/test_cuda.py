@@ -264,13 +264,18 @@ def test_no_host_sync_inside_the_step_loop(regime, part):
         ep.batches.view, ep.batches.pair_view = batches.view, batches.pair_view
     if DEV.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
+        torch.cuda.set_sync_debug_mode("warn")  # each sync warns, attributed to the Python line that made it
     try:
-        for i, r in enumerate(rows[1:], start=1):
-            with run.precision.context():
-                res = step_fn(ep, i, r)
-            tally.add(res)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for i, r in enumerate(rows[1:], start=1):
+                with run.precision.context():
+                    res = step_fn(ep, i, r)
+                tally.add(res)
     finally:
         if DEV.type == "cuda":
             torch.cuda.set_sync_debug_mode("default")
+    sites = sorted({f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)})
+    record(f"host_sync[{part}-{regime}]", steps=len(rows) - 1, sync_sites=sites)
+    assert not sites, f"host syncs inside the step loop at {sites}"
     assert torch.isfinite(tally.sums["pri"])
