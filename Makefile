@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := runs/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean device-wheels
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python && $(BIN)/python -c "import sys" 2>/dev/null || $(PYTHON) -m venv --clear $(VENV)
@@ -25,6 +25,15 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/step_cost.py
+
+# Wheels the GPU machine lacks (it has no internet; its python3 is 3.12 with torch, numpy and pyyaml but no
+# webdataset), carried by the device tool's `run` (carry [".device-wheels"]); see docs/benchmarks.md, Devices.
+# Both are pure Python; webdataset's other needs (numpy, pyyaml) are there already.
+DEVICE_WHEELS := .device-wheels
+device-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d $(DEVICE_WHEELS) webdataset==1.0.2 braceexpand==0.1.7
+	@ls $(DEVICE_WHEELS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -110,3 +110,19 @@ def run_cli(args, capsys, monkeypatch) -> tuple[int, str, str]:
 def cli(capsys, monkeypatch):
     """cli("train", ...) -> (exit code, stdout, stderr)."""
     return lambda *args: run_cli(args, capsys, monkeypatch)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped without one (tests/test_cuda.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the `cuda` tests where CUDA is absent, unless AUXGEN_CUDA_TESTS_DEVICE=cpu rehearses them on the CPU."""
+    import os
+
+    if torch.cuda.is_available() or os.environ.get("AUXGEN_CUDA_TESTS_DEVICE") == "cpu":
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (AUXGEN_CUDA_TESTS_DEVICE=cpu rehearses on the CPU)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
