@@ -24,7 +24,11 @@ def test_rows_and_table(bench):
     for r in maxl:
         assert 0 <= r["acc"] <= 1 and 0 <= r["frozen"] <= 1 and 0 <= r["sample_frac"] <= 1 and -1 <= r["ari"] <= 1
     text = bench.table(rows) + bench.comparisons(rows)
-    assert "| g2-small | maxl | 2 |" in text and "maxl frozen - single" in text
+    assert "| g2-small | maxl | 2 |" in text and "| g2-small | maxl | frozen |" in text
+    gain, _ = bench.oracle_gain(rows, "g2-small")  # human - single, paired by seed
+    acc = {(r["method"], r["seed"]): r["acc"] for r in rows}
+    assert gain == pytest.approx(sum(acc["human", s] - acc["single", s] for s in (0, 1)) / 2)
+    assert "| g2-small | 2 |" in bench.calibration(rows)
 
 
 def test_nmi_is_within_each_primary_class(bench):
