@@ -47,17 +47,18 @@ from auxgen.label_stats import LabelStats  # noqa: E402
 from auxgen.stats import mean_ci, verdict  # noqa: E402
 from auxgen.trainer import TargetSource, train  # noqa: E402
 
-SHAPES = Path(__file__).resolve().parents[1] / "runs" / "bench-data" / "shapes"  # written once, on first use
+SHAPES = Path(__file__).resolve().parents[1] / "runs" / "bench-data" / "shapes-20"  # written once, on first use
+SHAPES_PER_CLASS = 20  # training images per fine class (120 in all); 50 per class for testing
 # task name -> (options of the task, fraction of the training set, epochs)
 TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
     "g2": ({"primary_groups": 2}, 1.0, 20), "g5": ({"primary_groups": 5}, 1.0, 20),
     "g2-small": ({"primary_groups": 2}, 0.2, 40), "g5-small": ({"primary_groups": 5}, 0.2, 40),
     "g2-10": ({"primary_groups": 2}, 0.1, 80), "g2-5": ({"primary_groups": 2}, 0.05, 80),
     "g5-10": ({"primary_groups": 5}, 0.1, 80),
-    # the harder image task: 32x32 RGB shapes with a colour nuisance (benchmarks/shapes_task.py), 240 training
+    # the image task: 32x32 RGB shapes with a colour nuisance (benchmarks/shapes_task.py), 120 training
     # images, crop-and-flip augmentation for every method
     "shapes": ({"dataset": "imagefolder", "data_root": str(SHAPES / "train"), "test_root": str(SHAPES / "test"),
-                "hierarchy_depth": 2, "image_size": 32, "augment": "on", "flip": True}, 1.0, 60),
+                "hierarchy_depth": 2, "image_size": 32, "augment": "on", "flip": True}, 1.0, 30),
 }
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -83,6 +84,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb-inv": dict(invariance_weight=1.0, pairs="neighbours"),      # pairs: a same-class nearest image
     "nb-cons": dict(consistency_weight=1.0, pairs="neighbours"),
     "nb-cons-nometa": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0),
+    "nb-cons-nometa-colour": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, pair_colour=True),
     "implicit": dict(hypergradient="implicit", meta_split=0.2, meta_every=4, meta_norm="alpha"),
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
@@ -276,7 +278,7 @@ def main() -> None:
     if "shapes" in args.tasks.split(","):
         from shapes_task import make_task
 
-        make_task(SHAPES)
+        make_task(SHAPES, SHAPES_PER_CLASS)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(run_one, *zip(*jobs, strict=True)))
