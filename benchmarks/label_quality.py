@@ -84,6 +84,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb-inv": dict(invariance_weight=1.0, pairs="neighbours"),      # pairs: a same-class nearest image
     "nb-cons": dict(consistency_weight=1.0, pairs="neighbours"),
     "nb-cons-nometa": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0),
+    "nb-cons-nometa-gw8": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, gen_width=8),
+    "nb-cons-nometa-every2": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, meta_every=2),
     "nb-cons-nometa-colour": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, pair_colour=True),
     "implicit": dict(hypergradient="implicit", meta_split=0.2, meta_every=4, meta_norm="alpha"),
 }

@@ -23,7 +23,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _config(method: str) -> TrainConfig:
     return TrainConfig(dataset="digits", primary_groups=2, backbone="cnn", width=4, epochs=2, batch_size=64,
-                       lr=0.05, device="cpu", method=method).validate()
+                       lr=0.05, device="cpu", method=method, meta_weight=1.0).validate()  # MAXL's meta curve
 
 
 @pytest.fixture(scope="session")
