@@ -182,15 +182,16 @@ def split_rows(cfg: TrainConfig, n: int, train_idx: torch.Tensor | None = None) 
     Also the check that the data fits the batch size, so a recipe can run it before it touches
     an earlier run in --out.
     """
-    if cfg.method == "maxl" and cfg.meta_split > 0:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1))
-        n_meta = int(round(n * cfg.meta_split))
-        if n_meta < 2 or n - n_meta < cfg.batch_size:
-            raise AuxgenError(f"--meta-split {cfg.meta_split} leaves {n_meta} meta and {n - n_meta} "
+    rows = torch.arange(n) if train_idx is None else train_idx  # the rows this run may see
+    meta_idx = torch.arange(0)
+    if cfg.method == "maxl" and cfg.meta_split > 0:  # held out from those rows, never from others
+        perm = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed + 1))]
+        n_meta = int(round(len(rows) * cfg.meta_split))
+        if n_meta < 2 or len(rows) - n_meta < cfg.batch_size:
+            raise AuxgenError(f"--meta-split {cfg.meta_split} leaves {n_meta} meta and {len(rows) - n_meta} "
                               f"training samples; need at least 2 and one batch ({cfg.batch_size})")
-        meta_idx, train_idx = perm[:n_meta].sort().values, perm[n_meta:].sort().values
-    else:
-        train_idx, meta_idx = (torch.arange(n) if train_idx is None else train_idx), torch.arange(0)
+        meta_idx, rows = perm[:n_meta].sort().values, perm[n_meta:].sort().values
+    train_idx = rows
     if len(train_idx) < cfg.batch_size:
         raise AuxgenError(f"{len(train_idx)} training samples is fewer than one batch; lower --batch-size")
     return train_idx, meta_idx

@@ -176,3 +176,16 @@ def test_neighbour_pairs_train():
     assert run.neighbours is not None and run.neighbours.shape == (len(run.data.train), cfg.neighbours)
     assert torch.equal(run.train_labels[run.neighbours], run.train_labels[:, None].expand_as(run.neighbours))
     assert math.isfinite(s["final_test_acc"])
+
+
+def test_meta_split_holds_out_rows_of_the_given_subset_only():
+    from auxgen.trainer import split_rows
+
+    cfg = tiny_config(meta_split=0.25, batch_size=4)
+    subset = torch.arange(10, 50, 2)
+    train_rows, meta_rows = split_rows(cfg, 1000, subset)
+    assert len(meta_rows) == 5 and len(train_rows) == 15
+    assert set(train_rows.tolist()) | set(meta_rows.tolist()) == set(subset.tolist())
+    assert not set(train_rows.tolist()) & set(meta_rows.tolist())
+    full_train, full_meta = split_rows(cfg, 40)  # without a subset: all rows, as before
+    assert sorted(full_train.tolist() + full_meta.tolist()) == list(range(40)) and len(full_meta) == 10
