@@ -216,8 +216,10 @@ def _torchvision_backbone(model: str) -> Callable[..., tuple[nn.Module, int]]:
             _load_into(net, _read_state_dict(weights), weights, f"torchvision:{model}")
         elif weights is not None:
             member = _torchvision_weights(model, weights)
-            _load_into(net, _download(lambda: member.get_state_dict(progress=False, check_hash=True),
-                                      f"torchvision's {member}"), weights, f"torchvision:{model}")
+            # the torch hub cache first, else a download into it; read with weights_only like a --weights file
+            state = _download(lambda: member.get_state_dict(progress=False, check_hash=True, weights_only=True),
+                              f"torchvision's {member}")
+            _load_into(net, state, weights, f"torchvision:{model}")
         return net, _strip_last_linear(net, f"torchvision:{model}")
     return build
 
@@ -250,6 +252,8 @@ def _timm() -> Any:
 def _timm_norm(model: str) -> Callable[[str | None], Norm]:
     def norm(weights: str | None) -> Norm:
         cfg = _timm().models.get_pretrained_cfg(model)
+        if cfg is None:  # a model without pretrained weights: ImageNet's statistics
+            return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
         return tuple(cfg.mean), tuple(cfg.std)
     return norm
 

@@ -150,3 +150,29 @@ def test_timm_backbone(tmp_path):
     assert not backbone_entry("timm:vit_tiny_patch16_224").forward_ad
     with pytest.raises(AuxgenError, match="timm has no model"):
         TrainConfig(backbone="timm:nope_net").validate()
+
+
+def test_named_weights_come_from_the_hub_read_weights_only(monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    calls = []
+    state = torchvision.models.resnet18().state_dict()
+
+    def hub(url, *args, **kwargs):
+        calls.append(kwargs)
+        return state
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", hub)
+    f = MultiTaskNet(TV, 3, 2, 4, weights="IMAGENET1K_V1")
+    assert torch.equal(f.backbone.conv1.weight, state["conv1.weight"])
+    assert calls[0]["weights_only"] is True and calls[0]["check_hash"] is True
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", offline)
+    with pytest.raises(AuxgenError, match=r"cannot get the weights .*offline, put them in the torch hub cache") as e:
+        MultiTaskNet(TV, 3, 2, 4, weights="DEFAULT")
+    assert "\n" not in str(e.value)
