@@ -615,20 +615,23 @@ def _classes(values: list[Any], kind: str, what: str) -> tuple[list[int], list[s
         if values and min(values) < 0:
             raise AuxgenError(f"{kind}: {what} {min(values)} is negative; integer labels are 0..C-1")
         return list(values), [str(c) for c in range(max(values, default=-1) + 1)]
-    texts = [str(v).strip() for v in values]
-    if any(not t or v is None for t, v in zip(texts, values, strict=True)):
-        raise AuxgenError(f"{kind}: an empty {what} (row {next(i for i, t in enumerate(texts) if not t) + 1})")
+    texts = [_label_text(v, kind, what, i) for i, v in enumerate(values)]
     numeric = all(t.isdigit() for t in texts)
     names = sorted(set(texts), key=(lambda t: int(t)) if numeric else None)
     index = {n: i for i, n in enumerate(names)}
     return [index[t] for t in texts], names
 
 
+def _label_text(value: Any, kind: str, what: str, row: int) -> str:
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise AuxgenError(f"{kind}: row {row + 1} has an empty {what}")
+    return text
+
+
 def _with_tree(labels: list[int], fines: list[Any], names: list[str], kind: str) -> tuple[torch.Tensor, Tree]:
     """Fine labels named inside each primary class -> global fine indices, numbered in (class, fine) order."""
-    texts = [str(f).strip() for f in fines]
-    if any(not t or f is None for t, f in zip(texts, fines, strict=True)):
-        raise AuxgenError(f"{kind}: an empty fine label (row {next(i for i, t in enumerate(texts) if not t) + 1})")
+    texts = [_label_text(f, kind, "fine label", i) for i, f in enumerate(fines)]
     pairs = sorted(set(zip(labels, texts, strict=True)))
     index = {pair: n for n, pair in enumerate(pairs)}
     fine = torch.tensor([index[pair] for pair in zip(labels, texts, strict=True)], dtype=torch.long)
@@ -681,12 +684,12 @@ def _csv(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, 
         if problem:
             raise AuxgenError(f"csv: {path} row {i + 1}: {target} {problem}")
         files.append(target)
-    labels, names = _classes([r[1] for r in rows], "csv", "label")
-    images = _decode_images([(f, str(f)) for f in files], cfg.image_size, "csv")
     keys = [r[0].strip() for r in rows]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise AuxgenError(f"csv: {path} lists {dup} twice; every image once")
+    labels, names = _classes([r[1] for r in rows], "csv", "label")
+    images = _decode_images([(f, str(f)) for f in files], cfg.image_size, "csv")
     return _labelled(images, labels, names, keys, [r[2] for r in rows] if width == 3 else None, "csv", str(path))
 
 

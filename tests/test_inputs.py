@@ -136,3 +136,16 @@ def test_hf_save_to_disk_folder(tmp_path):
     ds.save_to_disk(str(tmp_path / "saved"))
     data = load_data(tiny_config(dataset="hf", data_root=str(tmp_path / "saved"), image_size=8))
     assert len(data.train) + len(data.test) == 10
+
+
+def test_empty_labels_name_their_row(tmp_path):
+    listed = write_csv(tmp_path / "d", fine=True)
+    listed.write_text(listed.read_text().replace("img/dog1.png,dog,dog-1", "img/dog1.png,dog, "))
+    with pytest.raises(AuxgenError, match="csv: row 6 has an empty fine label"):
+        load_data(tiny_config(dataset="csv", data_root=str(listed), image_size=8))
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(3)
+    pq.write_table(pa.table({"image": [_png(rng) for _ in range(6)], "label": ["a", "b", None, "a", "b", "a"]}),
+                   tmp_path / "n.parquet")
+    with pytest.raises(AuxgenError, match="hf: row 3 has an empty label"):
+        load_data(tiny_config(dataset="hf", data_root=str(tmp_path / "n.parquet"), image_size=8))
