@@ -609,12 +609,16 @@ def _seeded_split(full: Split, few: str) -> tuple[Split, Split]:
 Tree = tuple[list[int], list[str]]  # a label tree: the primary class of each fine class, and the fine names
 
 
-def _classes(values: list[Any], kind: str, what: str) -> tuple[list[int], list[str]]:
-    """Labels as read (names, or integers 0..C-1) -> class indices and class names (sorted; numbers by value)."""
+def _classes(values: list[Any], kind: str, what: str, known: list[str] | None = None) -> tuple[list[int], list[str]]:
+    """Labels as read (names, or integers 0..C-1) -> class indices and class names (sorted; numbers by value).
+
+    `known`: the names of integer labels where the data records them (a Hugging Face ClassLabel)."""
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if values and min(values) < 0:
             raise AuxgenError(f"{kind}: {what} {min(values)} is negative; integer labels are 0..C-1")
-        return list(values), [str(c) for c in range(max(values, default=-1) + 1)]
+        if known and values and max(values) >= len(known):
+            raise AuxgenError(f"{kind}: {what} {max(values)} is beyond the {len(known)} class names the data records")
+        return list(values), list(known) if known else [str(c) for c in range(max(values, default=-1) + 1)]
     texts = [_label_text(v, kind, what, i) for i, v in enumerate(values)]
     numeric = all(t.isdigit() for t in texts)
     names = sorted(set(texts), key=(lambda t: int(t)) if numeric else None)
@@ -693,6 +697,18 @@ def _csv(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, 
     return _labelled(images, labels, names, keys, [r[2] for r in rows] if width == 3 else None, "csv", str(path))
 
 
+def _parquet_class_names(table: Any, column: str) -> list[str] | None:
+    """The ClassLabel names Hugging Face records in a Parquet file's schema metadata, if any."""
+    import json
+
+    try:
+        info = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}"))
+        names = info["info"]["features"][column]["names"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
 def _hf(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, list[str], Tree]:
     """A Hugging Face dataset: a Parquet file (read with pyarrow), or a folder saved by `save_to_disk` (needs
     the datasets package). Images are encoded bytes (or {bytes, path} structs); labels integers or names."""
@@ -711,6 +727,8 @@ def _hf(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, l
             if "train" not in ds:
                 raise AuxgenError(f"hf: {path} has splits {', '.join(ds)} but no train split")
             ds = ds["train"]
+        feature = ds.features.get(cfg.label_column)
+        known = list(feature.names) if isinstance(getattr(feature, "names", None), list) else None
         table = ds.flatten_indices().data.table
     else:
         from auxgen.paths import check_regular_file
@@ -724,6 +742,7 @@ def _hf(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, l
             table = pq.read_table(path)
         except Exception as e:  # ArrowInvalid: not Parquet, truncated
             raise AuxgenError(f"hf: {path} is not a Parquet file ({one_line(e, 120)})") from None
+        known = _parquet_class_names(table, cfg.label_column)
     columns = [cfg.image_column, cfg.label_column] + ([cfg.fine_column] if cfg.fine_column else [])
     missing = [c for c in columns if c not in table.column_names]
     if missing:
@@ -737,7 +756,7 @@ def _hf(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, l
             raise AuxgenError(f"hf: {path} row {i + 1}: column {cfg.image_column!r} holds no encoded image bytes "
                               f"({type(b).__name__}); a path-only image is not read")
         raw.append((b, f"row {i + 1} of {path}"))
-    labels, names = _classes(table.column(cfg.label_column).to_pylist(), "hf", "label")
+    labels, names = _classes(table.column(cfg.label_column).to_pylist(), "hf", "label", known)
     images = _decode_images(raw, cfg.image_size, "hf")
     fines = table.column(cfg.fine_column).to_pylist() if cfg.fine_column else None
     keys = [f"row/{i:06d}" for i in range(len(raw))]

@@ -132,10 +132,13 @@ def test_hf_save_to_disk_folder(tmp_path):
     rng = np.random.default_rng(2)
     ds = datasets.Dataset.from_dict({"image": [{"bytes": _png(rng), "path": None} for _ in range(10)],
                                      "label": [i % 2 for i in range(10)]})
-    ds = ds.cast_column("image", datasets.Image())
-    ds.save_to_disk(str(tmp_path / "saved"))
+    ds = ds.cast_column("image", datasets.Image()).cast_column("label", datasets.ClassLabel(names=["ant", "bee"]))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "saved"))
     data = load_data(tiny_config(dataset="hf", data_root=str(tmp_path / "saved"), image_size=8))
-    assert len(data.train) + len(data.test) == 10
+    assert len(data.train) + len(data.test) == 10 and data.class_names == ["ant", "bee"]
+    ds.to_parquet(str(tmp_path / "d.parquet"))  # Hugging Face's Parquet records the names too
+    data = load_data(tiny_config(dataset="hf", data_root=str(tmp_path / "d.parquet"), image_size=8))
+    assert data.class_names == ["ant", "bee"]
 
 
 def test_empty_labels_name_their_row(tmp_path):
