@@ -176,3 +176,10 @@ def test_named_weights_come_from_the_hub_read_weights_only(monkeypatch):
     with pytest.raises(AuxgenError, match=r"cannot get the weights .*offline, put them in the torch hub cache") as e:
         MultiTaskNet(TV, 3, 2, 4, weights="DEFAULT")
     assert "\n" not in str(e.value)
+
+
+def test_a_weights_file_is_saved_as_an_absolute_path(tmp_path, monkeypatch, tv_weights):
+    monkeypatch.chdir(tv_weights[0].parent)
+    cfg = resolve_config(None, {"backbone": TV, "weights": tv_weights[0].name})
+    assert cfg.weights == str(tv_weights[0].resolve())
+    assert resolve_config(None, {"backbone": TV, "weights": "DEFAULT"}).weights == "DEFAULT"
