@@ -74,7 +74,7 @@ def test_bad_weights_files_are_one_line(tmp_path, content, message):
         class Evil:
             def __reduce__(self):
                 return (print, ("ran",))
-        path.write_bytes(pickle.dumps({"x": Evil()}))
+        path.write_bytes(pickle.dumps({"x": Evil()}, protocol=2))
     else:
         path.write_bytes(content)
     with pytest.raises(AuxgenError, match=message) as e:
