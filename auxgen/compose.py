@@ -15,7 +15,7 @@ from auxgen.data import DATASETS, Data, DataSpec
 from auxgen.data import load_data as load_spec
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, cifar100_human, human_hierarchy, parse_psi
-from auxgen.models import LabelGenerator, MultiTaskNet
+from auxgen.models import LabelGenerator, MultiTaskNet, backbone_norm
 
 
 def data_spec(cfg: TrainConfig) -> DataSpec:
@@ -56,9 +56,16 @@ def _human_sources() -> str:
     return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])}, or {ways[-1]}"
 
 
-def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy) -> tuple[MultiTaskNet, LabelGenerator | None]:
-    """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images."""
-    model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width)
-    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width)
+def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy,
+                 load_weights: bool = True) -> tuple[MultiTaskNet, LabelGenerator | None]:
+    """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images.
+
+    A pretrained backbone starts both networks from --weights; load_weights=False builds them without
+    (a checkpoint is loaded into them next) but with the normalisation those weights want.
+    """
+    weights = cfg.weights if load_weights else None
+    norm = backbone_norm(cfg.backbone, cfg.weights)
+    model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width, weights, norm)
+    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width, weights, norm)
            if cfg.method == "maxl" else None)
     return model, gen

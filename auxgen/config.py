@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import stat
+import sys
 import types
 import typing
 from collections.abc import Collection
@@ -22,7 +23,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
 from auxgen.data import DATASETS
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import psi_spec_values
-from auxgen.models import BACKBONES
+from auxgen.models import BACKBONES, backbone_entry, is_weights_file
 from auxgen.runtime import PRECISIONS
 
 METHODS = ("maxl", "single", "random", "human", "kmeans")
@@ -65,12 +66,12 @@ class TrainConfig:
 
     preset: str | None = _f(None, "Start from a named set of options: paper (the authors' public code), paper-text (the ICLR text); the file and flags override it.", PRESETS)
     dataset: str = _f("digits", f"Dataset: {', '.join(DATASETS)}.", DATASETS)
-    data_root: str = _f("data", "Folder holding the dataset (the ImageFolder tree for imagefolder).")
+    data_root: str = _f("data", "Folder holding the dataset (the ImageFolder tree for imagefolder; for csv the list file, rows PATH,LABEL[,FINE] with paths relative to its folder; for hf a .parquet file or a save_to_disk folder).")
     test_root: str | None = _f(None, "ImageFolder test tree; without it a seeded 20% split of data-root is the test set.")
     download: bool = _f(False, f"Let torchvision download {_DOWNLOADABLE} into data-root.")
     primary_level: int = _f(20, "CIFAR-100 primary task: 3, 10 or 20 classes of the four-level hierarchy.")
     aux_level: int = _f(100, "CIFAR-100 human auxiliary labels for --method human: 10, 20 or 100 classes.")
-    image_size: int = _f(32, "ImageFolder images are resized to this square size.")
+    image_size: int = _f(32, "ImageFolder, csv and hf images are resized to this square size; with a pretrained backbone (torchvision:NAME, timm:NAME) and not given, the size its weights want (224 mostly).")
     primary_groups: int | None = _f(None, "digits only: primary task = 2 groups (0-4, 5-9) or 5 groups (0-1, ..., 8-9) of digits; the digit is the human auxiliary label.")
     hierarchy_depth: int = _f(1, "imagefolder: 1 (ROOT/CLASS/IMG) or 2 (ROOT/COARSE/FINE/IMG: coarse = primary, fine = human auxiliary labels, psi from the tree).")
     psi: str | None = _f(None, "Auxiliary classes per primary class: '5' (uniform) or '2,3,4' (one per class); at most 1000 per class and 10000 in all. Default 5.")
@@ -78,6 +79,10 @@ class TrainConfig:
     method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (the data's finer labels: CIFAR-100, digit groups, two-level ImageFolder), kmeans (k-means clusters of single-task features inside each primary class).", METHODS)
     features_from: str | None = _f(None, "--method kmeans: a finished single-task (or any) run whose network gives the features; without it a single-task network is trained first, in the same run, for the same epochs.")
     backbone: str = _f("vgg16", f"Backbone of both networks: {', '.join(f'{n} ({b.about})' for n, b in BACKBONES.items())}.", BACKBONES)
+    weights: str | None = _f(None, "Pretrained backbones (torchvision:NAME, timm:NAME): the weights both networks start from: a torchvision weights name (DEFAULT, IMAGENET1K_V1, ...; timm: DEFAULT), fetched once into the torch hub cache (TORCH_HOME) or found there offline, or a local state_dict file of the same architecture (torch.save; read with weights_only). Default: random initialisation.")
+    image_column: str = _f("image", "--dataset hf: the column holding the images (encoded bytes, or {bytes, path} structs as Hugging Face writes them).")
+    label_column: str = _f("label", "--dataset hf: the column of primary labels (integers or names).")
+    fine_column: str | None = _f(None, "--dataset hf: a column of fine labels inside each primary class: the two-level hierarchy (fine = human auxiliary labels, psi from the data), as --hierarchy-depth 2 for imagefolder.")
     width: int | None = _f(None, f"Backbone base width ({', '.join(f'{n} {b.default_width}' for n, b in BACKBONES.items())} by default).")
     gen_width: int | None = _f(None, "Label generator's backbone width if it should differ (a narrower generator makes iterations cheaper).")
     epochs: int = _f(30, "Training epochs (the paper: 200); the learning-rate schedule stretches to fit them.")
@@ -124,12 +129,19 @@ class TrainConfig:
         for name, value in check_types(self.__dict__, "config").items():
             setattr(self, name, value)  # ints given for float options become floats
         _check_numbers(self)
+        if isinstance(self.backbone, str) and ":" in self.backbone:
+            backbone_entry(self.backbone)  # a torchvision:/timm: name: why it is unknown, in one line
         _check_choices(self)
         if self.meta_order not in (1, 2):
             raise AuxgenError(f"--meta-order must be 1 or 2, got {self.meta_order}")
-        if self.method == "maxl" and self.meta_order == 2 and not BACKBONES[self.backbone].forward_ad:
+        entry = backbone_entry(self.backbone)
+        if self.method == "maxl" and self.meta_order == 2 and not entry.forward_ad:
             raise AuxgenError(f"--backbone {self.backbone} has layers without a forward-mode AD rule, which the exact "
                               f"meta-gradient (--meta-order 2) needs; use --meta-order 1")
+        if self.weights is not None and not entry.pretrained:
+            raise AuxgenError(f"--weights is for pretrained backbones (torchvision:NAME, timm:NAME), not {self.backbone}")
+        if entry.pretrained and (self.width is not None or self.gen_width is not None):
+            raise AuxgenError(f"--backbone {self.backbone} has the width of its weights; drop --width/--gen-width")
         if not 0.0 <= self.meta_split < 1.0:
             raise AuxgenError(f"--meta-split must be in [0, 1), got {self.meta_split}")
         for name in ("width", "gen_width"):
@@ -151,6 +163,9 @@ class TrainConfig:
             raise AuxgenError("--batch-size must be at least 2 (batch norm needs two samples)")
         if self.primary_groups is not None and (self.dataset != "digits" or self.primary_groups not in (2, 5)):
             raise AuxgenError("--primary-groups takes 2 or 5 and needs --dataset digits")
+        if self.fine_column is not None and self.dataset != "hf":
+            raise AuxgenError("--fine-column is for --dataset hf (csv lists take a third column, imagefolder "
+                              "--hierarchy-depth 2)")
         if self.hierarchy_depth not in (1, 2) or (self.hierarchy_depth == 2 and self.dataset != "imagefolder"):
             raise AuxgenError("--hierarchy-depth takes 1 or 2; depth 2 needs --dataset imagefolder")
         return self
@@ -310,6 +325,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+def _follow_backbone(data: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """Options a pretrained backbone decides when they were not given: the image size its weights want,
+    and the first-order meta-gradient where its layers have no forward-mode AD rule (with a notice).
+    A preset's meta_order counts as not given; --meta-order 2 given refuses in validate."""
+    backbone = data.get("backbone", TrainConfig.backbone)
+    if not isinstance(backbone, str) or ":" not in backbone:
+        return data
+    entry = backbone_entry(backbone)
+    data = dict(data)
+    if "image_size" not in given and entry.input_size:
+        data["image_size"] = entry.input_size
+    if (data.get("method", TrainConfig.method) == "maxl" and "meta_order" not in given
+            and data.get("meta_order", TrainConfig.meta_order) == 2 and not entry.forward_ad):
+        data["meta_order"] = 1
+        print(f"note: --backbone {backbone} has layers without a forward-mode AD rule; training with the "
+              f"first-order meta-gradient (--meta-order 1)", file=sys.stderr)
+    return data
+
+
 def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults, then the file, then the command-line options that were given (not None)."""
     data = load_config_file(file) if file else {}
@@ -321,9 +355,13 @@ def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainC
         file_data = load_config_file(file) if file else {}
         given = {**file_data, **{k: v for k, v in overrides.items() if v is not None}}
         data = {**PRESETS[preset], **given}
+    data = _follow_backbone(data, given=set(load_config_file(file) if file else {}) |
+                            {k for k, v in overrides.items() if v is not None})
     cfg = TrainConfig.from_dict(data, where=str(file or "options")).validate()
     # saved runs must find their data and psi file from any working directory
     for name in ("data_root", "test_root", "psi_file"):
         if getattr(cfg, name):
             setattr(cfg, name, str(Path(getattr(cfg, name)).expanduser().resolve()))
+    if cfg.weights is not None and is_weights_file(cfg.weights):
+        cfg.weights = str(Path(cfg.weights).expanduser().resolve())
     return cfg

@@ -23,7 +23,7 @@ import torch
 
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import cifar100_fine_to, cifar100_names
-from auxgen.paths import one_line
+from auxgen.paths import one_line, regular_file_problem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DIGITS_TEST_FRACTION = 0.2
@@ -171,6 +171,9 @@ class DataSpec:
     test_root: str | None
     download: bool
     image_size: int
+    image_column: str
+    label_column: str
+    fine_column: str | None
     primary_level: int
     augment: str
     flip: bool
@@ -184,7 +187,7 @@ def load_data(spec: DataSpec) -> Data:
         raise AuxgenError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
     entry = DATASETS[spec.dataset]
     try:
-        train, test, names = entry.load(spec)
+        train, test, names, *tree = entry.load(spec)
     except OSError as e:  # permissions, a vanished mount, I/O errors: the file system's answer, one line
         where = e.filename or spec.data_root
         raise AuxgenError(f"{spec.dataset}: cannot read {where} ({e.strerror or type(e).__name__})") from None
@@ -195,6 +198,8 @@ def load_data(spec: DataSpec) -> Data:
         data = _digit_groups(data, spec.primary_groups)
     elif spec.dataset == "imagefolder" and spec.hierarchy_depth == 2:
         data = _two_level(data)
+    elif tree:  # the loader read fine labels (csv's third column, hf's --fine-column)
+        data.fine_parent, data.fine_names = tree[0]
     return data
 
 
@@ -546,20 +551,28 @@ def _to_rgb(img: Any) -> Any:
     return img.convert("RGB")
 
 
-def _load_images(root: Path, items: list[tuple[str, int]], size: int) -> torch.Tensor:
+def _load_images(root: Path, items: list[tuple[str, int]], size: int, kind: str = "imagefolder") -> torch.Tensor:
+    return _decode_images([(root / rel, str(root / rel)) for rel, _ in items], size, kind)
+
+
+def _decode_images(sources: list[tuple[Path | bytes, str]], size: int, kind: str) -> torch.Tensor:
+    """Decode image files or encoded bytes (each with the name an error gives it) into uint8 [N, 3, size, size].
+
+    Every input decodes here, through PIL: no image a data set holds can run code, and all look alike.
+    """
     from PIL import Image, ImageOps
 
-    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
-    for i, (rel, _) in enumerate(items):
+    out = np.empty((len(sources), size, size, 3), dtype=np.uint8)
+    for i, (src, name) in enumerate(sources):
         try:
-            with Image.open(root / rel) as img:
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
                 # resize the short side and centre-crop, keeping the aspect ratio
                 out[i] = np.asarray(ImageOps.fit(_to_rgb(img), (size, size), Image.BILINEAR))
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             # OSError: not an image, truncated, unreadable; ValueError: a mode PIL cannot convert to RGB
-            empty = (root / rel).is_file() and (root / rel).stat().st_size == 0
+            empty = len(src) == 0 if isinstance(src, bytes) else src.is_file() and src.stat().st_size == 0
             reason = "the file is empty (0 bytes)" if empty else one_line(e, 10_000, whole=True)
-            raise AuxgenError(f"imagefolder: cannot read image {root / rel}: {reason}") from None
+            raise AuxgenError(f"{kind}: cannot read image {name}: {reason}") from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
@@ -581,11 +594,173 @@ def _imagefolder(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
             raise AuxgenError(f"imagefolder: class folders of {test_root} differ from those of {root}")
         return split_of(root, items), split_of(test_root, test_items), classes
     full = split_of(root, items)
+    return (*_seeded_split(full, f"imagefolder: only {len(full)} images under {root}"), classes)
+
+
+def _seeded_split(full: Split, few: str) -> tuple[Split, Split]:
+    """A seeded 20% test split (the same whatever the run's --seed); `few` starts the message for under 5 images."""
     if len(full) < 5:
-        raise AuxgenError(f"imagefolder: only {len(full)} images under {root}; need at least 5 to split")
+        raise AuxgenError(f"{few}; need at least 5 to split")
     perm = torch.randperm(len(full), generator=torch.Generator().manual_seed(SPLIT_SEED))
     n_test = max(1, int(round(len(full) * 0.2)))
-    return full.subset(perm[n_test:].sort().values), full.subset(perm[:n_test].sort().values), classes
+    return full.subset(perm[n_test:].sort().values), full.subset(perm[:n_test].sort().values)
+
+
+Tree = tuple[list[int], list[str]]  # a label tree: the primary class of each fine class, and the fine names
+
+
+def _classes(values: list[Any], kind: str, what: str, known: list[str] | None = None) -> tuple[list[int], list[str]]:
+    """Labels as read (names, or integers 0..C-1) -> class indices and class names (sorted; numbers by value).
+
+    `known`: the names of integer labels where the data records them (a Hugging Face ClassLabel)."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if values and min(values) < 0:
+            raise AuxgenError(f"{kind}: {what} {min(values)} is negative; integer labels are 0..C-1")
+        if known and values and max(values) >= len(known):
+            raise AuxgenError(f"{kind}: {what} {max(values)} is beyond the {len(known)} class names the data records")
+        return list(values), list(known) if known else [str(c) for c in range(max(values, default=-1) + 1)]
+    texts = [_label_text(v, kind, what, i) for i, v in enumerate(values)]
+    numeric = all(t.isdigit() for t in texts)
+    names = sorted(set(texts), key=(lambda t: int(t)) if numeric else None)
+    index = {n: i for i, n in enumerate(names)}
+    return [index[t] for t in texts], names
+
+
+def _label_text(value: Any, kind: str, what: str, row: int) -> str:
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise AuxgenError(f"{kind}: row {row + 1} has an empty {what}")
+    return text
+
+
+def _with_tree(labels: list[int], fines: list[Any], names: list[str], kind: str) -> tuple[torch.Tensor, Tree]:
+    """Fine labels named inside each primary class -> global fine indices, numbered in (class, fine) order."""
+    texts = [_label_text(f, kind, "fine label", i) for i, f in enumerate(fines)]
+    pairs = sorted(set(zip(labels, texts, strict=True)))
+    index = {pair: n for n, pair in enumerate(pairs)}
+    fine = torch.tensor([index[pair] for pair in zip(labels, texts, strict=True)], dtype=torch.long)
+    return fine, ([c for c, _ in pairs], [f"{names[c]}/{f}" for c, f in pairs])
+
+
+def _labelled(images: torch.Tensor, labels: list[int], names: list[str], keys: list[str], fines: list[Any] | None,
+              kind: str, where: str) -> tuple[Split, Split, list[str]] | tuple[Split, Split, list[str], Tree]:
+    if len(names) < 2:
+        raise AuxgenError(f"{kind}: {where} has one class ({names[0] if names else 'none'}); a primary task needs "
+                          f"at least 2")
+    full = Split(images, torch.tensor(labels, dtype=torch.long), keys)
+    tree = None
+    if fines is not None:
+        full.fine, tree = _with_tree(labels, fines, names, kind)
+    train, test = _seeded_split(full, f"{kind}: only {len(full)} images in {where}")
+    return (train, test, names) if tree is None else (train, test, names, tree)
+
+
+def _csv(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, list[str], Tree]:
+    """A CSV list of PATH,LABEL[,FINE] rows (a first row `path,label[,fine]` is a header); paths are relative to
+    the CSV's folder and must stay inside it. FINE (a name inside its class) gives the two-level hierarchy."""
+    import csv
+
+    from auxgen.paths import check_regular_file, confined
+
+    path = Path(cfg.data_root).expanduser()
+    check_regular_file(path, "csv: --data-root")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise AuxgenError(f"csv: {path} is not UTF-8 text") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise AuxgenError(f"csv: {path} lists no images; expected rows PATH,LABEL[,FINE]")
+    width = len(rows[0])
+    bad = next((i for i, r in enumerate(rows) if len(r) != width or width not in (2, 3)), None)
+    if bad is not None:
+        raise AuxgenError(f"csv: {path} row {bad + 1} has {len(rows[bad])} fields; every row is PATH,LABEL or "
+                          f"PATH,LABEL,FINE (all alike)")
+    base = path.parent
+    files = []
+    for i, r in enumerate(rows):
+        target = confined(base, r[0].strip())
+        if target is None:
+            raise AuxgenError(f"csv: {path} row {i + 1}: {r[0]!r} is not a relative path inside {base}")
+        problem = regular_file_problem(target)
+        if problem:
+            raise AuxgenError(f"csv: {path} row {i + 1}: {target} {problem}")
+        files.append(target)
+    keys = [r[0].strip() for r in rows]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise AuxgenError(f"csv: {path} lists {dup} twice; every image once")
+    labels, names = _classes([r[1] for r in rows], "csv", "label")
+    images = _decode_images([(f, str(f)) for f in files], cfg.image_size, "csv")
+    return _labelled(images, labels, names, keys, [r[2] for r in rows] if width == 3 else None, "csv", str(path))
+
+
+def _parquet_class_names(table: Any, column: str) -> list[str] | None:
+    """The ClassLabel names Hugging Face records in a Parquet file's schema metadata, if any."""
+    import json
+
+    try:
+        info = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}"))
+        names = info["info"]["features"][column]["names"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def _hf(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, list[str], Tree]:
+    """A Hugging Face dataset: a Parquet file (read with pyarrow), or a folder saved by `save_to_disk` (needs
+    the datasets package). Images are encoded bytes (or {bytes, path} structs); labels integers or names."""
+    path = Path(cfg.data_root).expanduser()
+    if path.is_dir():
+        try:
+            import datasets
+        except ImportError:
+            raise AuxgenError(f"hf: {path} is a folder; reading a save_to_disk folder needs the datasets package "
+                              f"(pip install datasets), or give a .parquet file") from None
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise AuxgenError(f"hf: {path} is not a dataset saved with save_to_disk ({one_line(e, 120)})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise AuxgenError(f"hf: {path} has splits {', '.join(ds)} but no train split")
+            ds = ds["train"]
+        feature = ds.features.get(cfg.label_column)
+        known = list(feature.names) if isinstance(getattr(feature, "names", None), list) else None
+        table = ds.flatten_indices().data.table
+    else:
+        from auxgen.paths import check_regular_file
+
+        check_regular_file(path, "hf: --data-root")
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise AuxgenError("hf: reading Parquet needs the pyarrow package (pip install pyarrow)") from None
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # ArrowInvalid: not Parquet, truncated
+            raise AuxgenError(f"hf: {path} is not a Parquet file ({one_line(e, 120)})") from None
+        known = _parquet_class_names(table, cfg.label_column)
+    columns = [cfg.image_column, cfg.label_column] + ([cfg.fine_column] if cfg.fine_column else [])
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise AuxgenError(f"hf: {path} has no column {missing[0]!r} (it has {', '.join(table.column_names)}); "
+                          f"name the columns with --image-column, --label-column, --fine-column")
+    cells = table.column(cfg.image_column).to_pylist()
+    raw = []
+    for i, c in enumerate(cells):
+        b = c.get("bytes") if isinstance(c, dict) else c
+        if not isinstance(b, bytes):
+            raise AuxgenError(f"hf: {path} row {i + 1}: column {cfg.image_column!r} holds no encoded image bytes "
+                              f"({type(b).__name__}); a path-only image is not read")
+        raw.append((b, f"row {i + 1} of {path}"))
+    labels, names = _classes(table.column(cfg.label_column).to_pylist(), "hf", "label", known)
+    images = _decode_images(raw, cfg.image_size, "hf")
+    fines = table.column(cfg.fine_column).to_pylist() if cfg.fine_column else None
+    keys = [f"row/{i:06d}" for i in range(len(raw))]
+    return _labelled(images, labels, names, keys, fines, "hf", str(path))
 
 
 # ------------------------------------------------------------------------------ the registry
@@ -593,7 +768,8 @@ def _imagefolder(cfg: DataSpec) -> tuple[Split, Split, list[str]]:
 class DatasetEntry:
     """A dataset of the registry: its loader and the facts the rest of auxgen asks about it."""
 
-    load: Callable[[DataSpec], tuple[Split, Split, list[str]]]  # -> train, test, class names
+    # -> train, test, class names[, (primary class of each fine class, fine names)] where it reads fine labels
+    load: Callable[[DataSpec], tuple[Any, ...]]
     channels: int  # of the stored images
     auto_augment: bool  # --augment auto crops and flips it (32x32 RGB sets and ImageFolder)
     downloads: bool  # torchvision can fetch it (--download)
@@ -612,4 +788,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "svhn": DatasetEntry(_svhn, channels=3, auto_augment=True, downloads=True),
     "imagefolder": DatasetEntry(_imagefolder, channels=3, auto_augment=True, downloads=False,
                                 human="an imagefolder with --hierarchy-depth 2"),
+    "csv": DatasetEntry(_csv, channels=3, auto_augment=True, downloads=False,
+                        human="a csv list with a third (fine label) column"),
+    "hf": DatasetEntry(_hf, channels=3, auto_augment=True, downloads=False, human="--dataset hf with --fine-column"),
 }

@@ -104,7 +104,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None =
     dev = pick_device(cfg.device)
 
     try:
-        model, gen = build_models(cfg, meta["data"]["image_shape"][0], hier)
+        # the checkpoint holds the weights: a pretrained backbone is not fetched again
+        model, gen = build_models(cfg, meta["data"]["image_shape"][0], hier, load_weights=False)
         model.load_state_dict(state["model"])
         if gen is not None:
             gen.load_state_dict(state["generator"])
