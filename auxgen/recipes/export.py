@@ -17,7 +17,8 @@ def export_command(
     fmt: str = typer.Option("hdf5", "--format", "-f", help="Output format: hdf5 (one file) or wds (tar shards)."),
     out: Path = typer.Option(None, "--out", "-o", help="HDF5 file, or folder of shards for --format wds.",
                              show_default=False),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint to use: best, last or a .pt file."),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="Checkpoint to use: last (the final epoch), best "
+                                    "(the epoch with the best test accuracy: selected on the test set) or a .pt file."),
     split: str = typer.Option("all", "--split", help="Splits to export: train, test or all."),
     dtype: str = typer.Option("float32", "--dtype", help="Storage type of the soft labels: float32 or float16."),
     views: int = typer.Option(0, "--views", help="Labels for N seeded augmented views per image (0: the images)."),
