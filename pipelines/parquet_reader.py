@@ -26,10 +26,10 @@ import numpy as np
 
 if __package__:
     from . import _common
-    from .numpy_reader import LabelFile, fit_softmax
+    from .numpy_reader import LabelFile, describe
 else:  # run as a script: python pipelines/parquet_reader.py
     import _common
-    from numpy_reader import LabelFile, fit_softmax
+    from numpy_reader import LabelFile, describe
 
 METADATA_KEY = b"auxgen"
 COLUMNS = ("key", "index", "primary", "aux_soft", "aux_hard", "entropy")
@@ -114,15 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=128)
     args = ap.parse_args(argv)
-    labels = LabelTable(args.labels)
-    info = {"psi": labels.psi, "num_primary": labels.num_primary, "num_aux": labels.num_aux,
-            "views": int(labels.attrs.get("views", 0)), "dtype": str(labels.attrs.get("dtype")),
-            "splits": {k: len(v["index"]) for k, v in labels.splits.items()}}
-    print(json.dumps(info))
-    if args.images:
-        losses = fit_softmax(labels, np.load(args.images), args.steps, batch_size=args.batch_size)
-        print(f"numpy softmax model: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
-
+    describe(LabelTable(args.labels), args)
 
 if __name__ == "__main__":
     _common.run_main(main)
