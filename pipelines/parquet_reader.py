@@ -50,7 +50,7 @@ def _column(col: Any, where: str) -> Any:
         arr = arr.flatten()
     if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)) or arr.null_count:
         raise _common.ExportError(f"{where} is of type {col.type}, not numbers in fixed-size lists")
-    return arr.to_numpy(zero_copy_only=False).reshape(shape)
+    return arr.to_numpy(zero_copy_only=False, writable=True).reshape(shape)
 
 
 def read_table(folder: str | Path, split: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -362,4 +362,4 @@ def _column(col: Any, name: str) -> Any:
         shape.append(int(size))
     if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
         raise ValueError(f"column {name} holds {arr.type} values, not numbers")
-    return arr.to_numpy(zero_copy_only=False).reshape(shape)
+    return arr.to_numpy(zero_copy_only=False, writable=True).reshape(shape)
