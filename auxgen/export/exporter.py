@@ -28,6 +28,7 @@ import auxgen.export.state as state
 from auxgen import distributed
 from auxgen.data import Data
 from auxgen.errors import AuxgenError
+from auxgen.export.baseline import baseline_batches, check_exportable
 from auxgen.export.format import EXPORT_FILE_MODE, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME, wds_key
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path, save_generator
 from auxgen.export.hdf5 import Hdf5Sink
@@ -93,8 +94,8 @@ def export_labels(run_dir: str | Path, out: str | Path, fmt: str | None = None, 
     sources = _split_sources(run, data, opts)
     t0 = time.perf_counter()
     try:
-        batches = local_batches(run.generator, data, run.device, opts.batch_size,  # type: ignore[arg-type]
-                                int(run.meta["data"]["pad"]))
+        batches = (baseline_batches(run, data, opts.splits, opts.batch_size) if run.generator is None else
+                   local_batches(run.generator, data, run.device, opts.batch_size, int(run.meta["data"]["pad"])))
         if multi:
             batches = ranks.gather(dist, batches, sources, opts.views, run.hier.num_aux, opts.batch_size)
         job = _Job(dist, multi, run, data, out, opts, info, sources, batches, show and dist.is_main)
@@ -186,9 +187,7 @@ def _load(run_dir: str | Path, opts: ExportOptions) -> LoadedRun:
     if fingerprint not in (None, run.meta["data"].get("fingerprint")):
         raise AuxgenError(f"checkpoint {opts.checkpoint} was trained on different data ({run.state.get('dataset')}) "
                           f"than {run_dir} ({run.meta['data'].get('name')}); use a checkpoint of this run")
-    if run.generator is None:
-        raise AuxgenError(f"{run_dir} was trained with --method {run.cfg.method}, which has no label generator; "
-                          f"export needs a maxl run")
+    check_exportable(run, opts.splits, opts.generator_formats)  # a baseline run: its fixed labels, no generator
     return run
 
 
@@ -241,7 +240,8 @@ def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:
             "batch_size": opts.batch_size, "splits": opts.splits, "checkpoint": opts.checkpoint,
             "checkpoint_sha256": run.checkpoint_sha256, "config_sha256": run.config_sha256,
             "run_dir": str(run.run_dir), "dataset": data.name, "dataset_fingerprint": run.meta["data"]["fingerprint"],
-            "test_acc": run.recorded_test_acc(), "device": str(run.device)}
+            "test_acc": run.recorded_test_acc(), "device": str(run.device),
+            "method": run.cfg.method, "labels": "generator" if run.generator is not None else "one-hot"}
 
 
 def _created() -> str:
