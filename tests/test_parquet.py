@@ -172,6 +172,12 @@ def test_parquet_usage_errors_are_one_line_and_keep_the_export(tiny_run, pq_expo
     export_labels(tiny_run, out, "parquet", split="train", force=True)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train.parquet"]
     assert verify(tiny_run, out, sample=16).passed
+    # one format replaced by the other in one folder: nothing of the old one stays behind
+    export_labels(tiny_run, out, "wds", images=False, split="test", force=True)
+    assert not list(out.glob("*.parquet")) and list(out.glob("test-*.tar"))
+    export_labels(tiny_run, out, "parquet", split="test", force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.parquet"]
+    assert verify(tiny_run, out, sample=16).passed
 
 
 def test_parquet_without_pyarrow_is_one_line(monkeypatch):

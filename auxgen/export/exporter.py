@@ -40,7 +40,6 @@ from auxgen.export.layout import (
     is_ours,
     manifest_of,
     new_hdf5_temp,
-    parquet_paths,
     rank_state_name,
 )
 from auxgen.export.manifest import created_timestamp, file_entry, write_manifest
@@ -372,8 +371,11 @@ def _parquet_files(job: _Job) -> tuple[dict[str, Any], int]:
         computed = _compute(job, sink, [(sp, len(sp.keys)) for sp in job.sources])
         # a replaced export loses its manifest first, so new tables never pair with the old manifest
         manifest_of(out, "parquet").unlink(missing_ok=True)
-        for old in parquet_paths(out):  # tables of splits this export does not write (an earlier --split all)
-            if old.name not in {final.name for _, final in sink.done}:
+        # the rest of the export replaced (--force): tables of splits not written again, shards and resume state of
+        # an earlier --format wds export, its generator files (rewritten by _finish where asked for)
+        ours = {p.name for pair in sink.done for p in pair}
+        for old in out.iterdir():
+            if is_ours(old.name) and old.name not in ours:
                 old.unlink(missing_ok=True)
         for tmp, final in sink.done:
             os.chmod(tmp, EXPORT_FILE_MODE)

@@ -67,16 +67,6 @@ def is_partial(name: str) -> bool:
     return bool(SHARD.match(name)) or bool(_TEMP.match(name))
 
 
-def is_parquet(name: str) -> bool:
-    """A split's table in a parquet export's folder (`train.parquet`, `test.parquet`)."""
-    return name in _PARQUET
-
-
-def parquet_paths(out: Path, splits: list[str] | tuple[str, ...] = SPLITS) -> list[Path]:
-    """The tables of `splits` in a parquet export's folder."""
-    return [out / parquet_name(s) for s in splits]
-
-
 def export_base(out: Path, kind: str) -> Path:
     """The folder the manifest's file paths are relative to: the export's folder, or the HDF5 file's."""
     return out if is_folder_kind(kind) else out.parent
@@ -104,6 +94,6 @@ def manifest_of(out: Path, kind: str) -> Path:
     return out / MANIFEST_NAME if is_folder_kind(kind) else hdf5_paths(out)[1]
 
 
-__all__ = ["RANK_STATE_PATTERN", "SHARD", "export_base", "hdf5_paths", "hdf5_temps", "is_ours", "is_parquet",
-           "is_partial", "is_shard", "manifest_of", "new_hdf5_temp", "parquet_paths", "rank_state_name", "rank_states",
+__all__ = ["RANK_STATE_PATTERN", "SHARD", "export_base", "hdf5_paths", "hdf5_temps", "is_ours",
+           "is_partial", "is_shard", "manifest_of", "new_hdf5_temp", "rank_state_name", "rank_states",
            "shard_name", "temp_path"]
