@@ -21,7 +21,7 @@ class VerificationFailed(AuxgenError):
 
 def verify_command(
     run_dir: Path = typer.Argument(..., help="Run directory (from auxgen train)."),
-    labels: Path = typer.Option(None, "--labels", "-l", help="An export to check: HDF5 file or shard folder."),
+    labels: Path = typer.Option(None, "--labels", "-l", help="An export to check: HDF5 file, shard or parquet folder."),
     checkpoint: str = typer.Option("last", "--checkpoint", help="last (the final epoch), best (the epoch with the best "
                                     "test accuracy: selected on the test set) or a .pt file of the run."),
     tolerance: float = typer.Option(0.0, "--tolerance", help="Allowed |accuracy difference| of the evaluation "
