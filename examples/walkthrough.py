@@ -123,7 +123,8 @@ def main() -> None:
     summary = json.loads((run / "summary.json").read_text())
     print(f"\nwalkthrough finished in {time.perf_counter() - t0:.0f} s")
     print(f"  test primary accuracy  {100 * summary['final_test_acc']:.2f}% (last epoch), "
-          f"{100 * summary['best_test_acc']:.2f}% (best, epoch {summary['best_epoch']})")
+          f"{100 * summary['best_test_acc']:.2f}% (best, epoch {summary['best_epoch']}: selected on the test set, "
+          f"so the exports use the last epoch)")
     print(f"  auxiliary usage        entropy {summary['aux_usage_entropy']:.3f} of max "
           f"{summary['aux_usage_entropy_max']:.3f} nats; per-sample entropy in block "
           f"{100 * summary['aux_sample_entropy_frac']:.1f}% of max; block usage "

@@ -86,6 +86,19 @@ def listed_files(manifest: dict[str, Any], base: str | Path) -> Iterator[tuple[P
         yield inside(base, entry.get("path")), entry
 
 
+def read_listed(base: str | Path, manifest: dict[str, Any], rel: str) -> tuple[Path, bytes]:
+    """The bytes of the file `rel` the manifest lists, inside `base`, read once and checked against its sha256
+    (what is hashed is what the caller parses); ExportError when it is not listed, not regular or changed."""
+    entry = next((e for _, e in listed_files(manifest, base) if e.get("path") == rel), None)
+    if entry is None:
+        raise ExportError(f"{base}: the manifest lists no {rel}")
+    path = inside(base, rel)
+    data = check_regular(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise ExportError(f"{path} does not match the sha256 the manifest lists; the export was changed or damaged")
+    return path, data
+
+
 def listed_generator(base: str | Path, manifest: dict[str, Any], formats: tuple[str, ...] = ("pt2", "onnx")
                      ) -> tuple[Path, bytes] | None:
     """The first generator file the manifest lists in `formats` order, inside `base`, read once and checked

@@ -125,7 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=128)
     args = ap.parse_args(argv)
-    labels = LabelFile(args.labels)
+    describe(LabelFile(args.labels), args)
+
+
+def describe(labels: LabelFile, args: argparse.Namespace) -> None:
+    """The script's output: what the export holds as JSON, and with --images a numpy model fitted on it."""
     info = {"psi": labels.psi, "num_primary": labels.num_primary, "num_aux": labels.num_aux,
             "views": int(labels.attrs.get("views", 0)), "dtype": str(labels.attrs.get("dtype")),
             "splits": {k: len(v["index"]) for k, v in labels.splits.items()}}

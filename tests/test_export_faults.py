@@ -428,10 +428,11 @@ def _damage_checkpoint(ck: Path, how: str) -> None:
 def test_damaged_checkpoint_is_one_line_for_export_and_a_failure_for_verify(run, tmp_path, how):
     r = copy_run(run, tmp_path / "run")
     _damage_checkpoint(r / "checkpoints" / "best.pt", how)
-    code, err = run_cli("export", str(r), "--out", str(tmp_path / "l.h5"), "--quiet")
+    # the CLI's default is the last checkpoint: name the damaged one
+    code, err = run_cli("export", str(r), "--out", str(tmp_path / "l.h5"), "--quiet", "--checkpoint", "best")
     one_line_error(code, err)
     assert not (tmp_path / "l.h5").exists()
-    code, err = run_cli("verify", str(r))
+    code, err = run_cli("verify", str(r), "--checkpoint", "best")
     assert code == 1 and len(err) == 1, err
 
 

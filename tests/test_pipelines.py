@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines import numpy_reader, onnx_refresh, refresh, torch_frozen, wds_stream  # noqa: E402
 
-PIPELINES = ("torch_frozen", "wds_stream", "numpy_reader", "refresh", "onnx_refresh")
+PIPELINES = ("torch_frozen", "wds_stream", "numpy_reader", "refresh", "onnx_refresh", "parquet_reader")
 
 
 def write_reference_h5(path: Path, n: int = 40, psi: tuple[int, ...] = (2, 3, 1), views: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""Export a run's soft auxiliary labels as HDF5 or WebDataset shards, with a manifest (docs/format.md)."""
+"""Export a run's soft auxiliary labels as HDF5, WebDataset shards or parquet, with a manifest (docs/format.md)."""
 
 from auxgen.export.exporter import export_labels
 from auxgen.export.format import FORMAT_NAME, FORMAT_VERSION, key_of_wds, wds_key

@@ -1,4 +1,5 @@
-"""`export_labels`: a run's generator over its data, written as HDF5 or WebDataset shards with a manifest.
+"""`export_labels`: a run's generator over its data, written as HDF5, WebDataset shards or parquet tables with a
+manifest.
 
 One path for one process and for several (`torchrun ... -m auxgen export`, auxgen.export.ranks):
 the run is loaded and every input checked, rank 0 first, before anything is written; the labels
@@ -27,13 +28,23 @@ import auxgen.export.state as state
 from auxgen import distributed
 from auxgen.data import Data
 from auxgen.errors import AuxgenError
+from auxgen.export.baseline import baseline_batches, check_exportable
 from auxgen.export.format import EXPORT_FILE_MODE, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME, wds_key
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path, save_generator
 from auxgen.export.hdf5 import Hdf5Sink
 from auxgen.export.labels import Batches, local_batches, sample_chunks
-from auxgen.export.layout import hdf5_paths, hdf5_temps, is_ours, manifest_of, new_hdf5_temp, rank_state_name
+from auxgen.export.layout import (
+    export_base,
+    hdf5_paths,
+    hdf5_temps,
+    is_ours,
+    manifest_of,
+    new_hdf5_temp,
+    rank_state_name,
+)
 from auxgen.export.manifest import created_timestamp, file_entry, write_manifest
 from auxgen.export.options import ExportOptions
+from auxgen.export.parquet import ParquetSink
 from auxgen.export.pipeline import BackgroundWriter
 from auxgen.export.sink import Sink, SplitSource
 from auxgen.export.source import open_run
@@ -82,12 +93,13 @@ def export_labels(run_dir: str | Path, out: str | Path, fmt: str | None = None, 
     sources = _split_sources(run, data, opts)
     t0 = time.perf_counter()
     try:
-        batches = local_batches(run.generator, data, run.device, opts.batch_size,  # type: ignore[arg-type]
-                                int(run.meta["data"]["pad"]))
+        batches = (baseline_batches(run, data, opts.splits, opts.batch_size) if run.generator is None else
+                   local_batches(run.generator, data, run.device, opts.batch_size, int(run.meta["data"]["pad"])))
         if multi:
             batches = ranks.gather(dist, batches, sources, opts.views, run.hier.num_aux, opts.batch_size)
         job = _Job(dist, multi, run, data, out, opts, info, sources, batches, show and dist.is_main)
-        result, computed = (_write_hdf5 if opts.fmt == "hdf5" else _write_wds)(job)
+        write = {"hdf5": _write_hdf5, "wds": _write_wds, "parquet": _write_parquet}[opts.fmt]
+        result, computed = write(job)
     except OSError as e:  # a full disk, a read-only or vanished folder: say which file, in one line
         reason = e.strerror or " ".join(str(e).split())[:200]
         hint = ("; the finished shards are kept: run again with --resume to continue"
@@ -143,9 +155,11 @@ def _check_out(out: Path, opts: ExportOptions) -> None:
 
 
 def _check_folder(out: Path, opts: ExportOptions) -> None:
-    """A shard folder: new, empty, an export to replace (--force) or an unfinished one to continue (--resume)."""
+    """A shard or parquet folder: new, empty, an export to replace (--force) or an unfinished one to continue
+    (--resume, shards)."""
     if out.exists() and not out.is_dir():
-        raise AuxgenError(f"--out {out} is a file; shards go into a folder")
+        what = "parquet tables" if opts.fmt == "parquet" else "shards"
+        raise AuxgenError(f"--out {out} is a file; {what} go into a folder")
     names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     state_file, manifest = out / STATE_NAME, out / MANIFEST_NAME
     if opts.resume:
@@ -172,9 +186,7 @@ def _load(run_dir: str | Path, opts: ExportOptions) -> LoadedRun:
     if fingerprint not in (None, run.meta["data"].get("fingerprint")):
         raise AuxgenError(f"checkpoint {opts.checkpoint} was trained on different data ({run.state.get('dataset')}) "
                           f"than {run_dir} ({run.meta['data'].get('name')}); use a checkpoint of this run")
-    if run.generator is None:
-        raise AuxgenError(f"{run_dir} was trained with --method {run.cfg.method}, which has no label generator; "
-                          f"export needs a maxl run")
+    check_exportable(run, opts.splits, opts.generator_formats)  # a baseline run: its fixed labels, no generator
     return run
 
 
@@ -215,7 +227,7 @@ def _check_keys(data: Data, opts: ExportOptions) -> None:
             member = f"{sk}.cls"  # every sample has this member; the others split the same way
             if opts.fmt == "wds" and (base_plus_ext(member) != (sk, "cls") or _WDS_META.match(member)):
                 raise AuxgenError(f"sample {key!r} of the {s} split has no WebDataset key that readers give "
-                                  f"back unchanged ({sk!r}); export it as --format hdf5 or rename it")
+                                  f"back unchanged ({sk!r}); export it as --format hdf5 or parquet, or rename it")
 
 
 def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:
@@ -227,7 +239,8 @@ def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:
             "batch_size": opts.batch_size, "splits": opts.splits, "checkpoint": opts.checkpoint,
             "checkpoint_sha256": run.checkpoint_sha256, "config_sha256": run.config_sha256,
             "run_dir": str(run.run_dir), "dataset": data.name, "dataset_fingerprint": run.meta["data"]["fingerprint"],
-            "test_acc": run.recorded_test_acc(), "device": str(run.device)}
+            "test_acc": run.recorded_test_acc(), "device": str(run.device),
+            "method": run.cfg.method, "labels": "generator" if run.generator is not None else "one-hot"}
 
 
 def _created() -> str:
@@ -312,16 +325,20 @@ def _write_hdf5(job: _Job) -> tuple[dict[str, Any], int]:
     return summary, computed if job.dist.is_main else 0
 
 
+def _file_attrs(job: _Job) -> dict[str, Any]:
+    """What an HDF5 file's attributes and a parquet table's metadata record (the manifest's facts, the run config)."""
+    return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            **{k: v for k, v in job.info.items() if k not in ("splits", "run_dir", "device")},
+            "run_config": json.dumps(job.run.meta, sort_keys=True)}
+
+
 def _hdf5_file(job: _Job) -> tuple[dict[str, Any], int]:
     out, run, info = job.out, job.run, job.info
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in hdf5_temps(out):  # of an interrupted export to this --out (the file, its manifest, its generator)
         os.unlink(stale)
-    attrs = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
-             **{k: v for k, v in info.items() if k not in ("psi", "test_acc", "splits", "run_dir", "device")},
-             "psi": np.asarray(info["psi"], dtype=np.int64),
-             "test_acc": float("nan") if info["test_acc"] is None else float(info["test_acc"]),
-             "run_config": json.dumps(run.meta, sort_keys=True)}
+    attrs = {**_file_attrs(job), "psi": np.asarray(info["psi"], dtype=np.int64),
+             "test_acc": float("nan") if info["test_acc"] is None else float(info["test_acc"])}
     tmp = new_hdf5_temp(out)
     try:
         sink = Hdf5Sink(tmp, attrs, job.opts.dtype, run.hier.num_aux, job.opts.views, run.hier.psi)
@@ -334,6 +351,40 @@ def _hdf5_file(job: _Job) -> tuple[dict[str, Any], int]:
         Path(tmp).unlink(missing_ok=True)
         raise
     return _finish(job, info, [file_entry(out, out.parent)], sink.stats, {}), computed
+
+
+# ------------------------------------------------------------------------------ parquet
+def _write_parquet(job: _Job) -> tuple[dict[str, Any], int]:
+    """Rank 0 writes the tables (the others wait for them); returns the summary and the samples written here."""
+    summary, computed = job.dist.broadcast(job.dist.on_main(lambda: _parquet_files(job)))  # type: ignore[misc]
+    return summary, computed if job.dist.is_main else 0
+
+
+def _parquet_files(job: _Job) -> tuple[dict[str, Any], int]:
+    """The tables written to temporary files, then (old manifest first removed) renamed into place."""
+    out, run, info = job.out, job.run, job.info
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # of an interrupted export to this folder (_check_folder allowed them)
+        stale.unlink()
+    sink = ParquetSink(out, {**_file_attrs(job), "kind": "parquet"}, run.hier.num_aux, job.opts.views, run.hier.psi)
+    try:
+        computed = _compute(job, sink, [(sp, len(sp.keys)) for sp in job.sources])
+        # a replaced export loses its manifest first, so new tables never pair with the old manifest
+        manifest_of(out, "parquet").unlink(missing_ok=True)
+        # the rest of the export replaced (--force): tables of splits not written again, shards and resume state of
+        # an earlier --format wds export, its generator files (rewritten by _finish where asked for)
+        ours = {p.name for pair in sink.done for p in pair}
+        for old in out.iterdir():
+            if is_ours(old.name) and old.name not in ours:
+                old.unlink(missing_ok=True)
+        for tmp, final in sink.done:
+            os.chmod(tmp, EXPORT_FILE_MODE)
+            os.replace(tmp, final)
+    except BaseException:
+        sink.abort()  # the temporary files not yet renamed
+        raise
+    files = [file_entry(final, out) for _, final in sink.done]
+    return _finish(job, info, files, sink.stats, {}), computed
 
 
 # ------------------------------------------------------------------------------ WebDataset
@@ -394,7 +445,7 @@ def _finish(job: _Job, info: dict[str, Any], files: list[dict[str, Any]], stats:
     counts = {s: len(getattr(job.data, s)) for s in opts.splits}
     # documented file mode for every output (shards kept from an earlier process too, whatever wrote them)
     for f in files:
-        os.chmod((out if kind == "wds" else out.parent) / f["path"], EXPORT_FILE_MODE)
+        os.chmod(export_base(out, kind) / f["path"], EXPORT_FILE_MODE)
     manifest = manifest_of(out, kind)
     write_manifest(manifest, kind, {**info, **_generator_info(generators)}, files, counts)
     if kind == "wds":
@@ -409,7 +460,7 @@ def _write_generators(job: _Job, info: dict[str, Any]) -> tuple[list[dict[str, A
     """Write the generator in each of opts.generator_formats (and remove files of the other formats, left by an
     earlier export); returns their `files` entries and their `generators` manifest entries."""
     kind, out, data = job.opts.fmt, job.out, job.data
-    base = out if kind == "wds" else out.parent
+    base = export_base(out, kind)
     sp = getattr(data, job.opts.splits[0])
     n = min(64, len(sp))  # the reload check: enough rows to catch a wrong file, few enough to be instant
     example = (sp.images[:n], sp.labels[:n])

@@ -10,10 +10,14 @@ FORMAT_NAME = "auxgen-labels"
 FORMAT_VERSION = 2                       # 2: reversible WebDataset keys (percent-escaped '.' and '%')
 READABLE_VERSIONS = (1, 2)               # verify still reads version 1 exports (their '.' -> '_' keys)
 SPLITS = ("train", "test")
+KINDS = ("hdf5", "wds", "parquet")     # the --format values
+FOLDER_KINDS = ("wds", "parquet")      # exports that are a folder (the others: one file with files beside it)
 MANIFEST_NAME = "manifest.json"          # inside a shard folder
 HDF5_MANIFEST_SUFFIX = ".manifest.json"  # beside an HDF5 file: labels/c100.h5.manifest.json
 STATE_NAME = ".auxgen-export.json"       # resume state of an unfinished shard export
 SHARD_PATTERN = "{split}-%06d.tar"
+PARQUET_PATTERN = "{split}.parquet"      # one table per split inside a parquet export's folder
+PARQUET_METADATA_KEY = "auxgen"         # the parquet key-value metadata entry holding the export's facts (JSON)
 DEFAULT_SHARD_SIZE = 256 * 10**6
 TAR_TRAILER = 1024 + 10240               # end-of-archive blocks plus the padding to a full tar record
 # Exports are data to share: world-readable, whatever the umask (run directories stay private)
@@ -42,6 +46,15 @@ def key_of_wds(wkey: str) -> str:
 
 def shard_name(split: str, index: int) -> str:
     return SHARD_PATTERN.format(split=split) % index
+
+
+def parquet_name(split: str) -> str:
+    return PARQUET_PATTERN.format(split=split)
+
+
+def is_folder_kind(kind: str) -> bool:
+    """An export of this kind is a folder holding its files and manifest.json (wds, parquet)."""
+    return kind in FOLDER_KINDS
 
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)

@@ -27,7 +27,7 @@ from torch import nn
 
 from auxgen.checkpoint import atomic_write
 from auxgen.errors import AuxgenError
-from auxgen.export.format import EXPORT_FILE_MODE
+from auxgen.export.format import EXPORT_FILE_MODE, FOLDER_KINDS
 from auxgen.paths import one_line, regular_file_problem
 
 EXTRA_FILE = "auxgen.json"  # metadata record inside every generator file (archive extra file / ONNX metadata)
@@ -58,9 +58,10 @@ def parse_generator_formats(spec: str | tuple[str, ...] | list[str] | None) -> t
 
 
 def generator_path(out: Path, kind: str, fmt: str) -> Path:
-    """Where format `fmt` goes: `OUT/generator.pt2` in a shard folder, `X.h5.generator.pt2` beside an HDF5 file."""
+    """Where format `fmt` goes: `OUT/generator.pt2` in a shard or parquet folder, `X.h5.generator.pt2` beside an
+    HDF5 file."""
     name = "generator" + SUFFIXES[fmt]
-    return out / name if kind == "wds" else out.with_name(f"{out.name}.{name}")
+    return out / name if kind in FOLDER_KINDS else out.with_name(f"{out.name}.{name}")
 
 
 def format_of(path: str | Path) -> str:

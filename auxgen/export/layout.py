@@ -2,8 +2,10 @@
 
 A shard folder holds `{split}-NNNNNN.tar` shards, `manifest.json`, the generator files, and
 while unfinished the resume state (`.auxgen-export.json`), one record per process of a
-multi-process export (`.auxgen-export.rank-R.json`) and `.NAME.tmp` files being written. An
-HDF5 export is one file with its manifest and generator files beside it.
+multi-process export (`.auxgen-export.rank-R.json`) and `.NAME.tmp` files being written. A
+parquet folder holds `{split}.parquet` tables, `manifest.json` and the generator files (and
+`.NAME.tmp` files while being written). An HDF5 export is one file with its manifest and
+generator files beside it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,22 @@ import re
 import tempfile
 from pathlib import Path
 
-from auxgen.export.format import HDF5_MANIFEST_SUFFIX, MANIFEST_NAME, SPLITS, STATE_NAME, shard_name
+from auxgen.export.format import (
+    HDF5_MANIFEST_SUFFIX,
+    MANIFEST_NAME,
+    SPLITS,
+    STATE_NAME,
+    is_folder_kind,
+    parquet_name,
+    shard_name,
+)
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path
 
 RANK_STATE_PATTERN = ".auxgen-export.rank-{rank}.json"
 # shard_name's pattern as a regular expression: the splits, a dash, six digits
 SHARD = re.compile("^(" + "|".join(SPLITS) + r")-\d{6}\.tar$")
 _RANK_STATE = re.compile("^" + re.escape(RANK_STATE_PATTERN).replace(r"\{rank\}", r"\d+") + "$")
+_PARQUET = frozenset(parquet_name(s) for s in SPLITS)
 _TEMP = re.compile(r"^\..*\.tmp$")
 _GENERATORS = frozenset(generator_path(Path("."), "wds", f).name for f in GENERATOR_FORMATS)
 
@@ -47,13 +58,18 @@ def is_shard(name: str, split: str | None = None) -> bool:
 
 def is_ours(name: str) -> bool:
     """A name an export writes into a shard folder (anything else there belongs to someone else)."""
-    return (name in (MANIFEST_NAME, STATE_NAME) or name in _GENERATORS or bool(SHARD.match(name))
+    return (name in (MANIFEST_NAME, STATE_NAME) or name in _GENERATORS or name in _PARQUET or bool(SHARD.match(name))
             or bool(_RANK_STATE.match(name)) or bool(_TEMP.match(name)))
 
 
 def is_partial(name: str) -> bool:
     """A shard or a file being written: what a resumed export removes unless it keeps it."""
     return bool(SHARD.match(name)) or bool(_TEMP.match(name))
+
+
+def export_base(out: Path, kind: str) -> Path:
+    """The folder the manifest's file paths are relative to: the export's folder, or the HDF5 file's."""
+    return out if is_folder_kind(kind) else out.parent
 
 
 def hdf5_paths(out: Path) -> tuple[Path, ...]:
@@ -75,8 +91,9 @@ def hdf5_temps(out: Path) -> list[str]:
 
 
 def manifest_of(out: Path, kind: str) -> Path:
-    return out / MANIFEST_NAME if kind == "wds" else hdf5_paths(out)[1]
+    return out / MANIFEST_NAME if is_folder_kind(kind) else hdf5_paths(out)[1]
 
 
-__all__ = ["RANK_STATE_PATTERN", "SHARD", "hdf5_paths", "hdf5_temps", "is_ours", "is_partial", "is_shard",
-           "manifest_of", "new_hdf5_temp", "rank_state_name", "rank_states", "shard_name", "temp_path"]
+__all__ = ["RANK_STATE_PATTERN", "SHARD", "export_base", "hdf5_paths", "hdf5_temps", "is_ours",
+           "is_partial", "is_shard", "manifest_of", "new_hdf5_temp", "rank_state_name", "rank_states",
+           "shard_name", "temp_path"]

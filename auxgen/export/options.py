@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from auxgen.errors import AuxgenError
-from auxgen.export.format import DEFAULT_SHARD_SIZE, SPLITS, parse_size
+from auxgen.export.format import DEFAULT_SHARD_SIZE, KINDS, SPLITS, parse_size
 from auxgen.export.generator_files import parse_generator_formats
 
 MIN_SHARD_SIZE = 64 * 1024
@@ -15,7 +15,7 @@ MIN_SHARD_SIZE = 64 * 1024
 class ExportOptions:
     """What to export and how; field names are the `auxgen export` options (docs/format.md)."""
 
-    fmt: str = "hdf5"                  # hdf5 or wds
+    fmt: str = "hdf5"                  # hdf5, wds or parquet
     checkpoint: str = "best"           # best, last or a path to a .pt file
     split: str = "all"                 # train, test or all
     dtype: str = "float32"             # storage type of aux_soft: float32 or float16
@@ -38,8 +38,8 @@ class ExportOptions:
     def validated(self) -> ExportOptions:
         """These options checked, with shard_size in bytes (wds) or None (hdf5) and generator_formats a tuple;
         bad usage is an AuxgenError."""
-        if self.fmt not in ("hdf5", "wds"):
-            raise AuxgenError(f"--format {self.fmt!r}: choose hdf5 or wds")
+        if self.fmt not in KINDS:
+            raise AuxgenError(f"--format {self.fmt!r}: choose hdf5, wds or parquet")
         if self.split not in ("train", "test", "all"):
             raise AuxgenError(f"--split {self.split!r}: choose train, test or all")
         if self.dtype not in ("float32", "float16"):
@@ -52,11 +52,20 @@ class ExportOptions:
             raise AuxgenError("give --force (start over) or --resume (continue), not both")
         size = parse_size(self.shard_size)
         gens = parse_generator_formats(self.generator_formats)
-        if self.fmt == "hdf5":
+        if self.fmt != "wds":
             for flag, given in (("--resume", self.resume), ("--shard-size", self.shard_size is not None),
                                 ("--max-count", self.max_count is not None)):
                 if given:
-                    raise AuxgenError(f"{flag} applies to --format wds only")
+                    why = " (a parquet export is rewritten whole: run it again with --force)" \
+                        if flag == "--resume" and self.fmt == "parquet" else ""
+                    raise AuxgenError(f"{flag} applies to --format wds only{why}")
+            if self.fmt == "parquet":
+                from auxgen.export.parquet import require_pyarrow
+
+                require_pyarrow()
+            if self.fmt == "parquet" and self.dtype != "float32":
+                raise AuxgenError(f"--dtype {self.dtype}: --format parquet stores float32 (Spark, DuckDB and "
+                                  f"pandas read no float16 columns); use --format hdf5 or wds for float16")
             return replace(self, shard_size=None, generator_formats=gens)
         if self.max_count is not None and self.max_count < 1:
             raise AuxgenError(f"--max-count {self.max_count}: must be at least 1")

@@ -1,4 +1,4 @@
-"""Reading an export back (HDF5 file or shard folder) as numpy arrays, for verify and tests.
+"""Reading an export back (HDF5 file, shard folder or parquet folder) as numpy arrays, for verify and tests.
 
 Damage never raises: whatever cannot be read becomes a line in `Export.problems`. Shards are
 read with webdataset's own tar iteration and key grouping, so a sample reads here exactly as
@@ -19,12 +19,15 @@ import numpy as np
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from auxgen.errors import AuxgenError
-from auxgen.export.format import FORMAT_VERSION, HDF5_MANIFEST_SUFFIX, MANIFEST_NAME, SPLITS
+from auxgen.export.format import FORMAT_VERSION, HDF5_MANIFEST_SUFFIX, MANIFEST_NAME, PARQUET_METADATA_KEY, SPLITS
 from auxgen.export.manifest import check_files
 from auxgen.paths import check_regular_file, one_line, regular_file_problem
 
 _SHARD = re.compile(r"^(train|test)-\d{6}\.tar$")
 _H5_FIELDS = ("keys", "index", "primary", "aux_soft", "aux_hard", "entropy")
+_PARQUET = re.compile(r"^(train|test)\.parquet$")
+_PQ_FIELDS = ("key", "index", "primary", "aux_soft", "aux_hard", "entropy")
+_PQ_SPLIT_FACTS = ("split", "count", "split_fingerprint")  # the metadata of one table, not of the export
 
 
 @dataclass
@@ -47,9 +50,9 @@ class Export:
     """An export read back: what the files hold, and what went wrong reading them."""
 
     path: Path
-    kind: str                      # hdf5 or wds
+    kind: str                      # hdf5, wds or parquet
     manifest: dict[str, Any] | None
-    attrs: dict[str, Any]          # HDF5 file attributes (empty for shards)
+    attrs: dict[str, Any]          # HDF5 file attributes, or the parquet tables' `auxgen` metadata (empty for shards)
     splits: dict[str, ExportSplit]
     problems: list[str]            # damage found while reading, files that do not match the manifest included
     readable: bool                 # the label arrays could be read at all
@@ -57,12 +60,12 @@ class Export:
 
     @property
     def meta(self) -> dict[str, Any]:
-        """Format facts from the HDF5 attributes, else from the manifest."""
+        """Format facts from the HDF5 attributes (or parquet metadata), else from the manifest."""
         return self.attrs or self.manifest or {}
 
     @property
     def version(self) -> Any:
-        """The format_version the export claims (HDF5 attributes first, then the manifest)."""
+        """The format_version the export claims (HDF5 attributes or parquet metadata first, then the manifest)."""
         return self.meta.get("format_version", FORMAT_VERSION)
 
 
@@ -81,22 +84,34 @@ def manifest_path(path: Path) -> Path:
     return path / MANIFEST_NAME if path.is_dir() else path.with_name(path.name + HDF5_MANIFEST_SUFFIX)
 
 
+def folder_kind(folder: Path, manifest: dict[str, Any] | None) -> str:
+    """wds or parquet: what the manifest says a folder is, else what it holds (tables and no shards: parquet)."""
+    said = (manifest or {}).get("kind")
+    if said in ("wds", "parquet"):
+        return str(said)
+    tables, shards = any(folder.glob("*.parquet")), any(folder.glob("*.tar"))
+    return "parquet" if tables and not shards else "wds"
+
+
 def read_export(path: str | Path) -> Export:
-    """Read an HDF5 export or a shard folder and check its files against the manifest; damage becomes problems."""
+    """Read an HDF5 export, a shard folder or a parquet folder and check its files against the manifest; damage
+    becomes problems."""
     path = Path(path)
     if not path.exists():
         raise AuxgenError(f"--labels {path} does not exist")
     if not path.is_dir():
         check_regular_file(path, "--labels")  # a FIFO or device would block the reader forever
-    kind = "wds" if path.is_dir() else "hdf5"
     problems: list[str] = []
     manifest = _read_manifest(manifest_path(path), problems)
+    kind = folder_kind(path, manifest) if path.is_dir() else "hdf5"
     checked = 0
     if manifest is not None:
-        problems += check_files(manifest, path if kind == "wds" else path.parent)
+        problems += check_files(manifest, path if path.is_dir() else path.parent)
         checked = len(manifest["files"]) if isinstance(manifest.get("files"), list) else 0
     if kind == "hdf5":
         attrs, splits, readable = _read_hdf5(path, problems)
+    elif kind == "parquet":
+        attrs, splits, readable = _read_parquet(path, problems)
     else:
         attrs, readable = {}, True
         splits = _read_shards(path, problems)
@@ -241,3 +256,110 @@ def _read_shards(folder: Path, problems: list[str]) -> dict[str, ExportSplit]:
         except (ValueError, TypeError) as e:
             problems.append(f"split {split}: samples disagree in shape or type ({_one_line(e)})")
     return splits
+
+
+# ------------------------------------------------------------------------------ parquet
+def _read_parquet(folder: Path, problems: list[str]) -> tuple[dict[str, Any], dict[str, ExportSplit], bool]:
+    """The `{split}.parquet` tables of a folder: their `auxgen` metadata (one for all tables) and their columns."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        problems.append("reading a parquet export needs pyarrow: pip install 'auxgen[parquet]'")
+        return {}, {}, False
+    names = sorted(p.name for p in folder.glob("*.parquet"))
+    if not names:
+        problems.append(f"no tables (*.parquet) in {folder}")
+    attrs: dict[str, Any] = {}
+    splits: dict[str, ExportSplit] = {}
+    readable = True
+    for name in names:
+        m = _PARQUET.match(name)
+        if not m:
+            problems.append(f"{name} is not named train.parquet or test.parquet")
+            continue
+        split, path = m.group(1), folder / name
+        problem = regular_file_problem(path)
+        if problem:  # a FIFO named like a table would block the reader forever
+            problems.append(f"{name} {problem}")
+            readable = False
+            continue
+        try:
+            pf = pq.ParquetFile(path)
+            metadata = pf.schema_arrow.metadata or {}
+            table = pf.read()
+        except (OSError, ValueError, TypeError, pa.ArrowException) as e:
+            problems.append(f"{name} cannot be read as parquet (truncated or damaged?): {one_line(e, 160)}")
+            readable = False
+            continue
+        facts = _parquet_facts(name, metadata, problems)
+        if facts is not None:
+            own = {k: facts.pop(k, None) for k in _PQ_SPLIT_FACTS}
+            if own["split"] != split:
+                problems.append(f"{name}: its metadata says split {own['split']!r}")
+            if own["count"] != table.num_rows:
+                problems.append(f"{name} holds {table.num_rows} rows, its metadata says {own['count']}")
+            if attrs and facts != attrs:
+                problems.append(f"{name}: its metadata differs from that of the other table")
+            attrs = attrs or facts
+        missing = [c for c in _PQ_FIELDS if c not in table.column_names]
+        if missing:
+            problems.append(f"{name} lacks column(s) {', '.join(missing)}")
+            readable = False
+            continue
+        try:
+            cols = {c: _column(table.column(c), c) for c in (*_PQ_FIELDS, "views") if c in table.column_names}
+        except (ValueError, TypeError, pa.ArrowException) as e:
+            problems.append(f"{name}: {one_line(e, 160)}")
+            readable = False
+            continue
+        keys = cols["key"]
+        splits[split] = ExportSplit([k if isinstance(k, str) else str(k) for k in keys], cols["index"],
+                                    cols["primary"], cols["aux_soft"], cols["aux_hard"], cols["entropy"],
+                                    cols.get("views"))
+    return attrs, splits, readable
+
+
+def _parquet_facts(name: str, metadata: dict[bytes, bytes], problems: list[str]) -> dict[str, Any] | None:
+    raw = metadata.get(PARQUET_METADATA_KEY.encode())
+    if raw is None:
+        problems.append(f"{name} has no {PARQUET_METADATA_KEY!r} metadata: not an auxgen export")
+        return None
+    try:
+        facts = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        facts = None
+    if not isinstance(facts, dict):
+        problems.append(f"{name}: its {PARQUET_METADATA_KEY!r} metadata is not a JSON object")
+        return None
+    return facts
+
+
+def _column(col: Any, name: str) -> Any:
+    """A column as numpy ([N, ...] for nested lists of equal length, a list of str for strings); ValueError for
+    nulls, lists of unequal lengths or types a label column never has."""
+    import pyarrow as pa
+
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if arr.null_count:
+        raise ValueError(f"column {name} holds {arr.null_count} null value(s)")
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        return arr.to_pylist()
+    shape = [len(arr)]
+    while pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        if pa.types.is_fixed_size_list(arr.type):
+            size = arr.type.list_size
+        else:
+            import pyarrow.compute as pc
+
+            lengths = pc.unique(pc.list_value_length(arr)).to_pylist() if len(arr) else [0]
+            if len(lengths) != 1:
+                raise ValueError(f"column {name} holds lists of unequal lengths")
+            size = lengths[0]
+        arr = arr.flatten()
+        if arr.null_count:
+            raise ValueError(f"column {name} holds null values inside its lists")
+        shape.append(int(size))
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
+        raise ValueError(f"column {name} holds {arr.type} values, not numbers")
+    return arr.to_numpy(zero_copy_only=False, writable=True).reshape(shape)

@@ -1,4 +1,4 @@
-"""`auxgen export`: a run's soft auxiliary labels as HDF5 or WebDataset shards, with a manifest."""
+"""`auxgen export`: a run's soft auxiliary labels as HDF5, WebDataset shards or parquet tables, with a manifest."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from auxgen.errors import AuxgenError
 
 def export_command(
     run_dir: Path = typer.Argument(..., help="Run directory written by auxgen train.", show_default=False),
-    fmt: str = typer.Option("hdf5", "--format", "-f", help="Output format: hdf5 (one file) or wds (tar shards)."),
-    out: Path = typer.Option(None, "--out", "-o", help="HDF5 file, or folder of shards for --format wds.",
+    fmt: str = typer.Option("hdf5", "--format", "-f", help="Output format: hdf5 (one file), wds (tar shards) or "
+                     "parquet (a folder of one table per split; needs pyarrow: pip install auxgen[parquet])."),
+    out: Path = typer.Option(None, "--out", "-o", help="HDF5 file, or a folder for --format wds or parquet.",
                              show_default=False),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="Checkpoint to use: best, last or a .pt file."),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="Checkpoint to use: last (the final epoch), best "
+                                    "(the epoch with the best test accuracy: selected on the test set) or a .pt file."),
     split: str = typer.Option("all", "--split", help="Splits to export: train, test or all."),
     dtype: str = typer.Option("float32", "--dtype", help="Storage type of the soft labels: float32 or float16."),
     views: int = typer.Option(0, "--views", help="Labels for N seeded augmented views per image (0: the images)."),
@@ -41,11 +43,12 @@ def export_command(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted --format wds export at --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
 ) -> None:
-    """Export soft auxiliary labels of a trained run as HDF5 or WebDataset shards, with a manifest."""
+    """Export soft auxiliary labels of a trained run as HDF5, WebDataset shards or parquet tables, with a manifest."""
     from auxgen.export import ExportOptions, export_labels
 
     if out is None:
-        raise AuxgenError("give --out: a file such as labels/run.h5 (hdf5) or a folder such as shards/run (wds)")
+        raise AuxgenError("give --out: a file such as labels/run.h5 (hdf5), or a folder such as shards/run (wds) "
+                          "or labels/run (parquet)")
     from auxgen.export.generator_files import DEFAULT_GENERATOR_FORMATS
 
     formats = generator_format if generator_format is not None else DEFAULT_GENERATOR_FORMATS if generator else ()

@@ -18,7 +18,8 @@ def report_command(
                              show_default=False),
     labels: Path = typer.Option(None, "--labels", "-l", help="An export of the first run (HDF5 file or shard "
                                 "folder) to show instead of running its generator.", show_default=False),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or a .pt file of the first run."),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="last (the final epoch), best (the epoch with the best "
+                                    "test accuracy: selected on the test set) or a .pt file of the first run."),
     split: str = typer.Option("test", "--split", help="Split whose labels are shown: test or train."),
     max_samples: int = typer.Option(5000, "--max-samples", help="Most samples whose labels are computed or read "
                                     "(a seeded choice beyond that)."),

@@ -21,8 +21,9 @@ class VerificationFailed(AuxgenError):
 
 def verify_command(
     run_dir: Path = typer.Argument(..., help="Run directory (from auxgen train)."),
-    labels: Path = typer.Option(None, "--labels", "-l", help="An export to check: HDF5 file or shard folder."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last or a .pt file of the run."),
+    labels: Path = typer.Option(None, "--labels", "-l", help="An export to check: HDF5 file, shard or parquet folder."),
+    checkpoint: str = typer.Option("last", "--checkpoint", help="last (the final epoch), best (the epoch with the best "
+                                    "test accuracy: selected on the test set) or a .pt file of the run."),
     tolerance: float = typer.Option(0.0, "--tolerance", help="Allowed |accuracy difference| of the evaluation "
                                     "re-run (0: exact, for the run's own device and dtype)."),
     sample: int = typer.Option(512, "--sample", help="Labels re-derived with the generator (seeded random sample)."),

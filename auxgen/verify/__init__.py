@@ -2,7 +2,7 @@
 
 1. evaluation   re-run the primary-task test evaluation of a checkpoint and compare it with the
                 accuracy the run recorded (exact on the same device and dtype);
-2. integrity    an export (HDF5 file or shard folder) against its manifest, docs/format.md and the run;
+2. integrity    an export (HDF5 file, shard or parquet folder) against its manifest, docs/format.md and the run;
 3. rederivation recompute a seeded sample of labels with the run's generator;
 4. quality      retrain a fresh network on the frozen labels next to a single-task one (optional).
 

@@ -1,4 +1,5 @@
-"""Check 2, integrity: an export (HDF5 file or shard folder) against its manifest, docs/format.md and the run."""
+"""Check 2, integrity: an export (HDF5 file, shard or parquet folder) against its manifest, docs/format.md and the
+run."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from auxgen.checkpoint import sha256_file
 from auxgen.data import Data
-from auxgen.export.format import FORMAT_NAME, READABLE_VERSIONS, wds_key
+from auxgen.export.format import FORMAT_NAME, READABLE_VERSIONS, is_folder_kind, wds_key
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path
 from auxgen.export.manifest import generator_entries
 from auxgen.export.read import Export, ExportSplit, manifest_path
@@ -34,15 +35,20 @@ def check_integrity(run: LoadedRun, data: Data, export: Export) -> CheckResult:
     _check_run_facts(export.manifest or {}, "manifest", run, problems)
     if export.attrs:
         a = export.attrs
+        source = "HDF5" if export.kind == "hdf5" else "parquet"
+        where = "HDF5 attribute" if export.kind == "hdf5" else "parquet metadata"
         if a.get("format") != FORMAT_NAME or a.get("format_version") not in READABLE_VERSIONS:
-            problems.append(f"HDF5 format attribute {a.get('format')!r} v{a.get('format_version')}")
-        _check_run_facts(a, "HDF5 attribute", run, problems)
+            problems.append(f"{source} format {'attribute ' if source == 'HDF5' else ''}{a.get('format')!r} "
+                            f"v{a.get('format_version')}")
+        _check_run_facts(a, where, run, problems)
         if "run_config" in a:
             try:
                 if json.loads(a["run_config"]) != run.meta:
-                    problems.append("HDF5 run_config differs from the run's config.json")
+                    problems.append(f"{source} run_config differs from the run's config.json")
             except (TypeError, ValueError):
-                problems.append("HDF5 run_config is not JSON")
+                problems.append(f"{source} run_config is not JSON")
+    elif export.kind == "parquet" and export.readable:
+        problems.append("the parquet tables carry no auxgen metadata")
     meta = export.meta
     dtype = meta.get("dtype", "float32")
     n_views, pad = meta.get("views") or 0, meta.get("pad", data.pad)
@@ -79,17 +85,19 @@ def _check_manifest(export: Export, problems: list[str]) -> None:
         problems.append(f"manifest format {man.get('format')!r} v{man.get('format_version')} is not "
                         f"{FORMAT_NAME} v{'/'.join(map(str, READABLE_VERSIONS))}")
     if export.attrs and export.attrs.get("format_version") != man.get("format_version"):
-        problems.append(f"manifest format_version {man.get('format_version')} but the HDF5 file says "
+        problems.append(f"manifest format_version {man.get('format_version')} but the "
+                        f"{'HDF5 file' if export.kind == 'hdf5' else 'parquet metadata'} says "
                         f"{export.attrs.get('format_version')}")
     if man.get("kind") != export.kind:
         problems.append(f"manifest kind {man.get('kind')!r} but {export.path} is {export.kind}")
     files = man.get("files") if isinstance(man.get("files"), list) else []
-    root = (export.path if export.kind == "wds" else export.path.parent).resolve()
+    root = (export.path if is_folder_kind(export.kind) else export.path.parent).resolve()
     listed = {(root / f["path"]).resolve() for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)}
-    if export.kind == "wds":
-        extra = sorted(p.name for p in export.path.glob("*.tar") if p.resolve() not in listed)
+    if is_folder_kind(export.kind):
+        pattern, what = ("*.tar", "shards") if export.kind == "wds" else ("*.parquet", "tables")
+        extra = sorted(p.name for p in export.path.glob(pattern) if p.resolve() not in listed)
         if extra:
-            problems.append(f"shards not in the manifest: {', '.join(extra)}")
+            problems.append(f"{what} not in the manifest: {', '.join(extra)}")
     elif export.path.resolve() not in listed:
         problems.append(f"the manifest does not list {export.path.name}")
     problems += _generator_problems(export, man, listed)

@@ -11,6 +11,7 @@ import torch
 
 from auxgen.data import Data, apply_views
 from auxgen.errors import AuxgenError
+from auxgen.export.baseline import EXPORTABLE, baseline_hard, one_hot_rows
 from auxgen.export.generator_files import GENERATOR_ATOL, generator_max_diff
 from auxgen.export.labels import compute_soft_labels
 from auxgen.export.manifest import generator_entries
@@ -36,7 +37,8 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
     """
     if not export.readable:
         return CheckResult("rederivation", "fail", "the export's labels could not be read (see integrity)")
-    if run.generator is None:
+    baseline = run.generator is None  # a random or human run: its fixed targets, recomputed (auxgen.export.baseline)
+    if baseline and run.cfg.method not in EXPORTABLE:
         return CheckResult("rederivation", "fail", f"the run ({run.cfg.method}) has no generator to re-derive with")
     bad_type = numeric_problem(export)
     if bad_type:
@@ -48,6 +50,7 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(rows), size=min(sample, len(rows)), replace=False).tolist()) if rows else []
     worst, worst_key, n_bad, n_checked = 0.0, None, 0, 0
+    targets: dict[str, np.ndarray] = {}
     for name, s in export.splits.items():
         sel = np.array([rows[c][1] for c in chosen if rows[c][0] == name], dtype=np.int64)
         if not len(sel):
@@ -56,7 +59,15 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
         idx = torch.from_numpy(s.index[sel]).clamp(0, len(split) - 1)
         images, primary = split.images[idx], split.labels[idx]
         stored = torch.from_numpy(s.aux_soft[sel].astype(np.float32))
-        if s.views is not None and stored.dim() == 3:
+        if baseline:
+            try:
+                hard = targets[name] if name in targets else targets.setdefault(name, baseline_hard(run, data, name))
+            except AuxgenError as e:
+                return CheckResult("rederivation", "fail", str(e))
+            fresh = torch.from_numpy(one_hot_rows(hard[idx.numpy()], run.hier.num_aux))
+            if stored.dim() == 3:  # every view of a sample carries the sample's label
+                fresh = fresh[:, None, :].expand(-1, stored.shape[1], -1)
+        elif s.views is not None and stored.dim() == 3:
             views = torch.from_numpy(s.views[sel].astype(np.int64))
             fresh = torch.stack([soft_labels(run, apply_views(images, views[:, v], pad), primary)
                                  for v in range(views.shape[1])], dim=1)
@@ -74,14 +85,17 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
                "rows_over_atol": n_bad, "worst_key": worst_key}
     if n_checked == 0:
         return CheckResult("rederivation", "fail", "the export holds no samples", figures)
-    gen_problem = (_check_generator_files(run, data, export, chosen, rows, figures) if load_generators
+    gen_problem = (f"a {run.cfg.method} run has no generator, but the manifest lists generator files; not loaded"
+                   if baseline and generator_entries(export.manifest or {}) else
+                   _check_generator_files(run, data, export, chosen, rows, figures) if load_generators
                    else None if not generator_entries(export.manifest or {}) else
                    "the exported generator files were not loaded: integrity failed, so none of them is vouched for")
     if gen_problem:
         return CheckResult("rederivation", "fail", gen_problem, figures)
     if n_bad:
+        against = f"the run's {run.cfg.method} targets" if baseline else "the generator's labels"
         return CheckResult("rederivation", "fail",
-                           f"{n_bad} of {n_checked} sampled rows differ from the generator's labels by more than "
+                           f"{n_bad} of {n_checked} sampled rows differ from {against} by more than "
                            f"{atol:g} (max {worst:.3g}, e.g. {worst_key}): stale labels from another checkpoint, "
                            f"or edited ones", figures)
     gens = figures.get("generator_files", {})

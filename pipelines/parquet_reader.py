@@ -1,0 +1,120 @@
+"""Batches from an auxgen parquet export (`auxgen export --format parquet`): pyarrow + numpy.
+
+    from pipelines.parquet_reader import LabelTable
+    labels = LabelTable("labels/c100")                 # the export's folder: train.parquet, test.parquet, manifest
+    for batch in labels.batches("train", batch_size=256, shuffle=True, seed=epoch):
+        x = my_images[batch["index"]]
+        step(x, batch["primary"], batch["aux_soft"])
+
+Each table is read once, from bytes checked against the sha256 the manifest lists, and its labels
+are checked as docs/format.md says (shapes, finite probabilities inside their block). The tables
+are plain parquet: `pandas.read_parquet("labels/c100/train.parquet")`, `polars.read_parquet`,
+DuckDB `SELECT * FROM 'labels/c100/train.parquet'`, Spark `spark.read.parquet(...)` or
+`datasets.load_dataset("parquet", data_files={"train": ".../train.parquet"})` read them as they are.
+
+Script:  python pipelines/parquet_reader.py labels/c100 [--images train_images.npy --steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__:
+    from . import _common
+    from .numpy_reader import LabelFile, describe
+else:  # run as a script: python pipelines/parquet_reader.py
+    import _common
+    from numpy_reader import LabelFile, describe
+
+METADATA_KEY = b"auxgen"
+COLUMNS = ("key", "index", "primary", "aux_soft", "aux_hard", "entropy")
+
+
+def _column(col: Any, where: str) -> Any:
+    """A column as numpy, nested fixed-size lists as [N, ...]; ExportError for nulls or ragged lists."""
+    import pyarrow as pa
+
+    arr = col.combine_chunks()
+    if arr.null_count:
+        raise _common.ExportError(f"{where} holds null values; the export is damaged")
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        return np.array(arr.to_pylist(), dtype=object)
+    shape = [len(arr)]
+    while pa.types.is_fixed_size_list(arr.type):
+        shape.append(arr.type.list_size)
+        arr = arr.flatten()
+    if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)) or arr.null_count:
+        raise _common.ExportError(f"{where} is of type {col.type}, not numbers in fixed-size lists")
+    return arr.to_numpy(zero_copy_only=False, writable=True).reshape(shape)
+
+
+def read_table(folder: str | Path, split: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One split's table as numpy arrays (keys under "keys") and its `auxgen` metadata, checked."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise _common.ExportError("reading a parquet export needs pyarrow (pip install pyarrow)") from None
+    path, data = _common.read_listed(folder, manifest, f"{split}.parquet")
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise _common.ExportError(f"{path} cannot be read as parquet: {' '.join(str(e).split())[:120]}") from None
+    try:
+        attrs = json.loads((table.schema.metadata or {})[METADATA_KEY])
+    except (KeyError, ValueError, UnicodeDecodeError):
+        attrs = None
+    if not isinstance(attrs, dict) or attrs.get("format") != _common.FORMAT:
+        raise _common.ExportError(f"{path} is not an auxgen label table (no {METADATA_KEY.decode()!r} metadata "
+                                  f"of format {_common.FORMAT!r})")
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise _common.ExportError(f"{path} lacks column(s) {', '.join(missing)}")
+    arrays = {c: _column(table.column(c), f"{path} column {c}") for c in (*COLUMNS, "views")
+              if c in table.column_names}
+    arrays["keys"] = arrays.pop("key")
+    _common.check_labels(arrays, attrs, str(path))
+    return arrays, attrs
+
+
+class LabelTable(LabelFile):
+    """An auxgen parquet export's tables, read into memory; `batches` and `fit_softmax` as for an HDF5 export."""
+
+    def __init__(self, folder: str) -> None:  # not super().__init__, which opens HDF5: the attributes are set here
+        root = Path(folder)
+        manifest = _common.read_manifest(root / "manifest.json")
+        if manifest.get("kind") != "parquet":
+            raise _common.ExportError(f"{root} is a {manifest.get('kind')!r} export, not parquet")
+        self.attrs: dict[str, Any] = {}
+        self.splits: dict[str, dict[str, np.ndarray]] = {}
+        for split in ("train", "test"):
+            if f"{split}.parquet" not in {e.get("path") for e in manifest["files"] if isinstance(e, dict)}:
+                continue
+            arrays, attrs = read_table(root, split, manifest)
+            self.splits[split] = arrays
+            self.attrs = self.attrs or {k: v for k, v in attrs.items() if k not in ("split", "count",
+                                                                                    "split_fingerprint")}
+        if not self.splits:
+            raise _common.ExportError(f"{root}: the manifest lists no train.parquet or test.parquet")
+        self.psi = [int(p) for p in self.attrs["psi"]]
+        self.num_primary, self.num_aux = int(self.attrs["num_primary"]), int(self.attrs["num_aux"])
+        self.pad = int(self.attrs.get("pad", 0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Read an auxgen parquet label export (pyarrow + numpy).")
+    ap.add_argument("labels", help="the export's folder (train.parquet, test.parquet, manifest.json)")
+    ap.add_argument("--images", help="a .npy of the train split's images (uint8 [N, C, H, W], split order): "
+                                     "fit a numpy softmax model on them")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=128)
+    args = ap.parse_args(argv)
+    describe(LabelTable(args.labels), args)
+
+if __name__ == "__main__":
+    _common.run_main(main)
