@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -61,33 +62,40 @@ TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
                 "hierarchy_depth": 2, "image_size": 32, "augment": "on", "flip": True}, 1.0, 30),
 }
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
+# the defaults before issue 17 (MAXL's meta-gradient, no pair term): the studies below are variants of them
+V0 = dict(meta_weight=1.0, consistency_weight=0.0, pairs="views")
+NB = dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0)  # today's defaults, spelled out
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                        # auxgen's defaults (whatever config.py says)
     "paper": dict(PRESETS["paper"]),      # the published hyper-parameters, training included
-    "paper-obj": dict(usage_entropy="batch", sharpness_weight=0.0, meta_norm="none", gen_optimizer="sgd",
+    "paper-obj": dict(V0, usage_entropy="batch", sharpness_weight=0.0, meta_norm="none", gen_optimizer="sgd",
                       gen_lr=1e-3, entropy_weight=0.2),  # the published objective, auxgen's training
-    "nometa": dict(meta_weight=0.0),      # the ablation: the label regularisers without the meta-gradient
-    "mi1": dict(entropy_weight=1.0),
-    "sgd": dict(gen_optimizer="sgd"),
-    "consistency": dict(consistency_weight=1.0),
-    "inv": dict(invariance_weight=1.0),   # the within-class invariance prior (IIC) on top of the defaults
-    "inv-colour": dict(invariance_weight=1.0, pair_colour=True),  # ... whose second views also change colour
-    "inv-only": dict(invariance_weight=1.0, entropy_weight=0.0, sharpness_weight=0.0),  # IIC replaces both
-    "inv-nometa": dict(invariance_weight=1.0, meta_weight=0.0),
-    "aux25": dict(aux_weight=0.25),       # AuxiLearn's auxiliary-loss scale
-    "every4": dict(meta_every=4),         # amortised: a meta step every 4 training steps
-    "split": dict(meta_split=0.2),        # the meta objective on held-out rows
-    "glr3": dict(gen_lr=3e-3),            # a faster generator: few steps on small data
-    "glr10": dict(gen_lr=1e-2),
-    "alpha": dict(meta_norm="alpha"),     # the meta-signal divided by alpha: it does not shrink with the step
-    "sharp3": dict(sharpness_weight=3.0, entropy_weight=6.0),
-    "nb-inv": dict(invariance_weight=1.0, pairs="neighbours"),      # pairs: a same-class nearest image
-    "nb-cons": dict(consistency_weight=1.0, pairs="neighbours"),
-    "nb-cons-nometa": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0),
-    "nb-cons-nometa-gw8": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, gen_width=8),
-    "nb-cons-nometa-every2": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, meta_every=2),
-    "nb-cons-nometa-colour": dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, pair_colour=True),
-    "implicit": dict(hypergradient="implicit", meta_split=0.2, meta_every=4, meta_norm="alpha"),
+    "v0": V0,
+    "nometa": dict(V0, meta_weight=0.0),  # the ablation: the label regularisers without the meta-gradient
+    "mi1": dict(V0, entropy_weight=1.0),
+    "sgd": dict(V0, gen_optimizer="sgd"),
+    "consistency": dict(V0, consistency_weight=1.0),
+    "inv": dict(V0, invariance_weight=1.0),   # the within-class invariance prior (IIC) on top of v0
+    "inv-colour": dict(V0, invariance_weight=1.0, pair_colour=True),  # ... whose second views also change colour
+    "inv-only": dict(V0, invariance_weight=1.0, entropy_weight=0.0, sharpness_weight=0.0),  # IIC replaces both
+    "inv-nometa": dict(V0, invariance_weight=1.0, meta_weight=0.0),
+    "aux25": dict(V0, aux_weight=0.25),       # AuxiLearn's auxiliary-loss scale
+    "every4": dict(V0, meta_every=4),         # amortised: a meta step every 4 training steps
+    "split": dict(V0, meta_split=0.2),        # the meta objective on held-out rows
+    "glr3": dict(V0, gen_lr=3e-3),            # a faster generator: few steps on small data
+    "glr10": dict(V0, gen_lr=1e-2),
+    "alpha": dict(V0, meta_norm="alpha"),     # the meta-signal divided by alpha: it does not shrink with the step
+    "sharp3": dict(V0, sharpness_weight=3.0, entropy_weight=6.0),
+    "implicit": dict(V0, hypergradient="implicit", meta_split=0.2, meta_every=4, meta_norm="alpha"),
+    "nb-inv": dict(V0, invariance_weight=1.0, pairs="neighbours"),      # pairs: a same-class nearest image
+    "nb-cons": dict(NB, meta_weight=1.0),     # neighbour consistency with MAXL's meta-gradient
+    "nb-cons-nometa": NB,                     # ... without it: the defaults
+    "nb-cons-nometa-gw8": dict(NB, gen_width=8),
+    "nb-cons-nometa-every2": dict(NB, meta_every=2),
+    "nb-cons-nometa-colour": dict(NB, pair_colour=True),
+    "nb-cons-split": dict(NB, meta_weight=1.0, meta_split=0.2),       # ... with the meta step on held-out rows
+    "nb-cons-implicit": dict(NB, meta_weight=1.0, hypergradient="implicit", meta_split=0.2, meta_every=4,
+                             meta_norm="alpha"),
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)
@@ -124,17 +132,40 @@ def _subset(n: int, frac: float, seed: int) -> torch.Tensor | None:
     return torch.randperm(n, generator=g)[: int(round(n * frac))].sort().values
 
 
-def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
-    """Train one (task, method, seed) and measure its labels and accuracy."""
-    torch.set_num_threads(1)
-    task_opts, frac, task_epochs = TASKS[task]
-    epochs = epochs or task_epochs
+def _config(task: str, method: str, seed: int, epochs: int) -> TrainConfig:
+    task_opts, _, task_epochs = TASKS[task]
     name, _, variant = method.partition(":")
-    opts = {**VARIANTS[variant or "default"], **BASE, **task_opts, "epochs": epochs, "seed": seed, "method": name}
+    opts = {**VARIANTS[variant or "default"], **BASE, **task_opts, "epochs": epochs or task_epochs, "seed": seed,
+            "method": name}
     if variant == "paper":  # the preset fixes the training too, except what the task fixes and its length
         fixed = {*BASE, *task_opts, "epochs", "psi"}
         opts.update({k: v for k, v in PRESETS["paper"].items() if k not in fixed})
-    cfg = TrainConfig(**opts).validate()
+    return TrainConfig(**opts).validate()
+
+
+def cost(task: str, methods: list[str], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each method's own training (seed 0), run in turn `rounds` times in one process, so that
+    whatever else the machine does weighs on every method alike: the ratio of medians is the cost."""
+    torch.set_num_threads(1)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(rounds):
+        for m in methods:
+            cfg = _config(task, m, 0, 0)
+            data = load_data(cfg)
+            idx = _subset(len(data.train), TASKS[task][1], 0)
+            t0 = time.perf_counter()
+            train(cfg, None, show=False, data=data, train_idx=idx)
+            times[m].append(time.perf_counter() - t0)
+    return times
+
+
+def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
+    """Train one (task, method, seed) and measure its labels and accuracy."""
+    torch.set_num_threads(1)
+    _, frac, _ = TASKS[task]
+    name, _, variant = method.partition(":")
+    cfg = _config(task, method, seed, epochs)
+    epochs = cfg.epochs
     data = load_data(cfg)
     idx = _subset(len(data.train), frac, seed)
     hier, human_map = hierarchy_for(cfg, data)
@@ -265,12 +296,21 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=0, help="epochs of every task [default: each task's own]")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--cost", type=int, default=0, metavar="ROUNDS",
+                    help="only time each method's training, interleaved, ROUNDS times (seed 0), against the first")
     ap.add_argument("--rows", type=Path, nargs="*", help="print the tables of earlier --out files instead of running")
     ap.add_argument("--quick", action="store_true", help="CI-sized: 2 seeds, 4 epochs, task g2-small")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = ap.parse_args()
     if args.quick:
         args.tasks, args.seeds, args.epochs = "g2-small", 2, 4
+    if args.cost:
+        times = cost(args.tasks.split(",")[0], args.methods.split(","), args.cost)
+        base = statistics.median(next(iter(times.values())))
+        for m, ts in times.items():
+            print(f"{m:32s} median {statistics.median(ts):7.1f} s  ({statistics.median(ts) / base:.2f}x)  "
+                  f"runs {', '.join(f'{t:.1f}' for t in ts)}")
+        return
     if args.rows:
         rows = [r for f in args.rows for r in json.loads(f.read_text())["rows"]]
         print(table(rows) + "\n\n" + calibration(rows) + "\n\n" + comparisons(rows))
