@@ -120,7 +120,7 @@ class TrainConfig:
     pair_colour: bool = _f(False, "The generator's second views (for --consistency-weight and --invariance-weight) also change colour: a random brightness and, for RGB, a random channel order, so labels cannot be about colour.")
     pairs: str = _f("neighbours", "The generator's pair terms (--consistency-weight, --invariance-weight) compare an image's label with that of: views (another augmented view of it) or neighbours (another view of one of its nearest images of the same class, by thumbnail similarity).", ("neighbours", "views"))
     neighbours: int = _f(5, "--pairs neighbours: how many nearest images of the same class each image draws its pair from.")
-    meta_every: int = _f(1, "maxl: a meta step every N training steps (amortised meta-learning); the steps between train theta1 on the generator's current labels.")
+    meta_every: int = _f(2, "maxl: a generator step (with --meta-weight above 0, a meta step) every N training steps; the steps between train theta1 on the generator's current labels. 2 halves the generator's cost at no measurable loss in label quality (docs/label_quality.md).")
     aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).", objective=True)
     invariance_weight: float = _f(0.0, "Weight of an invariance prior for the generator: the mutual information of the auxiliary classes of two independently augmented views of each image (IIC), inside each primary block.", objective=True)
 

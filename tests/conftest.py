@@ -62,7 +62,8 @@ def tiny_config(**kw) -> TrainConfig:
     # MAXL with its meta-gradient (look-ahead) and shifted-view pairs: the machinery most tests exercise; the
     # defaults (no meta-gradient, neighbour pairs) are what the CLI tests run
     base = dict(dataset="digits", backbone="cnn", width=8, epochs=2, batch_size=64, lr=0.05,
-                gen_lr=0.05, seed=0, device="cpu", meta_weight=1.0, consistency_weight=0.0, pairs="views")
+                gen_lr=0.05, seed=0, device="cpu", meta_weight=1.0, consistency_weight=0.0, pairs="views",
+                meta_every=1)
     base.update(kw)
     return TrainConfig(**base).validate()
 
