@@ -15,6 +15,7 @@ from auxgen.compose import hierarchy_for, load_data
 from auxgen.config import TrainConfig, load_config_file, resolve_config
 from auxgen.errors import AuxgenError
 from auxgen.paths import refuse_inside
+from auxgen.progress import tensorboard_writer_class
 from auxgen.recipes.options import with_config_options
 from auxgen.rundir import RunDir
 from auxgen.runtime import pick_device
@@ -40,7 +41,8 @@ def train_command(
             raise AuxgenError(f"--resume {resume}: no config.json there; is it an auxgen run directory?")
         cfg_data = load_config_file(run_dir.config)
         run_dir.check_resumable()
-        allowed = {"device", "data_root", "test_root", "download", "eval_batch_size"}
+        # what does not change the trained networks; --epochs may grow (the trainer refuses fewer than finished)
+        allowed = {"device", "data_root", "test_root", "download", "eval_batch_size", "epochs", "log", "log_every"}
         changed = sorted(k for k, v in overrides.items() if k not in allowed and cfg_data.get(k) != v)
         if changed or config is not None:
             raise AuxgenError(f"--resume continues the saved configuration; drop "
@@ -54,6 +56,8 @@ def train_command(
         out_dir = out
         _check_out_outside_data(out_dir, cfg)
     # what can fail on the inputs fails before --force deletes an earlier run in --out
+    if cfg.log == "tensorboard":
+        tensorboard_writer_class()
     device = pick_device(cfg.device)
     dist = distributed.init(device)  # torchrun: one process per GPU (or CPU share), rank 0 writes the run
     dist.check_batch(cfg.batch_size)
@@ -61,7 +65,8 @@ def train_command(
     data = dist.main_first(lambda: load_data(cfg))  # rank 0 first: a --download happens once
     hierarchy_for(cfg, data)
     split_rows(cfg, len(data.train))  # the data fits the batch size
-    finished = resume is not None and RunDir(resume).finished  # nothing left to train: say so, not just the summary
+    # nothing left to train: say so, not just the summary (a larger --epochs has more to train)
+    finished = resume is not None and RunDir(resume).finished and cfg.epochs <= _saved_epochs(resume)
     with contextlib.ExitStack() as stack:
         dist.on_main(lambda: _prepare(stack, out_dir, resume is not None, force))
         summary = train(cfg, out_dir, resume=resume is not None, show=not quiet, data=data)
@@ -71,9 +76,31 @@ def train_command(
         _print_summary(summary)
 
 
+def _saved_epochs(run: Path) -> int:
+    """The epochs the run's config.json was trained for."""
+    epochs = load_config_file(RunDir(run).config).get("epochs")
+    return epochs if isinstance(epochs, int) else 0
+
+
+_training: Path | None = None  # the run directory this process trains into, for after_interrupt
+
+
+def after_interrupt() -> str:
+    """What an interrupted `auxgen train` left: finished epochs, or (none finished) nothing to continue from."""
+    if _training is not None and RunDir(_training).last.is_file():
+        return f"finished epochs are saved (continue with auxgen train --resume {_training})"
+    if _training is not None and RunDir(_training).config.is_file():
+        return (f"no epoch had finished, so nothing was saved; start again with auxgen train --resume {_training} "
+                f"(from epoch 1)")
+    return ("no epoch had finished, so nothing was saved; run the command again (a run folder that has its "
+            "config.json also starts over with auxgen train --resume RUN)")
+
+
 def _prepare(stack: contextlib.ExitStack, out_dir: Path, resume: bool, force: bool) -> None:
     """Lock the run directory (held in `stack` while training) and make it ready to write into."""
+    global _training
     run_dir = RunDir(out_dir)
+    _training = out_dir
     if resume:
         stack.enter_context(run_dir.lock())
         run_dir.remove_stale_temp_files()
