@@ -41,12 +41,12 @@ needs_non_root = pytest.mark.skipif(IS_ROOT, reason="root ignores file permissio
 def no_training(monkeypatch):
     """For inputs that must be refused before training: a run that starts anyway fails at once
     (instead of training the default vgg16 for 200 epochs)."""
-    import auxgen.recipes.train as recipe
+    import auxgen.trainer as trainer  # the train recipe calls auxgen.api.train_run, which calls trainer.train
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started although the input is bad")
 
-    monkeypatch.setattr(recipe, "train", refuse)
+    monkeypatch.setattr(trainer, "train", refuse)
 
 
 def one_line_error(code: int, err: str, fragment: str) -> str:
