@@ -228,7 +228,9 @@ def _type_error(where: str, name: str, kinds: tuple[type, ...], value: Any) -> A
     want = " or ".join(names.get(k, k.__name__) for k in kinds)
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return AuxgenError(f"{where}: option {name.replace('_', '-')} must be {want}, got {type(value).__name__} {shown}")
+    also = " (in a file also an integer or a list of integers)" if name == "psi" else ""
+    return AuxgenError(f"{where}: option {name.replace('_', '-')} must be {want}{also}, got {type(value).__name__} "
+                       f"{shown}")
 
 
 def _check_choices(cfg: TrainConfig) -> None:
