@@ -17,8 +17,30 @@ from auxgen.paths import one_line
 # its own JVP decompositions on first use and warns about it: torch's doing, which users cannot act on
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|trace).* deprecated", category=FutureWarning)
 
+def _no_bool_metavar(params: list) -> None:
+    """A flag takes no value: show none (typer would print `<bool>` next to --help, --force, ...)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        params = super().get_params(ctx)
+        _no_bool_metavar(params)  # the help option too, which typer adds here
+        return params
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        params = super().get_params(ctx)
+        _no_bool_metavar(params)
+        return params
+
+
 app = typer.Typer(
     name="auxgen",
+    cls=_Group,
     help="Learned auxiliary labels for your data: train MAXL, export soft labels, verify them.",
     no_args_is_help=True,
     add_completion=False,
@@ -44,10 +66,10 @@ def _register() -> None:
     from auxgen.recipes.train import train_command
     from auxgen.recipes.verify import verify_command
 
-    app.command("train")(train_command)
-    app.command("export")(export_command)
-    app.command("verify")(verify_command)
-    from auxgen.recipes.report import report_command; app.command("report")(report_command)  # noqa: E702, I001
+    app.command("train", cls=_Command)(train_command)
+    app.command("export", cls=_Command)(export_command)
+    app.command("verify", cls=_Command)(verify_command)
+    from auxgen.recipes.report import report_command; app.command("report", cls=_Command)(report_command)  # noqa: E702, I001
 
 
 _register()
@@ -135,7 +157,12 @@ _AFTER_INTERRUPT = {
 
 def _interrupted(what: str) -> None:
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-    print(f"{what}; {_AFTER_INTERRUPT.get(command, 'nothing was changed')}", file=sys.stderr)
+    after = _AFTER_INTERRUPT.get(command, "nothing was changed")
+    if command == "train":  # true only once an epoch has finished
+        from auxgen.recipes.train import after_interrupt
+
+        after = after_interrupt()
+    print(f"{what}; {after}", file=sys.stderr)
 
 
 if __name__ == "__main__":

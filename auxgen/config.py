@@ -74,7 +74,7 @@ class TrainConfig:
     image_size: int = _f(32, "ImageFolder, csv and hf images are resized to this square size; with a pretrained backbone (torchvision:NAME, timm:NAME) and not given, the size its weights want (224 mostly).")
     primary_groups: int | None = _f(None, "digits only: primary task = 2 groups (0-4, 5-9) or 5 groups (0-1, ..., 8-9) of digits; the digit is the human auxiliary label.")
     hierarchy_depth: int = _f(1, "imagefolder: 1 (ROOT/CLASS/IMG) or 2 (ROOT/COARSE/FINE/IMG: coarse = primary, fine = human auxiliary labels, psi from the tree).")
-    psi: str | None = _f(None, "Auxiliary classes per primary class: '5' (uniform) or '2,3,4' (one per class); at most 1000 per class and 10000 in all. Default 5.")
+    psi: str | None = _f(None, "Auxiliary classes per primary class: '5' (uniform) or '2,3,4' (one per primary class, in the order of the run's config.json data.class_names: label index order, i.e. sorted folder names for imagefolder); a config file may also give an integer or a list of integers. At most 1000 per class and 10000 in all. Default 5.")
     psi_file: str | None = _f(None, "JSON file with psi as a list (or {\"psi\": [...]}).")
     method: str = _f("maxl", "maxl (learned labels), single (primary only), random (fixed random labels), human (the data's finer labels: CIFAR-100, digit groups, two-level ImageFolder), kmeans (k-means clusters of single-task features inside each primary class).", METHODS)
     features_from: str | None = _f(None, "--method kmeans: a finished single-task (or any) run whose network gives the features; without it a single-task network is trained first, in the same run, for the same epochs.")
@@ -114,6 +114,8 @@ class TrainConfig:
     precision: str = _f("fp32", "fp32, or bf16: autocast on CUDA for training and evaluation (fp32 on the CPU, where bf16 is slower); labels are float32 either way.", PRECISIONS)
     sync_bn: bool = _f(False, "Batch-norm statistics over all processes of a torchrun run (CUDA; needs --meta-order 1 with maxl); default: per process.")
     cosine_every: int = _f(0, "Log the primary/auxiliary gradient cosine every N steps (0: off; costs 2 backward passes).")
+    log: str = _f("none", "Also log the epoch metrics of metrics.jsonl elsewhere: none, or tensorboard (RUN/tensorboard/, for `tensorboard --logdir RUN`; needs `pip install tensorboard`).", ("none", "tensorboard"))
+    log_every: int = _f(50, "When stderr is not a terminal (a log file, CI), print a plain progress line every N training steps (counted at the trainer's host syncs, every 10 steps) and at least every 30 s.")
     eval_batch_size: int = _f(500, "Batch size of evaluation.")
     hypergradient: str = _f("lookahead", "maxl: how theta2's meta-signal is computed: lookahead (MAXL: through one SGD step of theta1, --meta-order) or implicit (AuxiLearn: the implicit function theorem with a truncated Neumann series, on held-out batches when --meta-split is set).", ("lookahead", "implicit"))
     neumann_steps: int = _f(3, "--hypergradient implicit: Hessian-vector products in the Neumann series of the inverse Hessian.", objective=True)
@@ -204,6 +206,8 @@ def check_types(values: dict[str, Any], where: str) -> dict[str, Any]:
     only for Optional options."""
     allowed, out = field_types(), {}
     for name, value in values.items():
+        if name == "psi":  # a config file may write psi = 3 or psi = [2, 3]: the same as --psi 3 / --psi 2,3
+            value = _psi_as_spec(value)
         kinds = allowed.get(name)
         if kinds is None or not set(kinds) <= _SIMPLE_TYPES:  # unknown options are from_dict's to report;
             out[name] = value                                 # other annotations are not checked here
@@ -225,12 +229,23 @@ def check_types(values: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def _psi_as_spec(value: Any) -> Any:
+    """psi given as an integer or a list of integers, in the string form of --psi ('3', '2,3'); others as given."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) for v in value)
+    return value
+
+
 def _type_error(where: str, name: str, kinds: tuple[type, ...], value: Any) -> AuxgenError:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
     want = " or ".join(names.get(k, k.__name__) for k in kinds)
     shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return AuxgenError(f"{where}: option {name.replace('_', '-')} must be {want}, got {type(value).__name__} {shown}")
+    also = " (in a file also an integer or a list of integers)" if name == "psi" else ""
+    return AuxgenError(f"{where}: option {name.replace('_', '-')} must be {want}{also}, got {type(value).__name__} "
+                       f"{shown}")
 
 
 def _check_choices(cfg: TrainConfig) -> None:
@@ -264,6 +279,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise AuxgenError(f"--neighbours must be at least 1, got {cfg.neighbours}")
     if cfg.meta_every < 1:
         raise AuxgenError(f"--meta-every must be at least 1 (a meta step every N steps), got {cfg.meta_every}")
+    if cfg.log_every < 1:
+        raise AuxgenError(f"--log-every must be at least 1 (steps between progress lines), got {cfg.log_every}")
     if cfg.cosine_every < 0:
         raise AuxgenError(f"--cosine-every must be 0 (off) or a positive number of steps, got {cfg.cosine_every}")
     if not 0 <= cfg.seed < MAX_SEED:

@@ -46,7 +46,7 @@ from auxgen.maxl import (
 )
 from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.paths import one_line
-from auxgen.progress import TrainProgress
+from auxgen.progress import TrainProgress, metric_log, tensorboard_writer_class
 from auxgen.rundir import RUN_FILES, RUN_MARKER, TEMP_FILE, RunDir  # noqa: F401  (re-exported names)
 from auxgen.runtime import Precision, pick_device
 
@@ -321,6 +321,23 @@ def _restore(run: Run, out: Path, rngs: dict[str, torch.Generator]) -> tuple[lis
     return state["history"], (state["best_acc"], state["best_epoch"]), state["epoch"] + 1, state["global_step"]
 
 
+def _resume_epochs(meta: dict[str, Any], cfg: TrainConfig, done: int, rd: RunDir, write: bool) -> None:
+    """--resume with another --epochs: at least the finished ones; config.json records the new count."""
+    saved = meta["train"].get("epochs")
+    if cfg.epochs == saved:
+        return
+    if cfg.epochs < done:
+        raise AuxgenError(f"--epochs {cfg.epochs} is fewer than the {done} epochs {rd.path} has finished; give "
+                          f"--epochs {done} or more")
+    if write:
+        print(f"note: {rd.path} now trains for {cfg.epochs} epochs (was {saved}); the learning-rate schedule "
+              f"stretches to {cfg.epochs} epochs from epoch {done + 1} on (finished epochs keep theirs)",
+              file=sys.stderr)
+        if rd.summary.is_file():  # the run is no longer finished until its new last epoch is
+            rd.summary.unlink()
+    meta["train"]["epochs"] = cfg.epochs
+
+
 def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: bool = True,
           on_epoch_end: Callable[[dict[str, Any]], None] | None = None, data: Data | None = None,
           targets: TargetSource | None = None, train_idx: torch.Tensor | None = None,
@@ -334,6 +351,8 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     """
     out = None if out is None else Path(out)
     rd = None if out is None else RunDir(out)
+    if cfg.log == "tensorboard" and out is not None:
+        tensorboard_writer_class()  # installed, or one line saying so, before anything is written
     dist = distributed.init(pick_device(cfg.device))
     dist.check_batch(cfg.batch_size)
     write, show = out is not None and dist.is_main, show and dist.is_main  # rank 0 writes and shows
@@ -350,13 +369,14 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
                               f"(fingerprint mismatch); resume needs the same data")
         meta = saved
         history, best, start_epoch, step = _restore(run, out, rngs)
+        _resume_epochs(meta, cfg, start_epoch - 1, rd, write)
     if write:
         write_json_atomic(rd.config, meta)
         write_text_atomic(rd.marker, f"auxgen run directory (auxgen {auxgen.__version__})\n")
 
-    progress = TrainProgress(cfg.epochs, enabled=show)
+    progress = TrainProgress(cfg.epochs, enabled=show, log_every=cfg.log_every)
     warned: set[str] = set()
-    with progress:
+    with progress, metric_log(cfg.log, out if write else None) as log:
         for epoch in range(start_epoch, cfg.epochs + 1):
             metrics, step = _train_epoch(run, epoch, step, rngs, progress, out)
             ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma, run.precision)
@@ -377,6 +397,8 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
                     save_checkpoint(state, rd.best)
                 save_checkpoint(state, rd.last)
                 write_text_atomic(rd.metrics, "".join(json.dumps(m) + "\n" for m in history))
+            if log is not None:
+                log.epoch(metrics)
             dist.barrier()  # no rank runs ahead of the checkpoint a resume would start from
             progress.end_epoch(metrics)
             if on_epoch_end is not None:

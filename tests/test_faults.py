@@ -41,12 +41,12 @@ needs_non_root = pytest.mark.skipif(IS_ROOT, reason="root ignores file permissio
 def no_training(monkeypatch):
     """For inputs that must be refused before training: a run that starts anyway fails at once
     (instead of training the default vgg16 for 200 epochs)."""
-    import auxgen.recipes.train as recipe
+    import auxgen.trainer as trainer  # the train recipe calls auxgen.api.train_run, which calls trainer.train
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started although the input is bad")
 
-    monkeypatch.setattr(recipe, "train", refuse)
+    monkeypatch.setattr(trainer, "train", refuse)
 
 
 def one_line_error(code: int, err: str, fragment: str) -> str:
@@ -260,7 +260,7 @@ def test_unreadable_psi_file_simulated(tmp_path, monkeypatch):
     ("c.json", '{"lr": "0.1"}', "option lr must be a number, got str"),
     ("c.json", '{"width": 4.5}', "option width must be an integer or null"),
     ("c.json", '{"download": 1}', "option download must be true or false"),
-    ("c.json", '{"psi": 5}', "option psi must be a string or null"),
+    ("c.json", '{"psi": 5.5}', "option psi must be a string or null"),  # psi = 5 is accepted (tests/test_api.py)
     ("c.json", '{"lr": NaN}', "--lr must be a finite number"),
     ("c.json", '{"train": 5}', '"train" must be a table'),
     ("c.json", "[1, 2]", "must hold a table/object"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import typer
@@ -44,8 +43,6 @@ def export_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no summary."),
 ) -> None:
     """Export soft auxiliary labels of a trained run as HDF5, WebDataset shards or parquet tables, with a manifest."""
-    from auxgen.export import ExportOptions, export_labels
-
     if out is None:
         raise AuxgenError("give --out: a file such as labels/run.h5 (hdf5), or a folder such as shards/run (wds) "
                           "or labels/run (parquet)")
@@ -54,17 +51,13 @@ def export_command(
     formats = generator_format if generator_format is not None else DEFAULT_GENERATOR_FORMATS if generator else ()
     if generator_format is not None and not generator_format.strip():
         raise AuxgenError("--generator-format is empty: name one or more of pt2, onnx, torchscript")
-    options = ExportOptions(fmt=fmt, checkpoint=checkpoint, split=split, dtype=dtype, views=views, images=images,
-                            shard_size=shard_size, max_count=max_count, generator_formats=formats, force=force,
-                            resume=resume, batch_size=batch_size, seed=seed, data_root=data_root, device=device)
+    from auxgen.api import export
     from auxgen.distributed import current
-    from auxgen.rundir import output_lock
 
-    # two exports into one --out at once would interleave their files; under torchrun the ranks write
-    # one export together and rank 0 holds the lock for all of them
-    lock = output_lock(out, f"another auxgen export is writing {out}; wait for it or choose another --out")
-    with lock if current().is_main else contextlib.nullcontext():
-        summary = export_labels(run_dir, out, options=options, show=not quiet)
+    summary = export(run_dir, out, format=fmt, checkpoint=checkpoint, split=split, dtype=dtype, views=views,
+                     images=images, shard_size=shard_size, max_count=max_count, generator_formats=formats,
+                     batch_size=batch_size, seed=seed, data_root=data_root, device=device, force=force,
+                     resume=resume, show=not quiet)
 
     if not quiet and current().is_main:  # under torchrun, rank 0 reports for every process
         print_summary(summary)

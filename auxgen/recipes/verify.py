@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from auxgen.errors import AuxgenError
@@ -28,7 +29,9 @@ def verify_command(
                                     "re-run (0: exact, for the run's own device and dtype)."),
     sample: int = typer.Option(512, "--sample", help="Labels re-derived with the generator (seeded random sample)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the re-derivation sample."),
-    atol: float = typer.Option(None, "--atol", help="Re-derivation tolerance [default: 1e-5 float32, 1e-3 float16]."),
+    atol: float = typer.Option(None, "--atol", show_default=False,
+                               help=escape("Largest allowed |difference| of a re-derived label from the exported one "
+                                           "[default: 1e-5 for float32 labels, 1e-3 for float16].")),
     retrain: int = typer.Option(0, "--retrain", help="Also retrain on the frozen labels for this many epochs, "
                                 "next to single-task and random-label networks (same seeds, backbone, schedule)."),
     seeds: int = typer.Option(3, "--seeds", help="With --retrain: seeds per arm (frozen labels, single-task, random "
