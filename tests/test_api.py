@@ -20,7 +20,7 @@ from auxgen.errors import AuxgenError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(dataset="digits", backbone="cnn", width=8, epochs=2, batch_size=64, lr=0.05, gen_lr=0.05, seed=0,
-            device="cpu")
+            device="cpu", meta_weight=1.0, consistency_weight=0.0, pairs="views", meta_every=1)  # as tiny_config
 
 
 @pytest.fixture(scope="module")
