@@ -93,6 +93,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb-cons-nometa-gw8": dict(NB, gen_width=8),
     "nb-cons-nometa-every2": dict(NB, meta_every=2),
     "nb-cons-nometa-colour": dict(NB, pair_colour=True),
+    "nb-cons-nometa-every2-colour": dict(NB, meta_every=2, pair_colour=True),
     "nb-cons-split": dict(NB, meta_weight=1.0, meta_split=0.2),       # ... with the meta step on held-out rows
     "nb-cons-implicit": dict(NB, meta_weight=1.0, hypergradient="implicit", meta_split=0.2, meta_every=4,
                              meta_norm="alpha"),
