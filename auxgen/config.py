@@ -41,7 +41,7 @@ _PAPER_COMMON = dict(backbone="vgg16", width=None, gen_width=None, epochs=200, b
                      momentum=0.0, weight_decay=0.0, lr_schedule="step", warmup_epochs=0, gen_weight_decay=5e-4,
                      gamma=2.0, entropy_weight=0.2, usage_entropy="batch", sharpness_weight=0.0, meta_norm="none",
                      meta_weight=1.0, consistency_weight=0.0, invariance_weight=0.0, aux_weight=1.0,
-                     neumann_steps=3, hypergradient="lookahead", meta_every=1, pair_colour=False, pairs="views",
+                     neumann_steps=3, hypergradient="lookahead", meta_every=1, pair_colour="off", pairs="views",
                      neighbours=5,
                      gen_optimizer="sgd", meta_order=2, fused_lookahead=False, augment="auto", flip=True, psi=None)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -119,7 +119,7 @@ class TrainConfig:
     eval_batch_size: int = _f(500, "Batch size of evaluation.")
     hypergradient: str = _f("lookahead", "maxl: how theta2's meta-signal is computed: lookahead (MAXL: through one SGD step of theta1, --meta-order) or implicit (AuxiLearn: the implicit function theorem with a truncated Neumann series, on held-out batches when --meta-split is set).", ("lookahead", "implicit"))
     neumann_steps: int = _f(3, "--hypergradient implicit: Hessian-vector products in the Neumann series of the inverse Hessian.", objective=True)
-    pair_colour: bool = _f(False, "The generator's second views (for --consistency-weight and --invariance-weight) also change colour: a random brightness and, for RGB, a random channel order, so labels cannot be about colour.")
+    pair_colour: str = _f("auto", "The generator's pair images (for --consistency-weight and --invariance-weight) also change colour: a random brightness and, for RGB, a random channel order, so labels cannot be about colour. auto: on for RGB images, off for greyscale; on; off.", ("auto", "on", "off"))
     pairs: str = _f("neighbours", "The generator's pair terms (--consistency-weight, --invariance-weight) compare an image's label with that of: views (another augmented view of it) or neighbours (another view of one of its nearest images of the same class, by thumbnail similarity).", ("neighbours", "views"))
     neighbours: int = _f(5, "--pairs neighbours: how many nearest images of the same class each image draws its pair from.")
     meta_every: int = _f(2, "maxl: a generator step (with --meta-weight above 0, a meta step) every N training steps; the steps between train theta1 on the generator's current labels. 2 halves the generator's cost at no measurable loss in label quality (docs/label_quality.md).")

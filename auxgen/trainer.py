@@ -451,6 +451,8 @@ class Batches:
 
     def __init__(self, run: Run, rng: torch.Generator) -> None:
         self.run, self.rng, self.dist = run, rng, distributed.current()
+        rgb = run.train_images.shape[1] == 3  # hue is a nuisance only colour images have
+        self.colour = {"on": True, "off": False, "auto": rgb}[run.cfg.pair_colour]
 
     def __call__(self, rows: torch.Tensor) -> Batch:
         run, src, data = self.run, self.run.targets, self.run.data
@@ -484,7 +486,7 @@ class Batches:
             pick = torch.randint(0, self.run.neighbours.shape[1], (n,), generator=self.rng)[self.dist.part(n)]
             x = self.run.train_images[self.run.neighbours[batch.idx, pick.to(batch.idx.device)]]
         x = self.view(x)
-        if self.run.cfg.pair_colour:
+        if self.colour:
             x = colour_jitter(x, len(x) * self.dist.world, self.rng, self.dist.part(len(x) * self.dist.world))
         return x
 

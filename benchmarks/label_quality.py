@@ -63,8 +63,9 @@ TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
 }
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
 # the defaults before issue 17 (MAXL's meta-gradient, no pair term): the studies below are variants of them
-V0 = dict(meta_weight=1.0, consistency_weight=0.0, pairs="views")
-NB = dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0)  # today's defaults, spelled out
+V0 = dict(meta_weight=1.0, consistency_weight=0.0, pairs="views", meta_every=1, pair_colour="off")
+# neighbour consistency without the meta-gradient, spelled out (today's defaults add meta_every=2, pair_colour=auto)
+NB = dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, meta_every=1, pair_colour="off")
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                        # auxgen's defaults (whatever config.py says)
     "paper": dict(PRESETS["paper"]),      # the published hyper-parameters, training included
@@ -76,7 +77,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "sgd": dict(V0, gen_optimizer="sgd"),
     "consistency": dict(V0, consistency_weight=1.0),
     "inv": dict(V0, invariance_weight=1.0),   # the within-class invariance prior (IIC) on top of v0
-    "inv-colour": dict(V0, invariance_weight=1.0, pair_colour=True),  # ... whose second views also change colour
+    "inv-colour": dict(V0, invariance_weight=1.0, pair_colour="on"),  # ... whose second views also change colour
     "inv-only": dict(V0, invariance_weight=1.0, entropy_weight=0.0, sharpness_weight=0.0),  # IIC replaces both
     "inv-nometa": dict(V0, invariance_weight=1.0, meta_weight=0.0),
     "aux25": dict(V0, aux_weight=0.25),       # AuxiLearn's auxiliary-loss scale
@@ -92,8 +93,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb-cons-nometa": NB,                     # ... without it: the defaults
     "nb-cons-nometa-gw8": dict(NB, gen_width=8),
     "nb-cons-nometa-every2": dict(NB, meta_every=2),
-    "nb-cons-nometa-colour": dict(NB, pair_colour=True),
-    "nb-cons-nometa-every2-colour": dict(NB, meta_every=2, pair_colour=True),
+    "nb-cons-nometa-colour": dict(NB, pair_colour="on"),
+    "nb-cons-nometa-every2-colour": dict(NB, meta_every=2, pair_colour="on"),
     "nb-cons-split": dict(NB, meta_weight=1.0, meta_split=0.2),       # ... with the meta step on held-out rows
     "nb-cons-implicit": dict(NB, meta_weight=1.0, hypergradient="implicit", meta_split=0.2, meta_every=4,
                              meta_norm="alpha"),

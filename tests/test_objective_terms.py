@@ -170,7 +170,7 @@ def test_same_class_neighbours_are_the_brute_force_nearest():
 
 
 def test_neighbour_pairs_train():
-    cfg = tiny_config(epochs=1, invariance_weight=1.0, pairs="neighbours", pair_colour=True)
+    cfg = tiny_config(epochs=1, invariance_weight=1.0, pairs="neighbours", pair_colour="on")
     s = train(cfg, None, show=False, return_run=True)
     run = s["run"]
     assert run.neighbours is not None and run.neighbours.shape == (len(run.data.train), cfg.neighbours)
