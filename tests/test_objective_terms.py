@@ -189,3 +189,13 @@ def test_meta_split_holds_out_rows_of_the_given_subset_only():
     assert not set(train_rows.tolist()) & set(meta_rows.tolist())
     full_train, full_meta = split_rows(cfg, 40)  # without a subset: all rows, as before
     assert sorted(full_train.tolist() + full_meta.tolist()) == list(range(40)) and len(full_meta) == 10
+
+
+def test_pair_colour_auto_is_on_for_rgb_images_only():
+    from auxgen.trainer import Batches
+
+    run = setup(tiny_config(epochs=1, pair_colour="auto"))  # digits: greyscale
+    assert Batches(run, torch.Generator()).colour is False
+    run.train_images = run.train_images.expand(-1, 3, -1, -1)  # the same images as RGB
+    assert Batches(run, torch.Generator()).colour is True
+    assert Batches(setup(tiny_config(epochs=1, pair_colour="on")), torch.Generator()).colour is True
