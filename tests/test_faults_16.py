@@ -27,18 +27,9 @@ from auxgen.rundir import RunDir, output_lock
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from test_faults import FAST, one_line_error  # noqa: E402  (one helper for "one line of an error")
+
 from pipelines import _common, numpy_reader, torch_frozen, wds_stream  # noqa: E402
-
-FAST = ["--backbone", "cnn", "--width", "4", "--epochs", "1", "--batch-size", "64", "--device", "cpu", "-q"]
-
-
-def one_line_error(code: int, err: str, fragment: str) -> str:
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -291,23 +282,18 @@ def _damage(path: Path, how: str) -> str:
 DAMAGE = ["nan", "negative", "outside-block", "wrong-k", "truncated", "strings"]
 
 
+READERS = {"numpy_reader": lambda p: numpy_reader.LabelFile(str(p)),
+           "torch_frozen": lambda p: torch_frozen.read_split(p, "train")}
+
+
+@pytest.mark.parametrize("reader", READERS)
 @pytest.mark.parametrize("how", DAMAGE)
-def test_numpy_reader_refuses_damaged_labels_in_one_line(tmp_path, how):
+def test_readers_refuse_damaged_labels_in_one_line(tmp_path, how, reader):
     path = tmp_path / "l.h5"
     write_h5(path)
     fragment = _damage(path, how)
     with pytest.raises(_common.ExportError) as e:
-        numpy_reader.LabelFile(str(path))
-    assert fragment in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("how", DAMAGE)
-def test_torch_frozen_refuses_damaged_labels_in_one_line(tmp_path, how):
-    path = tmp_path / "l.h5"
-    write_h5(path)
-    fragment = _damage(path, how)
-    with pytest.raises(_common.ExportError) as e:
-        torch_frozen.read_split(path, "train")
+        READERS[reader](path)
     assert fragment in str(e.value) and "\n" not in str(e.value)
 
 
