@@ -76,6 +76,7 @@ def _maxl_worker(rank: int, world: int, store: str, out: str) -> None:
     results = {f"{fused}-{order}": _maxl_steps(dist, fused, order) for fused in (False, True) for order in (1, 2)}
     if rank == 0:
         torch.save(results, out)
+    torch.distributed.barrier()  # leave together: a rank tearing gloo down while the other still works can abort
     torch.distributed.destroy_process_group()
 
 
