@@ -66,6 +66,7 @@ TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
 V0 = dict(meta_weight=1.0, consistency_weight=0.0, pairs="views", meta_every=1, pair_colour="off")
 # neighbour consistency without the meta-gradient, spelled out (today's defaults add meta_every=2, pair_colour=auto)
 NB = dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, meta_every=1, pair_colour="off")
+D2 = dict(NB, meta_every=2)  # today's defaults on greyscale data, spelled out
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                        # auxgen's defaults (whatever config.py says)
     "paper": dict(PRESETS["paper"]),      # the published hyper-parameters, training included
@@ -98,6 +99,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb-cons-split": dict(NB, meta_weight=1.0, meta_split=0.2),       # ... with the meta step on held-out rows
     "nb-cons-implicit": dict(NB, meta_weight=1.0, hypergradient="implicit", meta_split=0.2, meta_every=4,
                              meta_norm="alpha"),
+    # screens of today's defaults on greyscale data (D2, spelled out), one change each
+    "d-cw2": dict(D2, consistency_weight=2.0), "d-cw3": dict(D2, consistency_weight=3.0),
+    "d-k3": dict(D2, neighbours=3), "d-k10": dict(D2, neighbours=10),
+    "d-glr3": dict(D2, gen_lr=3e-3), "d-sharp2": dict(D2, sharpness_weight=2.0),
+    "d-ent4": dict(D2, entropy_weight=4.0),
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)
@@ -290,6 +296,13 @@ def _tasks(rows: list[dict]) -> list[str]:
     return [t for t in TASKS if any(r["task"] == t for r in rows)]
 
 
+def _reusable(files: list[Path], jobs: list[tuple]) -> dict[tuple, dict]:
+    """The rows of earlier runs that answer a job: same task, method and seed, at the same epochs."""
+    wanted = {(t, m, s, e or TASKS[t][2]): (t, m, s, e) for t, m, s, e in jobs}
+    rows = [r for f in files for r in json.loads(f.read_text())["rows"]]
+    return {wanted[k]: r for r in rows if (k := (r["task"], r["method"], r["seed"], r["epochs"])) in wanted}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default="g2,g5,g2-small")
@@ -301,6 +314,9 @@ def main() -> None:
     ap.add_argument("--cost", type=int, default=0, metavar="ROUNDS",
                     help="only time each method's training, interleaved, ROUNDS times (seed 0), against the first")
     ap.add_argument("--rows", type=Path, nargs="*", help="print the tables of earlier --out files instead of running")
+    ap.add_argument("--reuse", type=Path, nargs="*", default=[],
+                    help="take the rows these earlier --out files hold for a (task, method, seed, epochs) instead "
+                         "of training it again (every row is deterministic on the CPU)")
     ap.add_argument("--quick", action="store_true", help="CI-sized: 2 seeds, 4 epochs, task g2-small")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = ap.parse_args()
@@ -324,8 +340,11 @@ def main() -> None:
 
         make_task(SHAPES, SHAPES_PER_CLASS)
     t0 = time.perf_counter()
+    known = _reusable(args.reuse, jobs)
+    todo = [j for j in jobs if j not in known]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(run_one, *zip(*jobs, strict=True)))
+        fresh = dict(zip(todo, pool.map(run_one, *zip(*todo, strict=True)), strict=True)) if todo else {}
+    rows = [known.get(j) or fresh[j] for j in jobs]
     length = f"{args.epochs} epochs" if args.epochs else "epochs " + ", ".join(
         f"{t} {TASKS[t][2]}" for t in args.tasks.split(","))
     print(f"# label quality: cnn width {BASE['width']}, batch {BASE['batch_size']}, {length}, "
