@@ -15,6 +15,7 @@ from auxgen.data import DATASETS, Data, DataSpec
 from auxgen.data import load_data as load_spec
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, cifar100_human, human_hierarchy, parse_psi
+from auxgen.maxl import LossWeighting
 from auxgen.models import LabelGenerator, MultiTaskNet, backbone_norm
 
 
@@ -68,4 +69,6 @@ def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy,
     model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width, weights, norm)
     gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width, weights, norm)
            if cfg.method == "maxl" else None)
+    if gen is not None and cfg.aux_weighting == "learned":  # a part of theta2: its optimiser and checkpoint
+        gen.loss_weighting = LossWeighting()
     return model, gen

@@ -42,7 +42,7 @@ _PAPER_COMMON = dict(backbone="vgg16", width=None, gen_width=None, epochs=200, b
                      gamma=2.0, entropy_weight=0.2, usage_entropy="batch", sharpness_weight=0.0, meta_norm="none",
                      meta_weight=1.0, consistency_weight=0.0, invariance_weight=0.0, aux_weight=1.0,
                      neumann_steps=3, hypergradient="lookahead", meta_every=1, pair_colour="off", pairs="views",
-                     neighbours=5,
+                     neighbours=5, aux_weighting="fixed",
                      gen_optimizer="sgd", meta_order=2, fused_lookahead=False, augment="auto", flip=True, psi=None)
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {**_PAPER_COMMON, "gen_lr": 1e-3, "gen_decay": "l2", "meta_split": 0.0, "schedule": "alternate"},
@@ -122,6 +122,7 @@ class TrainConfig:
     pair_colour: str = _f("auto", "The generator's pair images (for --consistency-weight and --invariance-weight) also change colour: a random brightness and, for RGB, a random channel order, so labels cannot be about colour. auto: on for RGB images, off for greyscale; on; off.", ("auto", "on", "off"))
     pairs: str = _f("neighbours", "The generator's pair terms (--consistency-weight, --invariance-weight) compare an image's label with that of: views (another augmented view of it) or neighbours (another view of one of its nearest images of the same class, by thumbnail similarity).", ("neighbours", "views"))
     neighbours: int = _f(5, "--pairs neighbours: how many nearest images of the same class each image draws its pair from.")
+    aux_weighting: str = _f("fixed", "maxl: the per-sample weights of the primary and auxiliary losses in theta1's training loss: fixed (1 and --aux-weight) or learned (AuxiLearn's non-negative combination of per-sample losses, a small network trained by the meta-signal with the generator; needs --meta-weight above 0).", ("fixed", "learned"))
     meta_every: int = _f(2, "maxl: a generator step (with --meta-weight above 0, a meta step) every N training steps; the steps between train theta1 on the generator's current labels. 2 halves the generator's cost at no measurable loss in label quality (docs/label_quality.md).")
     aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).", objective=True)
     invariance_weight: float = _f(0.0, "Weight of an invariance prior for the generator: the mutual information of the auxiliary classes of two independently augmented views of each image (IIC), inside each primary block.", objective=True)
@@ -159,6 +160,9 @@ class TrainConfig:
         if self.hypergradient == "implicit" and (self.fused_lookahead or self.schedule == "alternate"):
             raise AuxgenError("--hypergradient implicit has no look-ahead to fuse and runs interleaved; it needs "
                               "--schedule interleave and --no-fused-lookahead")
+        if self.aux_weighting == "learned" and (self.method != "maxl" or not self.meta_weight):
+            raise AuxgenError("--aux-weighting learned is trained by the meta-signal: it needs --method maxl and "
+                              "--meta-weight above 0")
         if self.neumann_steps < 0:
             raise AuxgenError(f"--neumann-steps must be 0 or more, got {self.neumann_steps}")
         if self.batch_size < 2:

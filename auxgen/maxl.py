@@ -42,7 +42,9 @@ class Objective:
       + invariance_weight * -I(t; t')                  ... and the two views' classes share information
       + gen_l1 * |theta2|_1                            the paper text's L1 decay of the generator
 
-    theta1+ = theta1 - alpha grad[L_pri + aux_weight * L_aux(t)]. H_usage is the batch-mean
+    theta1+ = theta1 - alpha grad L_train, L_train = mean_b [w_pri l_pri,b + aux_weight w_aux l_aux,b],
+    with w = 1 or, with a `weighting`, learned non-negative per-sample weights (AuxiLearn's
+    combination of per-sample losses) that theta2's meta-signal trains too. H_usage is the batch-mean
     label's over all K (usage_entropy="batch", the paper) or each primary block's ("block").
     Field names are the config's, so a new term is one field here, one line in `terms`, one
     config field.
@@ -61,16 +63,41 @@ class Objective:
     consistency_weight: float = 0.0
     invariance_weight: float = 0.0
     gen_l1: float = 0.0
+    weighting: nn.Module | None = None  # w(l_pri, l_aux) per sample, a part of theta2 (None: w = 1)
 
     @property
     def needs_pair(self) -> bool:
         """Whether a term compares the labels of two views of the same images."""
         return bool(self.consistency_weight or self.invariance_weight)
 
-    def meta_signal(self, labels: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """meta_weight * s * (the first-order change of L_pri(theta1+) with t): -alpha * aux_weight * <t, u>."""
+    def meta_signal(self, labels: torch.Tensor, u: torch.Tensor, lw: LearnedWeights | None = None
+                    ) -> torch.Tensor:
+        """meta_weight * s * (the first-order change of L_pri(theta1+) with t): -alpha * aux_weight * <t, u>.
+
+        L_train is linear in the weighted targets w_aux t and w_pri onehot(y), so with learned
+        weights the same tangents give their part: -alpha * (aux_weight <w_aux t, u> + <w_pri, q_y>).
+        """
         scale = self.meta_weight / (self.alpha if self.meta_norm == "alpha" else 1.0)
-        return -scale * self.alpha * self.aux_weight * (labels * u).sum()
+        if lw is None:
+            return -scale * self.alpha * self.aux_weight * (labels * u).sum()
+        aux = (lw.w[:, 1:] * labels * u).sum()
+        return -scale * self.alpha * (self.aux_weight * aux + (lw.w[:, 0] * lw.q).sum())
+
+    def train_loss(self, pri: torch.Tensor, aux: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """L_train of the heads' logits, its unweighted primary and auxiliary means, and the learned weights.
+
+        The weights enter L_train detached (theta1 does not train them) and are returned with their
+        graph (None when fixed), for the meta-signal.
+        """
+        l_pri = focal_terms(pri, self.gamma).gather(1, y[:, None])[:, 0]
+        l_aux = (target * focal_terms(aux, self.gamma)).sum(1) if target is not None else torch.zeros_like(l_pri)
+        if self.weighting is None or target is None:
+            return l_pri.mean() + self.aux_weight * l_aux.mean(), l_pri.mean(), l_aux.mean(), None
+        w = self.weighting(l_pri.detach(), l_aux.detach())
+        wd = w.detach()
+        loss = (wd[:, 0] * l_pri).mean() + self.aux_weight * (wd[:, 1] * l_aux).mean()
+        return loss, l_pri.mean(), l_aux.mean(), w
 
     def terms(self, labels: torch.Tensor, y: torch.Tensor, pair: torch.Tensor | None,
               gen_params: list[torch.Tensor]) -> torch.Tensor:
@@ -86,6 +113,29 @@ class Objective:
         if self.gen_l1:
             total = total + self.gen_l1 * sum(p.abs().sum() for p in gen_params)
         return total
+
+
+class LearnedWeights(NamedTuple):
+    """Per-sample learned loss weights w [B, 2] (primary, auxiliary) with their graph, and the tangent q [B]
+    of each sample's primary loss along the look-ahead's direction (the primary analogue of u)."""
+
+    w: torch.Tensor
+    q: torch.Tensor
+
+
+class LossWeighting(nn.Module):
+    """w(l_pri, l_aux) = 2 sigmoid(MLP(log(1 + l))) in (0, 2) per sample, two weights: AuxiLearn's learned
+    non-negative combination of per-sample losses, bounded so no sample's loss can take over the step.
+    It starts at exactly w = 1 (the fixed weighting): the last layer starts at zero."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, l_pri: torch.Tensor, l_aux: torch.Tensor) -> torch.Tensor:
+        return 2 * torch.sigmoid(self.net(torch.stack([l_pri, l_aux], 1).log1p()))
 
 
 class Nets(NamedTuple):
@@ -146,16 +196,17 @@ def fused_iteration(nets: Nets, x: torch.Tensor, y: torch.Tensor, objective: Obj
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                aux_target: torch.Tensor | None, objective: Objective, reduce: Reduce | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step 1: theta1 <- theta1 - alpha grad[L(f_pri(x), y) + aux_weight * L(f_aux(x), t)], t held fixed.
+    """Step 1: theta1 <- theta1 - alpha grad L_train(f(x), y, t), t held fixed (Objective.train_loss).
 
     `aux_target` is None for single-task training. Returns detached (primary loss, auxiliary
     loss, number of correct primary predictions).
     """
     pri, aux = model(x)
-    loss_pri = focal_loss(pri, y, objective.gamma)
-    loss_aux = focal_loss(aux, aux_target, objective.gamma) if aux_target is not None else torch.zeros_like(loss_pri)
+    if aux_target is not None and aux_target.dim() == 1:
+        aux_target = nn.functional.one_hot(aux_target, aux.shape[1]).to(aux.dtype)
+    loss, loss_pri, loss_aux, _ = objective.train_loss(pri, aux, y, aux_target)
     optimizer.zero_grad(set_to_none=True)
-    (loss_pri + objective.aux_weight * loss_aux).backward()
+    loss.backward()
     if reduce is not None:
         reduce([p.grad for p in model.parameters() if p.grad is not None])
     optimizer.step()
@@ -211,38 +262,37 @@ def meta_gradient(model: nn.Module, gen_params: list[torch.Tensor], x: torch.Ten
     the look-ahead and the second-order term those of the whole batch (exact for the primary
     term; the regularisers, being nonlinear in the batch, are taken over each process's share).
     """
-    alpha, gamma, w = objective.alpha, objective.gamma, objective.aux_weight
+    alpha, gamma = objective.alpha, objective.gamma
     params = dict(model.named_parameters())
     stats = _no_running_stats(model)  # look-aheads use batch statistics and must not update the real ones
     pri, aux = functional_call(model, (params, dict(model.named_buffers()) if training_forward else stats), (x,))
-    loss_before, loss_aux = focal_loss(pri, y, gamma), focal_loss(aux, labels.detach(), gamma)
-    grads = list(torch.autograd.grad(loss_before + w * loss_aux, list(params.values())))
+    loss_train, loss_before, loss_aux, w = objective.train_loss(pri, aux, y, labels.detach())
+    grads = list(torch.autograd.grad(loss_train, list(params.values())))
     if reduce is not None:
         reduce(grads)
     fast = {n: (p - alpha * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grads, strict=True)}
     loss_after = focal_loss(functional_call(model, (fast, stats), (x,))[0], y, gamma)
     v = dict(zip(fast, _grads(loss_after, fast, reduce), strict=True))  # zeros on the aux head
 
-    # theta1+ depends on theta2 only through t, and L_train is *linear* in t:
+    # theta1+ depends on theta2 only through t (and the learned weights), and L_train is *linear* in t:
     #   L_aux(theta1; t) = mean_b sum_k t_bk l_bk(theta1),  l = focal_terms(f_aux(x; theta1)).
     # So the chain rule through the look-ahead gives, exactly,
     #   d L_pri(theta1+) / d t_bk = -alpha w <grad_theta1 l_bk(theta1), v> / B,   v = grad L_pri(theta1+),
     # a forward-mode Jacobian-vector product: the second-order term without a double backward.
+    # The same pass gives q_b = <grad l_pri,b, v> / B, the learned primary weights' part.
     theta = {n: p.detach() for n, p in params.items()}
 
-    def aux_terms(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        return focal_terms(functional_call(model, (p, stats), (x,))[1], gamma) / len(x)
-
     if objective.meta_order == 2:  # forward-mode AD: theta carries the tangent v
-        u = _aux_jvp(model, stats, x, gamma, theta, v)
+        u, q = _loss_jvp(model, stats, x, y, gamma, theta, v)
     else:
         eps = 0.01 / torch.sqrt(sum((g ** 2).sum() for g in v.values()))
         with torch.no_grad():
-            plus = aux_terms({n: p + eps * v[n] for n, p in theta.items()})
-            minus = aux_terms({n: p - eps * v[n] for n, p in theta.items()})
-        u = (plus - minus) / (2 * eps)
+            plus = _loss_terms(model, stats, x, y, gamma, {n: p + eps * v[n] for n, p in theta.items()})
+            minus = _loss_terms(model, stats, x, y, gamma, {n: p - eps * v[n] for n, p in theta.items()})
+        u, q = ((a - b) / (2 * eps) for a, b in zip(plus, minus, strict=True))
+    lw = None if w is None else LearnedWeights(w, q.detach())
     # the regularisers enter directly (the authors' first-order code leaves the entropy term out)
-    total = objective.meta_signal(labels, u.detach()) + objective.terms(labels, y, pair, gen_params)
+    total = objective.meta_signal(labels, u.detach(), lw) + objective.terms(labels, y, pair, gen_params)
     gen_grads = list(torch.autograd.grad(total, gen_params))
     if reduce is not None:
         reduce(gen_grads)
@@ -269,7 +319,7 @@ def implicit_step(nets: Nets, x: torch.Tensor, y: torch.Tensor, labels: torch.Te
     loss_meta = focal_loss(functional_call(nets.model, (theta, stats), (mx,))[0], my, gamma)
     v = _grads(loss_meta, theta, reduce)
     pri, aux = functional_call(nets.model, (theta, stats), (x,))
-    loss_train = focal_loss(pri, y, gamma) + objective.aux_weight * focal_loss(aux, labels.detach(), gamma)
+    loss_train, _, _, w = objective.train_loss(pri, aux, y, labels.detach())
     g = torch.autograd.grad(loss_train, list(theta.values()), create_graph=True)
     term, p = v, v
     for _ in range(objective.neumann_steps):
@@ -280,9 +330,10 @@ def implicit_step(nets: Nets, x: torch.Tensor, y: torch.Tensor, labels: torch.Te
         term = [t - alpha * h for t, h in zip(term, hv, strict=True)]
         p = [a + t for a, t in zip(p, term, strict=True)]
     theta = {n: q.detach() for n, q in theta.items()}
-    u = _aux_jvp(nets.model, stats, x, gamma, theta, dict(zip(theta, p, strict=True)))
+    u, q = _loss_jvp(nets.model, stats, x, y, gamma, theta, dict(zip(theta, p, strict=True)))
     gen_params = _trainable(nets.generator)
-    total = objective.meta_signal(labels, u) + objective.terms(labels, y, pair, gen_params)
+    lw = None if w is None else LearnedWeights(w, q)
+    total = objective.meta_signal(labels, u, lw) + objective.terms(labels, y, pair, gen_params)
     gen_grads = list(torch.autograd.grad(total, gen_params))
     if reduce is not None:
         reduce(gen_grads)
@@ -299,13 +350,19 @@ def _grads(loss: torch.Tensor, params: dict[str, torch.Tensor], reduce: Reduce |
     return gs
 
 
-def _aux_jvp(model: nn.Module, stats: dict, x: torch.Tensor, gamma: float, theta: dict[str, torch.Tensor],
-             tangent: dict[str, torch.Tensor]) -> torch.Tensor:
-    """<grad_theta l_bk(theta), tangent> / B for every (b, k): one forward-mode pass of the auxiliary head."""
+def _loss_terms(model: nn.Module, stats: dict, x: torch.Tensor, y: torch.Tensor, gamma: float,
+                theta: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The auxiliary head's focal terms l_bk / B [B, K] and each sample's primary loss / B [B], at theta."""
+    pri, aux = functional_call(model, (theta, stats), (x,))
+    return focal_terms(aux, gamma) / len(x), focal_terms(pri, gamma).gather(1, y[:, None])[:, 0] / len(x)
+
+
+def _loss_jvp(model: nn.Module, stats: dict, x: torch.Tensor, y: torch.Tensor, gamma: float,
+              theta: dict[str, torch.Tensor], tangent: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """<grad_theta l, tangent> of both `_loss_terms`, (u [B, K], q [B]): one forward-mode pass."""
     with fwAD.dual_level():
         dual = {n: fwAD.make_dual(p, tangent[n]) for n, p in theta.items()}
-        out = focal_terms(functional_call(model, (dual, stats), (x,))[1], gamma) / len(x)
-        return fwAD.unpack_dual(out).tangent
+        return tuple(fwAD.unpack_dual(t).tangent for t in _loss_terms(model, stats, x, y, gamma, dual))
 
 
 def _trainable(module: nn.Module) -> list[torch.Tensor]:

@@ -421,11 +421,13 @@ def _set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
         group["lr"] = lr
 
 
-def objective_for(cfg: TrainConfig, alpha: float) -> Objective:
-    """The epoch's Objective: every field the config shares by name, alpha the epoch's learning rate."""
+def objective_for(cfg: TrainConfig, alpha: float, generator: torch.nn.Module | None = None) -> Objective:
+    """The epoch's Objective: every field the config shares by name, alpha the epoch's learning rate, and the
+    generator's learned loss weighting (--aux-weighting learned) if it has one."""
     shared = {f.name for f in dataclasses.fields(Objective)} & {f.name for f in dataclasses.fields(cfg)}
     l1 = cfg.gen_weight_decay if cfg.gen_decay == "l1" else 0.0  # l2 is in the generator's optimiser
-    return Objective(alpha=alpha, gen_l1=l1, **{n: getattr(cfg, n) for n in shared})
+    return Objective(alpha=alpha, gen_l1=l1, weighting=getattr(generator, "loss_weighting", None),
+                     **{n: getattr(cfg, n) for n in shared})
 
 
 def precision_of(cfg: TrainConfig, device: torch.device) -> Precision:
@@ -642,7 +644,7 @@ def _start_epoch(run: Run, epoch: int, rngs: dict[str, torch.Generator]) -> tupl
     meta_rows = run.meta_idx[torch.randperm(len(run.meta_idx), generator=rngs["data"])] if len(run.meta_idx) \
         else run.meta_idx
     nets = Nets(run.model, run.generator, run.optimizer, run.gen_optimizer)
-    return Epoch(run, nets, objective_for(cfg, lrs["lr"]), Batches(run, rngs["aug"]),
+    return Epoch(run, nets, objective_for(cfg, lrs["lr"], run.generator), Batches(run, rngs["aug"]),
                  dist.average_ if dist.enabled else None, meta_rows), lrs
 
 

@@ -99,11 +99,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nb-cons-split": dict(NB, meta_weight=1.0, meta_split=0.2),       # ... with the meta step on held-out rows
     "nb-cons-implicit": dict(NB, meta_weight=1.0, hypergradient="implicit", meta_split=0.2, meta_every=4,
                              meta_norm="alpha"),
+    # AuxiLearn's learned non-negative weighting of the per-sample losses, trained by the meta-signal
+    "v0-learned": dict(V0, aux_weighting="learned"),
+    "nb-cons-learned": dict(NB, meta_weight=1.0, aux_weighting="learned"),
+    "implicit-learned": dict(V0, hypergradient="implicit", meta_split=0.2, meta_every=4, meta_norm="alpha",
+                             aux_weighting="learned"),
     # screens of today's defaults on greyscale data (D2, spelled out), one change each
     "d-cw2": dict(D2, consistency_weight=2.0), "d-cw3": dict(D2, consistency_weight=3.0),
     "d-k3": dict(D2, neighbours=3), "d-k10": dict(D2, neighbours=10),
     "d-glr3": dict(D2, gen_lr=3e-3), "d-sharp2": dict(D2, sharpness_weight=2.0),
     "d-ent4": dict(D2, entropy_weight=4.0),
+    # more generator training: a faster generator, every step or every 2, full or half width
+    "nb-g3": dict(NB, gen_lr=3e-3), "nb-g10": dict(NB, gen_lr=1e-2), "d-g10": dict(D2, gen_lr=1e-2),
+    "d-gw8-g3": dict(D2, gen_width=8, gen_lr=3e-3), "nb-gw8-g3": dict(NB, gen_width=8, gen_lr=3e-3),
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)
@@ -261,9 +269,15 @@ def calibration(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _mean_time(rows: list[dict], task: str, method: str) -> float:
-    ts = [r.get("train_s", r["time_s"]) for r in rows if r["task"] == task and r["method"] == method]
+def _mean_time(rows: list[dict], task: str, method: str, run: str | None) -> float:
+    """Mean training seconds of a method's rows of one benchmark run: times of different runs met other loads."""
+    ts = [r.get("train_s", r["time_s"]) for r in rows
+          if r["task"] == task and r["method"] == method and r.get("run") == run]
     return sum(ts) / len(ts) if ts else math.nan
+
+
+def _run_of(rows: list[dict], task: str) -> str | None:
+    return next((r.get("run") for r in rows if r["task"] == task and r["method"] == "single"), None)
 
 
 def comparisons(rows: list[dict]) -> str:
@@ -273,7 +287,8 @@ def comparisons(rows: list[dict]) -> str:
            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for task in _tasks(rows):
         gain, _ = oracle_gain(rows, task)
-        single_s = _mean_time(rows, task, "single")
+        run = _run_of(rows, task)
+        single_s = _mean_time(rows, task, "single", run)
         for m in sorted({r["method"] for r in rows if r["task"] == task and r["method"].startswith("maxl")}):
             for key, label in (("frozen", "frozen"), ("acc", "co-trained")):
                 diffs = [diff_ci(rows, task, m, base, key, "acc") for base in ("single", "random", "human")]
@@ -281,9 +296,10 @@ def comparisons(rows: list[dict]) -> str:
                     continue
                 cells = ["-" if math.isnan(d) else f"{100 * d:+.2f} ± {100 * h:.2f} {_mark(d, h)}" for d, h in diffs]
                 share = diffs[0][0] / gain if qualifies(rows, task) and gain > 0 else math.nan
-                cost = _mean_time(rows, task, m) / single_s
+                cost = _mean_time(rows, task, m, run) / single_s  # nan: not timed beside single-task
                 out.append(f"| {task} | {m} | {label} | {' | '.join(cells)} | "
-                           f"{'-' if math.isnan(share) else f'{100 * share:.0f}%'} | {cost:.1f} |")
+                           f"{'-' if math.isnan(share) else f'{100 * share:.0f}%'} | "
+                           f"{'-' if math.isnan(cost) else f'{cost:.1f}'} |")
     return "\n".join(out)
 
 
@@ -344,7 +360,8 @@ def main() -> None:
     todo = [j for j in jobs if j not in known]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         fresh = dict(zip(todo, pool.map(run_one, *zip(*todo, strict=True)), strict=True)) if todo else {}
-    rows = [known.get(j) or fresh[j] for j in jobs]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")  # which rows were timed together, under one load
+    rows = [known.get(j) or {**fresh[j], "run": stamp} for j in jobs]
     length = f"{args.epochs} epochs" if args.epochs else "epochs " + ", ".join(
         f"{t} {TASKS[t][2]}" for t in args.tasks.split(","))
     print(f"# label quality: cnn width {BASE['width']}, batch {BASE['batch_size']}, {length}, "
