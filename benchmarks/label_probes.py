@@ -99,10 +99,17 @@ def probe_temper(task: str, seed: int) -> dict:
     return {f"T={t}": _frozen(cfg, data, idx, "soft", temper(soft, t)) for t in (0.5, 1.0, 2.0, 4.0)}
 
 
-def _patch_teacher(stop_pair: dict) -> None:
+STOP_PAIR = {"on": False}  # the teacher probe's switch, read by its patched Epoch.pair
+_PATCHED: list[bool] = []   # a worker process runs many seeds: patch it once
+
+
+def _patch_teacher() -> None:
     import auxgen.maxl as maxl
     import auxgen.trainer as trainer
 
+    if _PATCHED:
+        return
+    _PATCHED.append(True)
     apply, pair = maxl._apply, trainer.Epoch.pair
 
     def ema_apply(gen, opt, grads):
@@ -114,7 +121,7 @@ def _patch_teacher(stop_pair: dict) -> None:
                 e.lerp_(p, 1 - EMA_DECAY)
 
     def maybe_stopped_pair(self, batch):
-        if stop_pair["on"]:
+        if STOP_PAIR["on"]:
             with torch.no_grad():
                 return pair(self, batch)
         return pair(self, batch)
@@ -123,12 +130,11 @@ def _patch_teacher(stop_pair: dict) -> None:
 
 
 def probe_teacher(task: str, seed: int) -> dict:
-    stop = {"on": False}
-    _patch_teacher(stop)
+    _patch_teacher()
     out = {}
     arms = (("every2", DEFAULT, False), ("every-step stop-grad pair", "maxl:nb-cons-nometa", True))
     for name, method, stopped in arms:
-        stop["on"] = stopped
+        STOP_PAIR["on"] = stopped
         cfg, data, idx = _setup(task, method, seed)
         t0 = time.perf_counter()
         run, soft = _generator_labels(cfg, data, idx)
