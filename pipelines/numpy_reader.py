@@ -50,6 +50,13 @@ class LabelFile:
     def __len__(self) -> int:
         return sum(len(s["index"]) for s in self.splits.values())
 
+    def folder_images(self, root: str, split: str = "train") -> np.ndarray:
+        """The split's images in split order (what batch["index"] indexes), decoded from the image files under
+        `root` (the ImageFolder auxgen read; for a --test-root run's test split, that root) exactly as auxgen
+        decoded them: fitted to the export's `image_shape`. uint8 [N, C, H, W]."""
+        s = self.splits[split]
+        return _common.folder_images(root, self.attrs, s["keys"], s["index"])
+
     def batches(self, split: str = "train", batch_size: int = 256, shuffle: bool = False, seed: int = 0,
                 drop_last: bool = False, shard: tuple[int, int] = (0, 1), view: str = "random"
                 ) -> Iterator[dict[str, np.ndarray]]:
