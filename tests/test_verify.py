@@ -362,3 +362,25 @@ def test_an_unlisted_generator_file_is_never_loaded(generator_export, tmp_path, 
     report = verify(run, h5, sample=32)
     assert status(report)["integrity"] == "fail" and "g.h5.generator.onnx sits beside" in reason(report, "integrity")
     assert not loaded
+
+
+def test_library_defaults_never_select_on_the_test_set(tiny_run):
+    """Every library entry point uses the last checkpoint unless best (chosen on the test split) is asked for."""
+    import inspect
+
+    from auxgen import api
+    from auxgen.export.options import ExportOptions
+    from auxgen.export.source import open_run
+    from auxgen.report.builder import build_report
+    from auxgen.report.labels import labels_from_generator
+    from auxgen.report.runs import read_run
+    from auxgen.run import load_run
+    from auxgen.rundir import RunDir
+
+    for fn in (verify, build_report, read_run, labels_from_generator, open_run, load_run, api.export, api.Run.load):
+        assert inspect.signature(fn).parameters["checkpoint"].default == "last", fn.__qualname__
+    assert ExportOptions().checkpoint == "last"
+    rd = RunDir(tiny_run)
+    assert load_run(tiny_run).checkpoint_path == rd.checkpoint("last")
+    assert load_run(tiny_run, "best").checkpoint_path == rd.checkpoint("best")  # still there when asked for
+    assert verify(tiny_run, sample=8).checkpoint == "last"
