@@ -10,7 +10,7 @@ written to the same path is picked up (the file is re-read when its contents cha
     targets = OnnxRefreshedTargets(images, primary, "labels/c100.h5.generator.onnx", pad=4, every=5, views=2)
     for epoch in range(1, epochs + 1):
         log = targets.maybe_refresh(epoch)           # {"tv": ..., "hard_changed": ...} when it refreshed
-        for idx in np.array_split(rng.permutation(len(primary)), len(primary) // 256):
+        for idx in np.array_split(rng.permutation(len(primary)), max(1, len(primary) // 256)):
             x, y, aux = targets.batch(idx)           # numpy: uint8 views, int64 primary, float32 [B, K] targets
             state = train_step(state, jnp.asarray(x), jnp.asarray(y), jnp.asarray(aux))   # or tf.convert_to_tensor
 

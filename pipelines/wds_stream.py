@@ -11,7 +11,8 @@ Label-only shards (`auxgen export --no-images`) join image shards by key: pass
 (`key_fn` maps an image shard's __key__ to the export's, if they differ). Shards are split
 across nodes (rank/world_size, or torch.distributed when initialised) and DataLoader workers.
 
-Script:  python pipelines/wds_stream.py --shards shards/c100 [--images shards/c100-images] --epochs 3
+Script:  python pipelines/wds_stream.py --shards shards/c100 --epochs 3
+         python pipelines/wds_stream.py --shards shards/c100-labels --images YOUR_IMAGE_SHARDS --epochs 3
 """
 
 from __future__ import annotations
