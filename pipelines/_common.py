@@ -404,7 +404,7 @@ def folder_images(root: str | Path, attrs: dict[str, Any], keys: Iterable[str], 
     if not export_fits(attrs) or shape is None:
         raise ExportError(f"the export's dataset ({attrs.get('dataset')}) is not image files auxgen decoded; "
                           f"build the image array from the dataset itself, in split order")
-    keys, index = list(keys), [int(i) for i in index]
+    root, keys, index = Path(root).expanduser(), list(keys), [int(i) for i in index]
     out = np.zeros((max(index, default=-1) + 1, *shape), dtype=np.uint8)
     for key, row in zip(keys, index, strict=True):
         out[row] = fit_image(open_image(inside(root, key)), shape)

@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines import _common, numpy_reader, parquet_reader, torch_frozen  # noqa: E402
+from pipelines import _common, numpy_reader, onnx_refresh, parquet_reader, torch_frozen  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 SIZE = 16
@@ -47,7 +47,7 @@ def folder_run(tmp_path_factory):
     folder = write_mixed_folder(base / "images")
     cfg = tiny_config(dataset="imagefolder", data_root=str(folder), image_size=SIZE, epochs=1, batch_size=4)
     train(cfg, base / "run", show=False)
-    export_labels(base / "run", base / "l.h5", "hdf5")
+    export_labels(base / "run", base / "l.h5", "hdf5", generator_formats="onnx")
     export_labels(base / "run", base / "pq", "parquet")
     return base, load_run_data(load_run(base / "run"))
 
@@ -119,3 +119,26 @@ def test_torch_frozen_script_trains_on_a_mixed_size_folder(folder_run):
                         "--dataset", "imagefolder", "--data-root", str(base / "images"), "--epochs", "1",
                         "--width", "4", "--batch-size", "4"], capture_output=True, text=True, cwd="/")
     assert r.returncode == 0 and "epoch 1: loss" in r.stdout, r.stderr
+
+
+def test_numpy_model_trains_on_rgb_without_diverging(folder_run):
+    """Raw 0..1 RGB pixels at lr 0.5 went 2.5 -> 20; standardised ones train at the default lr, below a batch too."""
+    base, _ = folder_run
+    lf = numpy_reader.LabelFile(str(base / "l.h5"))
+    images = lf.folder_images(str(base / "images"))
+    losses = numpy_reader.fit_softmax(lf, images, steps=30, batch_size=256)  # more than the split holds
+    assert max(losses) < losses[0] + 0.1 and np.mean(losses[-5:]) < losses[0] - 0.1, losses
+
+
+def test_onnx_refresh_script_trains_from_the_image_folder(folder_run, capsys):
+    base, _ = folder_run
+    result = onnx_refresh.main(["--labels", str(base / "l.h5"), "--image-root", str(base / "images"),
+                                "--epochs", "6", "--every", "3", "--batch-size", "4", "--threads", "1"])
+    epochs = result["epochs"]  # a refresh changes the targets (a step up), but nothing runs away
+    assert max(epochs) < 1.5 * epochs[0] and epochs[-1] < epochs[0], epochs
+
+
+def test_numpy_reader_script_takes_an_image_root_and_lr(folder_run, capsys):
+    base, _ = folder_run
+    numpy_reader.main([str(base / "l.h5"), "--image-root", str(base / "images"), "--steps", "5", "--lr", "1"])
+    assert "over 5 steps" in capsys.readouterr().out
