@@ -397,13 +397,15 @@ def folder_images(root: str | Path, attrs: dict[str, Any], keys: Iterable[str], 
     as auxgen did (uint8 [N, C, H, W], for numpy_reader, parquet_reader and onnx_refresh).
 
     Keys of an ImageFolder export are paths relative to its root (`cat/0001.png`, the test split's to
-    --test-root when the run had one); image `keys[j]` goes to row `index[j]`. `attrs`: the export's
+    --test-root when the run had one), a csv export's the paths its list gives (relative to the list's
+    folder); image `keys[j]` goes to row `index[j]`. `attrs`: the export's
     attributes (its `image_shape` and `image_fit`).
     """
     shape = export_image_shape(attrs)
-    if not export_fits(attrs) or shape is None:
-        raise ExportError(f"the export's dataset ({attrs.get('dataset')}) is not image files auxgen decoded; "
-                          f"build the image array from the dataset itself, in split order")
+    if not export_fits(attrs) or shape is None or attrs.get("dataset") == "hf":  # hf keys are rows, not files
+        raise ExportError(f"the export's dataset ({attrs.get('dataset')}) is not image files named by their keys; "
+                          f"build the image array from the dataset itself, in split order (fit_image decodes one "
+                          f"image as auxgen did)")
     root, keys, index = Path(root).expanduser(), list(keys), [int(i) for i in index]
     out = np.zeros((max(index, default=-1) + 1, *shape), dtype=np.uint8)
     for key, row in zip(keys, index, strict=True):

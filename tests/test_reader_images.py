@@ -49,6 +49,7 @@ def folder_run(tmp_path_factory):
     train(cfg, base / "run", show=False)
     export_labels(base / "run", base / "l.h5", "hdf5", generator_formats="onnx")
     export_labels(base / "run", base / "pq", "parquet")
+    export_labels(base / "run", base / "lab", "wds", images=False)
     return base, load_run_data(load_run(base / "run"))
 
 
@@ -109,7 +110,7 @@ def test_folder_images_refuses_an_export_of_stored_arrays(tiny_run, tmp_path):
     from auxgen.export import export_labels
 
     export_labels(tiny_run, tmp_path / "d.h5", "hdf5")
-    with pytest.raises(_common.ExportError, match="not image files auxgen decoded"):
+    with pytest.raises(_common.ExportError, match="not image files named by their keys"):
         numpy_reader.LabelFile(str(tmp_path / "d.h5")).folder_images(str(tmp_path))
 
 
@@ -142,3 +143,25 @@ def test_numpy_reader_script_takes_an_image_root_and_lr(folder_run, capsys):
     base, _ = folder_run
     numpy_reader.main([str(base / "l.h5"), "--image-root", str(base / "images"), "--steps", "5", "--lr", "1"])
     assert "over 5 steps" in capsys.readouterr().out
+
+
+def test_wds_stream_fits_your_own_image_shards(folder_run, tmp_path):
+    """Image shards of your own (the original mixed-size files) joined to label-only shards by key."""
+    import tarfile
+    from urllib.parse import unquote
+
+    from pipelines import wds_stream
+
+    base, data = folder_run
+    labels = wds_stream.label_table(wds_stream.shard_urls(base / "lab", "train"))
+    own = tmp_path / "own"
+    own.mkdir()
+    with tarfile.open(own / "train-000000.tar", "w") as tar:
+        for key in labels:
+            tar.add(base / "images" / unquote(key), arcname=f"{key}.png")
+    manifest = wds_stream.read_manifest(base / "lab")
+    batch = next(iter(wds_stream.stream(wds_stream.shard_urls(own, "train"), batch_size=len(labels), shuffle=0,
+                                        labels=labels, manifest=manifest)))
+    rows = {k: i for i, k in enumerate(data.train.keys)}
+    want = torch.stack([data.train.images[rows[unquote(k)]] for k in labels])
+    assert torch.equal(batch[0], want)
