@@ -180,16 +180,16 @@ def test_labels_from_another_checkpoint_fail(exported, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run0, run)
     h5 = copy_export(root, "labels.h5", tmp_path)
-    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     for v in state["generator"].values():
         if v.is_floating_point():
             v.mul_(1.05)
-    torch.save(state, run / "checkpoints" / "best.pt")
+    torch.save(state, run / "checkpoints" / "last.pt")
     report = verify(run, h5, sample=64)
     assert status(report) == {"evaluation": "pass", "integrity": "fail", "rederivation": "fail"}
     assert "labels of another checkpoint" in reason(report, "integrity")
     # a forger who also rewrites the recorded hashes is still caught by re-derivation
-    new_sha = sha256_file(run / "checkpoints" / "best.pt")
+    new_sha = sha256_file(run / "checkpoints" / "last.pt")
     with h5py.File(h5, "r+") as f:
         f.attrs["checkpoint_sha256"] = new_sha
     reseal(h5)
@@ -205,9 +205,9 @@ def test_labels_from_another_checkpoint_fail(exported, tmp_path):
 def test_changed_checkpoint_weights_fail_evaluation(exported, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(exported[0], run)
-    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     state["model"]["primary.2.bias"] += torch.linspace(-3, 3, len(state["model"]["primary.2.bias"]))
-    torch.save(state, run / "checkpoints" / "best.pt")
+    torch.save(state, run / "checkpoints" / "last.pt")
     report = verify(run)
     assert status(report) == {"evaluation": "fail"}
     assert "fingerprints match, so the checkpoint weights or the code changed" in reason(report, "evaluation")
@@ -217,7 +217,7 @@ def test_changed_checkpoint_weights_fail_evaluation(exported, tmp_path):
 def test_truncated_checkpoint_fails_not_crashes(exported, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(exported[0], run)
-    ck = run / "checkpoints" / "best.pt"
+    ck = run / "checkpoints" / "last.pt"
     ck.write_bytes(ck.read_bytes()[:1000])
     report = verify(run, exported[1] / "labels.h5")
     assert status(report) == {"evaluation": "fail", "integrity": "fail", "rederivation": "fail"}
