@@ -774,6 +774,9 @@ class DatasetEntry:
     auto_augment: bool  # --augment auto crops and flips it (32x32 RGB sets and ImageFolder)
     downloads: bool  # torchvision can fetch it (--download)
     human: str | None = None  # how it gives fine (human) labels for --method human, if it can
+    # its images are files decoded by `_decode_images` (fitted to --image-size, RGB), not stored arrays: an
+    # export says so (`image_fit`), so readers decoding the same files present them alike
+    fitted: bool = False
 
 
 # The one list of datasets: `--dataset` choices and help come from it; a new dataset is one entry
@@ -786,9 +789,10 @@ DATASETS: dict[str, DatasetEntry] = {
     "mnist": DatasetEntry(_mnist, channels=1, auto_augment=False, downloads=True),
     "fashion-mnist": DatasetEntry(_mnist, channels=1, auto_augment=False, downloads=True),
     "svhn": DatasetEntry(_svhn, channels=3, auto_augment=True, downloads=True),
-    "imagefolder": DatasetEntry(_imagefolder, channels=3, auto_augment=True, downloads=False,
+    "imagefolder": DatasetEntry(_imagefolder, channels=3, auto_augment=True, downloads=False, fitted=True,
                                 human="an imagefolder with --hierarchy-depth 2"),
-    "csv": DatasetEntry(_csv, channels=3, auto_augment=True, downloads=False,
+    "csv": DatasetEntry(_csv, channels=3, auto_augment=True, downloads=False, fitted=True,
                         human="a csv list with a third (fine label) column"),
-    "hf": DatasetEntry(_hf, channels=3, auto_augment=True, downloads=False, human="--dataset hf with --fine-column"),
+    "hf": DatasetEntry(_hf, channels=3, auto_augment=True, downloads=False, fitted=True,
+                       human="--dataset hf with --fine-column"),
 }

@@ -82,7 +82,7 @@ def _read_run_config(run_dir: Path) -> tuple[dict[str, Any], str]:
     return meta, hashlib.sha256(raw).hexdigest()
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
+def load_run(run_dir: str | Path, checkpoint: str = "last", device: str | None = None,
              data_root: str | None = None) -> LoadedRun:
     """Load a run's config and checkpoint; models come back in eval mode on the run's device choice."""
     run_dir = Path(run_dir)

@@ -325,6 +325,94 @@ def decode_png(data: bytes) -> torch.Tensor:
     return to_uint8_chw(arr)
 
 
+# ------------------------------------------------------------------------------ images as auxgen decoded them
+def export_image_shape(attrs: dict[str, Any]) -> tuple[int, int, int] | None:
+    """The [C, H, W] the export's labels were computed on: its `image_shape`, or (exports made before that was
+    recorded) the run config's; None when neither says."""
+    shape = attrs.get("image_shape")
+    if shape is None and isinstance(attrs.get("run_config"), str):
+        shape = (json.loads(attrs["run_config"]).get("data") or {}).get("image_shape")
+    return (int(shape[0]), int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None
+
+
+def export_fits(attrs: dict[str, Any]) -> bool:
+    """Whether the export's images were image files auxgen fitted to `image_shape` (`fit_image`); exports made
+    before `image_fit` was recorded: the datasets that always were."""
+    return attrs.get("image_fit", "fit" if attrs.get("dataset") in ("imagefolder", "csv", "hf") else "none") == "fit"
+
+
+def fit_image(image: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """A PIL image as auxgen decodes an image file (docs/format.md, `image_fit`): uint8 [C, H, W].
+
+    EXIF orientation applied, 16-bit or float greyscale scaled to 8 bits (a plain convert would clip
+    it), RGB (L for one channel), then the short side resized and the centre cropped to H x W
+    (PIL's ImageOps.fit, bilinear), keeping the aspect ratio.
+    """
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(image)
+    if img.mode.startswith("I") or img.mode == "F":
+        img = Image.fromarray(_eight_bit(np.asarray(img, dtype=np.float64), img.mode), "L")
+    c, h, w = shape
+    img = ImageOps.fit(img.convert("RGB" if c == 3 else "L"), (w, h), Image.BILINEAR)
+    return np.ascontiguousarray(np.atleast_3d(np.asarray(img)).transpose(2, 0, 1))
+
+
+def _eight_bit(a: np.ndarray, mode: str) -> np.ndarray:
+    if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) > 255):
+        a = a / 257.0  # 0..65535 -> 0..255
+    elif mode == "F" and a.max(initial=0) <= 1.0:
+        a = a * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def present_image(image: Any, shape: tuple[int, int, int] | None, fits: bool, name: str) -> torch.Tensor:
+    """An image as uint8 [C, H, W] in the shape the labels were computed on: a PIL image of an export whose
+    images auxgen decoded from files (`fits`) is fitted as auxgen did; any other image must already have
+    `shape` (None: not checked), else ExportError naming sample `name`."""
+    import torch
+
+    if fits and shape and hasattr(image, "getbands"):
+        return torch.from_numpy(fit_image(image, shape))
+    out = to_uint8_chw(image)
+    if shape and tuple(out.shape) != shape:
+        raise ExportError(f"sample {name} is a {'x'.join(map(str, out.shape))} image but the labels were computed "
+                          f"on {'x'.join(map(str, shape))} images; give PIL images (no transform) or that shape")
+    return out
+
+
+def open_image(src: str | Path | bytes) -> Any:
+    """An image file (or its bytes) as a loaded PIL image in its own mode (a torchvision `loader=`: its default
+    converts to RGB first, clipping 16-bit greyscale); `fit_image` presents it as auxgen did."""
+    from PIL import Image
+
+    with io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb") as f:
+        img = Image.open(f)
+        img.load()  # the pixels, before the file closes
+    return img
+
+
+def folder_images(root: str | Path, attrs: dict[str, Any], keys: Iterable[str], index: Iterable[int]) -> np.ndarray:
+    """The split-order image array an export's `index` refers to, decoded from the image files under `root`
+    as auxgen did (uint8 [N, C, H, W], for numpy_reader, parquet_reader and onnx_refresh).
+
+    Keys of an ImageFolder export are paths relative to its root (`cat/0001.png`, the test split's to
+    --test-root when the run had one), a csv export's the paths its list gives (relative to the list's
+    folder); image `keys[j]` goes to row `index[j]`. `attrs`: the export's
+    attributes (its `image_shape` and `image_fit`).
+    """
+    shape = export_image_shape(attrs)
+    if not export_fits(attrs) or shape is None or attrs.get("dataset") == "hf":  # hf keys are rows, not files
+        raise ExportError(f"the export's dataset ({attrs.get('dataset')}) is not image files named by their keys; "
+                          f"build the image array from the dataset itself, in split order (fit_image decodes one "
+                          f"image as auxgen did)")
+    root, keys, index = Path(root).expanduser(), list(keys), [int(i) for i in index]
+    out = np.zeros((max(index, default=-1) + 1, *shape), dtype=np.uint8)
+    for key, row in zip(keys, index, strict=True):
+        out[row] = fit_image(open_image(inside(root, key)), shape)
+    return out
+
+
 def collate(samples: list[tuple[torch.Tensor, int, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image, primary, aux_soft) samples -> batches: images [B, C, H, W], primary [B], aux_soft [B, ...]."""
     import torch

@@ -7,7 +7,8 @@
         step(x, batch["primary"], batch["aux_soft"])   # jax.numpy / tf.convert_to_tensor / ...
 
 Run as a script to print what a file holds, or to fit a small numpy softmax model on it:
-    python pipelines/numpy_reader.py labels/c100.h5 [--images train_images.npy --steps 50]
+    python pipelines/numpy_reader.py labels/c100.h5 [--images train_images.npy | --image-root photos] [--lr 2.0]
+(--image-root: an ImageFolder export's folder; its images are decoded as auxgen did, in split order)
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ class LabelFile:
     def __len__(self) -> int:
         return sum(len(s["index"]) for s in self.splits.values())
 
+    def folder_images(self, root: str, split: str = "train") -> np.ndarray:
+        """The split's images in split order (what batch["index"] indexes), decoded from the image files under
+        `root` (the ImageFolder auxgen read; for a --test-root run's test split, that root) exactly as auxgen
+        decoded them: fitted to the export's `image_shape`. uint8 [N, C, H, W]."""
+        s = self.splits[split]
+        return _common.folder_images(root, self.attrs, s["keys"], s["index"])
+
     def batches(self, split: str = "train", batch_size: int = 256, shuffle: bool = False, seed: int = 0,
                 drop_last: bool = False, shard: tuple[int, int] = (0, 1), view: str = "random"
                 ) -> Iterator[dict[str, np.ndarray]]:
@@ -88,29 +96,50 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def fit_softmax(labels: LabelFile, images: np.ndarray, steps: int = 50, lr: float = 0.5, batch_size: int = 128,
-                seed: int = 0) -> list[float]:
-    """A two-head linear softmax model in plain numpy, trained on primary + soft auxiliary targets.
+class SoftmaxHeads:
+    """Two linear softmax heads in plain numpy, primary (P classes) and auxiliary (K), on uint8 images.
 
-    Shows the reader feeding any framework; returns the loss of each step (cross-entropy on both heads).
+    Pixels are standardised with the training images' own mean and std and scaled by 1/sqrt(D), so a
+    feature vector has about unit norm whatever the image size or channels: a step of size `lr` then
+    cannot blow up (on raw 0..1 RGB pixels, |x|^2 grows with D and lr 0.5 diverged).
     """
-    rng = np.random.default_rng(seed)
-    x_all = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    d = x_all.shape[1]
-    w_p = rng.normal(0, 0.01, (d, labels.num_primary)).astype(np.float32)
-    w_a = rng.normal(0, 0.01, (d, labels.num_aux)).astype(np.float32)
+
+    def __init__(self, images: np.ndarray, num_primary: int, num_aux: int, seed: int = 0) -> None:
+        x = images.reshape(len(images), -1).astype(np.float32)
+        self.mean, self.std, self.dim = float(x.mean()), float(x.std()) or 1.0, x.shape[1]
+        rng = np.random.default_rng(seed)
+        self.w_p = rng.normal(0, 0.01, (self.dim, num_primary)).astype(np.float32)
+        self.w_a = rng.normal(0, 0.01, (self.dim, num_aux)).astype(np.float32)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        x = images.reshape(len(images), -1).astype(np.float32)
+        return (x - self.mean) / (self.std * np.sqrt(self.dim))
+
+    def step(self, images: np.ndarray, primary: np.ndarray, aux_soft: np.ndarray, lr: float) -> float:
+        """One gradient step on cross-entropy of both heads (soft targets for the auxiliary one); the loss."""
+        x = self.features(images)
+        p_pri, p_aux = _softmax(x @ self.w_p), _softmax(x @ self.w_a)
+        t_pri = np.eye(self.w_p.shape[1], dtype=np.float32)[primary]
+        loss = -(t_pri * np.log(p_pri + 1e-12)).sum(1).mean() - (aux_soft * np.log(p_aux + 1e-12)).sum(1).mean()
+        self.w_p -= lr * x.T @ (p_pri - t_pri) / len(x)   # softmax cross-entropy gradients
+        self.w_a -= lr * x.T @ (p_aux - aux_soft) / len(x)
+        return float(loss)
+
+
+def fit_softmax(labels: LabelFile, images: np.ndarray, steps: int = 50, lr: float = 2.0, batch_size: int = 128,
+                seed: int = 0) -> list[float]:
+    """`SoftmaxHeads` trained on primary + soft auxiliary targets: the reader feeding any framework.
+
+    `images`: the split's uint8 [N, C, H, W] in split order (`LabelFile.folder_images` for an ImageFolder);
+    returns the loss of each step. Batches are at most the split's size, so a small split still trains.
+    """
+    model = SoftmaxHeads(images, labels.num_primary, labels.num_aux, seed)
+    batch_size = max(1, min(batch_size, len(labels.splits["train"]["index"])))
     losses: list[float] = []
     epoch = 0
     while len(losses) < steps:
         for b in labels.batches("train", batch_size, shuffle=True, seed=seed + epoch, drop_last=True):
-            x = x_all[b["index"]]
-            p_pri, p_aux = _softmax(x @ w_p), _softmax(x @ w_a)
-            t_pri = np.eye(labels.num_primary, dtype=np.float32)[b["primary"]]
-            t_aux = b["aux_soft"]
-            loss = -(t_pri * np.log(p_pri + 1e-12)).sum(1).mean() - (t_aux * np.log(p_aux + 1e-12)).sum(1).mean()
-            w_p -= lr * x.T @ (p_pri - t_pri) / len(x)   # softmax cross-entropy gradient
-            w_a -= lr * x.T @ (p_aux - t_aux) / len(x)
-            losses.append(float(loss))
+            losses.append(model.step(images[b["index"]], b["primary"], b["aux_soft"], lr))
             if len(losses) >= steps:
                 break
         epoch += 1
@@ -120,12 +149,21 @@ def fit_softmax(labels: LabelFile, images: np.ndarray, steps: int = 50, lr: floa
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Read an auxgen HDF5 label export with numpy only.")
     ap.add_argument("labels", help="the .h5 export")
-    ap.add_argument("--images", help="a .npy of the train split's images (uint8 [N, C, H, W], split order): "
-                                     "fit a numpy softmax model on them")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--batch-size", type=int, default=128)
+    add_model_options(ap)
     args = ap.parse_args(argv)
     describe(LabelFile(args.labels), args)
+
+
+def add_model_options(ap: argparse.ArgumentParser) -> None:
+    """The script options of the numpy model (numpy_reader, parquet_reader)."""
+    images = ap.add_mutually_exclusive_group()
+    images.add_argument("--images", help="a .npy of the train split's images (uint8 [N, C, H, W], split order): "
+                                         "fit a numpy softmax model on them")
+    images.add_argument("--image-root", help="an ImageFolder export: its folder, whose images are decoded as auxgen "
+                                             "did (instead of --images)")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2.0, help="step size on standardised pixels [default: 2.0]")
 
 
 def describe(labels: LabelFile, args: argparse.Namespace) -> None:
@@ -134,8 +172,9 @@ def describe(labels: LabelFile, args: argparse.Namespace) -> None:
             "views": int(labels.attrs.get("views", 0)), "dtype": str(labels.attrs.get("dtype")),
             "splits": {k: len(v["index"]) for k, v in labels.splits.items()}}
     print(json.dumps(info))
-    if args.images:
-        losses = fit_softmax(labels, np.load(args.images), args.steps, batch_size=args.batch_size)
+    if args.images or args.image_root:
+        images = labels.folder_images(args.image_root) if args.image_root else np.load(args.images)
+        losses = fit_softmax(labels, images, args.steps, args.lr, args.batch_size)
         print(f"numpy softmax model: loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
 
 

@@ -10,11 +10,12 @@ written to the same path is picked up (the file is re-read when its contents cha
     targets = OnnxRefreshedTargets(images, primary, "labels/c100.h5.generator.onnx", pad=4, every=5, views=2)
     for epoch in range(1, epochs + 1):
         log = targets.maybe_refresh(epoch)           # {"tv": ..., "hard_changed": ...} when it refreshed
-        for idx in np.array_split(rng.permutation(len(primary)), len(primary) // 256):
+        for idx in np.array_split(rng.permutation(len(primary)), max(1, len(primary) // 256)):
             x, y, aux = targets.batch(idx)           # numpy: uint8 views, int64 primary, float32 [B, K] targets
             state = train_step(state, jnp.asarray(x), jnp.asarray(y), jnp.asarray(aux))   # or tf.convert_to_tensor
 
-Script (images: a .npy of the train split's uint8 images [N, C, H, W] in split order, as for numpy_reader):
+Script (images: a .npy of the train split's uint8 images [N, C, H, W] in split order, as for numpy_reader, or
+--image-root for an ImageFolder export: its folder, decoded as auxgen did):
     python pipelines/onnx_refresh.py --labels labels/c100.h5 --images train_images.npy --epochs 4 --every 2
 """
 
@@ -30,8 +31,10 @@ import numpy as np
 
 if __package__:
     from . import _common
+    from .numpy_reader import SoftmaxHeads
 else:  # run as a script: python pipelines/onnx_refresh.py
     import _common
+    from numpy_reader import SoftmaxHeads
 
 
 def apply_views(images: np.ndarray, views: np.ndarray, pad: int) -> np.ndarray:
@@ -132,23 +135,27 @@ class OnnxRefreshedTargets:
         return x, self.primary[idx], self.targets[idx, j]
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+def _train_images(args: argparse.Namespace, attrs: dict[str, Any], train: dict[str, Any]) -> np.ndarray:
+    """The train split's images in the export's row order, from --images (split order) or --image-root."""
+    if args.image_root:
+        return _common.folder_images(args.image_root, attrs, train["keys"], train["index"])[train["index"]]
+    return np.load(args.images)[train["index"]]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description="Train a numpy model with auxiliary targets refreshed by the exported "
                                              "ONNX generator (onnxruntime; no torch).")
     ap.add_argument("--labels", required=True, help="HDF5 export written with --generator")
-    ap.add_argument("--images", required=True, help="a .npy of the train split's uint8 images [N, C, H, W], in "
-                                                    "split order")
+    images = ap.add_mutually_exclusive_group(required=True)
+    images.add_argument("--images", help="a .npy of the train split's uint8 images [N, C, H, W], in split order")
+    images.add_argument("--image-root", help="an ImageFolder export: its folder, whose images are decoded as auxgen "
+                                             "did (instead of --images)")
     ap.add_argument("--generator", help="the .onnx generator [default: LABELS.generator.onnx]")
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--every", type=int, default=2, help="refresh the targets every N epochs")
     ap.add_argument("--views", type=int, default=2, help="views drawn and labelled per sample at each refresh")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.5)
+    ap.add_argument("--lr", type=float, default=2.0, help="step size on standardised pixels [default: 2.0]")
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: its default)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -164,31 +171,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with _common.open_export(args.labels) as f:
         attrs = _common.read_attrs(f)
         train = _common.read_split(f, "train", ("index", "primary", "aux_soft"))
-    images = np.load(args.images)[train["index"]]
+    images = _train_images(args, attrs, train)
     frozen = train["aux_soft"].astype(np.float32)
     targets = OnnxRefreshedTargets(images, train["primary"], generator, int(attrs.get("pad", 0)), args.every,
                                    args.views, initial=frozen if frozen.ndim == 2 else None, seed=args.seed,
                                    threads=args.threads)
     # a two-head linear softmax model in numpy: the point is the targets, not the model
+    model = SoftmaxHeads(images, int(attrs["num_primary"]), int(attrs["num_aux"]), args.seed)
     rng = np.random.default_rng(args.seed)
-    d, p, k = int(np.prod(images.shape[1:])), int(attrs["num_primary"]), int(attrs["num_aux"])
-    w_p = rng.normal(0, 0.01, (d, p)).astype(np.float32)
-    w_a = rng.normal(0, 0.01, (d, k)).astype(np.float32)
+    batch_size = max(1, min(args.batch_size, len(images)))  # a split smaller than a batch still trains
     result: dict[str, Any] = {"epochs": [], "refreshes": targets.refreshes}
     for epoch in range(1, args.epochs + 1):
         log = targets.maybe_refresh(epoch)
         if log is not None:
             print("refresh " + json.dumps(log), flush=True)
-        order, losses = rng.permutation(len(images)), []
-        for s in range(0, len(order) - args.batch_size + 1, args.batch_size):
-            x, y, aux = targets.batch(order[s:s + args.batch_size])
-            x = x.reshape(len(x), -1).astype(np.float32) / 255.0
-            p_pri, p_aux = _softmax(x @ w_p), _softmax(x @ w_a)
-            t_pri = np.eye(p, dtype=np.float32)[y]
-            losses.append(float(-(t_pri * np.log(p_pri + 1e-12)).sum(1).mean()
-                                - (aux * np.log(p_aux + 1e-12)).sum(1).mean()))
-            w_p -= args.lr * x.T @ (p_pri - t_pri) / len(x)  # softmax cross-entropy gradients
-            w_a -= args.lr * x.T @ (p_aux - aux) / len(x)
+        order = rng.permutation(len(images))
+        losses = [model.step(*targets.batch(order[s:s + batch_size]), args.lr)
+                  for s in range(0, len(order) - batch_size + 1, batch_size)]
         result["epochs"].append(float(np.mean(losses)))
         print(f"epoch {epoch}: loss {result['epochs'][-1]:.4f}", flush=True)
     return result

@@ -12,7 +12,7 @@ are plain parquet: `pandas.read_parquet("labels/c100/train.parquet")`, `polars.r
 DuckDB `SELECT * FROM 'labels/c100/train.parquet'`, Spark `spark.read.parquet(...)` or
 `datasets.load_dataset("parquet", data_files={"train": ".../train.parquet"})` read them as they are.
 
-Script:  python pipelines/parquet_reader.py labels/c100 [--images train_images.npy --steps 50]
+Script:  python pipelines/parquet_reader.py labels/c100 [--images train_images.npy | --image-root photos] [--lr 2.0]
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import numpy as np
 
 if __package__:
     from . import _common
-    from .numpy_reader import LabelFile, describe
+    from .numpy_reader import LabelFile, add_model_options, describe
 else:  # run as a script: python pipelines/parquet_reader.py
     import _common
-    from numpy_reader import LabelFile, describe
+    from numpy_reader import LabelFile, add_model_options, describe
 
 METADATA_KEY = b"auxgen"
 COLUMNS = ("key", "index", "primary", "aux_soft", "aux_hard", "entropy")
@@ -109,10 +109,7 @@ class LabelTable(LabelFile):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Read an auxgen parquet label export (pyarrow + numpy).")
     ap.add_argument("labels", help="the export's folder (train.parquet, test.parquet, manifest.json)")
-    ap.add_argument("--images", help="a .npy of the train split's images (uint8 [N, C, H, W], split order): "
-                                     "fit a numpy softmax model on them")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--batch-size", type=int, default=128)
+    add_model_options(ap)
     args = ap.parse_args(argv)
     describe(LabelTable(args.labels), args)
 

@@ -27,10 +27,32 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 if __package__:
-    from ._common import apply_view, collate, open_export, read_attrs, run_main, take_view, to_uint8_chw
+    from ._common import (
+        apply_view,
+        collate,
+        export_fits,
+        export_image_shape,
+        open_export,
+        open_image,
+        present_image,
+        read_attrs,
+        run_main,
+        take_view,
+    )
     from ._common import read_split as _read_split
 else:  # run as a script: python pipelines/torch_frozen.py
-    from _common import apply_view, collate, open_export, read_attrs, run_main, take_view, to_uint8_chw
+    from _common import (
+        apply_view,
+        collate,
+        export_fits,
+        export_image_shape,
+        open_export,
+        open_image,
+        present_image,
+        read_attrs,
+        run_main,
+        take_view,
+    )
     from _common import read_split as _read_split
 
 
@@ -68,7 +90,9 @@ class FrozenLabels(Dataset):
     """(image, primary, aux_soft) for every sample of an export's split, images taken from `base`.
 
     `base[i]` returns (image, target) like a torchvision dataset; `locate(key) -> i` maps an export
-    key to its row in `base` (default: `default_locate`). With a --views export, view="random"
+    key to its row in `base` (default: `default_locate`). Images come out as the labels saw them: a PIL
+    image of an ImageFolder/csv/hf export is fitted to the export's `image_shape` as auxgen decoded it
+    (`fit_image`), and an image of another shape is an ExportError. With a --views export, view="random"
     returns a random stored view of the image with that view's own label; augment=True instead
     applies a fresh random crop/flip (the label stays the unaugmented image's, as frozen labels are).
     """
@@ -81,6 +105,7 @@ class FrozenLabels(Dataset):
         self.aux_soft = torch.from_numpy(d["aux_soft"].astype(np.float32))
         self.views = torch.from_numpy(d["views"].astype(np.int64)) if "views" in d else None
         self.attrs = d["attrs"]
+        self.image_shape, self.fits = export_image_shape(self.attrs), export_fits(self.attrs)
         self.pad = int(self.attrs.get("pad", 0))
         self.num_primary, self.num_aux = int(self.attrs["num_primary"]), int(self.attrs["num_aux"])
         locate = locate or default_locate(base)
@@ -95,7 +120,7 @@ class FrozenLabels(Dataset):
         return len(self.keys)
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        image = to_uint8_chw(self.base[self.rows[j]][0])
+        image = present_image(self.base[self.rows[j]][0], self.image_shape, self.fits, self.keys[j])
         aux = self.aux_soft[j]
         if self.views is not None:
             v = int(torch.randint(0, self.views.shape[1], ())) if self.view == "random" else 0
@@ -103,7 +128,6 @@ class FrozenLabels(Dataset):
         elif self.augment and self.pad:
             image = apply_view(image, random_view(self.pad), self.pad)
         return image, int(self.primary[j]), aux
-
 
 # ------------------------------------------------------------------------------ model, loss, loop
 class TwoHeadNet(nn.Module):
@@ -195,7 +219,7 @@ def base_dataset(name: str, root: str, split: str) -> Any:
 
     train = split == "train"
     if name == "imagefolder":
-        return datasets.ImageFolder(root)
+        return datasets.ImageFolder(root, loader=open_image)  # images in their own mode, fitted by FrozenLabels
     if name == "svhn":
         return datasets.SVHN(root, split=split)
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100, "mnist": datasets.MNIST,

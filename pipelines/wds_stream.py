@@ -11,7 +11,8 @@ Label-only shards (`auxgen export --no-images`) join image shards by key: pass
 (`key_fn` maps an image shard's __key__ to the export's, if they differ). Shards are split
 across nodes (rank/world_size, or torch.distributed when initialised) and DataLoader workers.
 
-Script:  python pipelines/wds_stream.py --shards shards/c100 [--images shards/c100-images] --epochs 3
+Script:  python pipelines/wds_stream.py --shards shards/c100 --epochs 3
+         python pipelines/wds_stream.py --shards shards/c100-labels --images YOUR_IMAGE_SHARDS --epochs 3
 """
 
 from __future__ import annotations
@@ -29,11 +30,35 @@ import torch
 import webdataset as wds
 
 if __package__:
-    from ._common import ExportError, check_regular, collate, decode_png, listed_files, run_main, take_view
+    from ._common import (
+        ExportError,
+        check_regular,
+        collate,
+        decode_png,
+        export_fits,
+        export_image_shape,
+        listed_files,
+        open_image,
+        present_image,
+        run_main,
+        take_view,
+    )
     from ._common import read_manifest as _read_manifest
     from .torch_frozen import TwoHeadNet, accuracy, train_epoch
 else:  # run as a script: python pipelines/wds_stream.py
-    from _common import ExportError, check_regular, collate, decode_png, listed_files, run_main, take_view
+    from _common import (
+        ExportError,
+        check_regular,
+        collate,
+        decode_png,
+        export_fits,
+        export_image_shape,
+        listed_files,
+        open_image,
+        present_image,
+        run_main,
+        take_view,
+    )
     from _common import read_manifest as _read_manifest
     from torch_frozen import TwoHeadNet, accuracy, train_epoch
 
@@ -107,16 +132,20 @@ def _shuffled(urls: list[str], seed: int) -> Callable[[Iterator], Iterator]:
 def stream(urls: list[str], batch_size: int = 64, shuffle: int = 1000, epoch: int = 0, seed: int = 0,
            labels: dict[str, tuple[int, np.ndarray, Any]] | None = None, key_fn: Callable[[str], str] | None = None,
            pad: int = 0, rank: int | None = None, world_size: int | None = None,
-           partial: bool = True, num_aux: int | None = None) -> wds.DataPipeline:
+           partial: bool = True, num_aux: int | None = None, manifest: dict[str, Any] | None = None
+           ) -> wds.DataPipeline:
     """Batches (images uint8 [B, C, H, W], primary [B], aux_soft [B, K] float32) from shards.
 
     Without `labels` the shards hold images and labels; with it, `urls` are image shards and each
     sample's labels come from the table by key. With --views exports a random stored view is
     applied (needs `pad`, the export's) together with that view's label. `epoch` reseeds the
     shard and sample shuffles so each epoch differs, identically on every node. Labels that are not
-    finite non-negative floats (over `num_aux` classes, when given) are an ExportError.
+    finite non-negative floats (over `num_aux` classes, when given) are an ExportError. With the export's
+    `manifest`, images of your own shards are presented as the labels saw them (`present_image`: fitted to
+    its `image_shape` where auxgen decoded image files, else checked against it).
     """
     rng = random.Random(seed * 1000003 + epoch)
+    shape, fits = (export_image_shape(manifest), export_fits(manifest)) if manifest else (None, False)
 
     def to_sample(s: dict[str, Any]) -> Sample:
         key = key_fn(s["__key__"]) if key_fn else s["__key__"]
@@ -128,7 +157,8 @@ def stream(urls: list[str], batch_size: int = 64, shuffle: int = 1000, epoch: in
             primary, aux = int(s["cls"]), np.load(io.BytesIO(s["aux.npy"]), allow_pickle=False)
             views = json.loads(s["json"]).get("views")
         aux = _labels(aux, s["__key__"], num_aux)
-        image = decode_png(s["png"] if "png" in s else s["jpg"])
+        raw = s["png"] if "png" in s else s["jpg"]
+        image = present_image(open_image(raw), shape, fits, s["__key__"]) if manifest else decode_png(raw)
         aux = torch.from_numpy(np.asarray(aux, dtype=np.float32))
         if views:
             image, aux = take_view(image, aux, views, rng.randrange(len(views)), pad)
@@ -170,20 +200,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     labels = label_table(shard_urls(args.shards, "train")) if args.images else None
     image_dir = args.images or args.shards
     urls = shard_urls(image_dir, "train")
-    first = next(iter(stream(urls, 1, 0, labels=labels, pad=pad, num_aux=num_aux)))
+    first = next(iter(stream(urls, 1, 0, labels=labels, pad=pad, num_aux=num_aux, manifest=manifest)))
     model = TwoHeadNet(first[0].shape[1], manifest["num_primary"], num_aux, args.width)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     result: dict[str, Any] = {"epochs": []}
     for epoch in range(args.epochs):
         batches = loader(stream(urls, args.batch_size, args.shuffle, epoch, args.seed, labels, pad=pad,
-                                partial=False, num_aux=num_aux), args.workers)
+                                partial=False, num_aux=num_aux, manifest=manifest), args.workers)
         losses = train_epoch(model, batches, opt, args.gamma)
         result["epochs"].append(sum(losses) / max(len(losses), 1))
         print(f"epoch {epoch + 1}: loss {result['epochs'][-1]:.4f} ({len(losses)} steps)", flush=True)
     try:
         test_urls = shard_urls(image_dir, "test")
         test_labels = label_table(shard_urls(args.shards, "test")) if args.images else None
-        result["test_acc"] = accuracy(model, stream(test_urls, 256, 0, labels=test_labels, pad=pad))
+        result["test_acc"] = accuracy(model, stream(test_urls, 256, 0, labels=test_labels, pad=pad,
+                                                    manifest=manifest))
         print(f"test primary accuracy {100 * result['test_acc']:.2f}%")
     except FileNotFoundError:
         pass  # no test shards

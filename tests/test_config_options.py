@@ -40,6 +40,25 @@ def test_every_config_field_is_a_train_flag(cli, monkeypatch):
     assert "[default: 30]" in " ".join(out.split())  # --epochs shows its default
 
 
+def test_train_help_is_grouped_short_and_shows_defaults(cli, monkeypatch):
+    from auxgen.recipes.options import PANEL_OF, PANELS, full_help, short_help
+
+    assert set(PANEL_OF) == {f.name for f in FIELDS}  # every option has its panel, and only once
+    assert sum(len(v) for v in PANELS.values()) == len(FIELDS)
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, _ = cli("train", "--help")
+    assert code == 0 and "<bool>" not in out
+    text = " ".join(out.replace("│", " ").split())
+    for panel in ("Run", *PANELS):
+        assert f"╭─ {panel} ─" in out, panel
+    for name in ("epochs", "meta_every", "psi", "flip", "backbone"):  # defaults stay shown, also when cut short
+        help_ = " ".join(short_help(name).split())
+        assert help_ in text and ("[default:" in help_ or "Default" in help_), name
+    # the first sentence only: --meta-every's second sentence is in the field, not in --help
+    assert "2 halves the generator's cost" not in text and "2 halves the generator's cost" in full_help()
+    assert len(out.splitlines()) < 200
+
+
 def test_a_flag_reaches_the_config(cli, tmp_path):
     code, _, err = cli("train", "--out", tmp_path / "r", "--dataset", "digits", "--backbone", "cnn", "--width", "4",
                        "--epochs", "1", "--batch-size", "32", "--no-flip", "--consistency-weight", "0.5",

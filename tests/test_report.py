@@ -98,7 +98,7 @@ def test_two_runs_overlaid(report_two, runs):
     data = json.loads((out / "report.json").read_text())
     assert [r["method"] for r in data["runs"]] == ["maxl", "single"]
     from auxgen.checkpoint import sha256_file
-    assert data["runs"][0]["checkpoint_sha256"] == sha256_file(runs["maxl"] / "checkpoints" / "best.pt")
+    assert data["runs"][0]["checkpoint_sha256"] == sha256_file(runs["maxl"] / "checkpoints" / "last.pt")
     assert data["runs"][0]["checkpoint_sha256"] in page
     labels = data["labels"]
     assert labels["source"] == "generator" and labels["split"] == "test" and labels["samples"] == 359

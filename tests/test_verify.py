@@ -180,16 +180,16 @@ def test_labels_from_another_checkpoint_fail(exported, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run0, run)
     h5 = copy_export(root, "labels.h5", tmp_path)
-    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     for v in state["generator"].values():
         if v.is_floating_point():
             v.mul_(1.05)
-    torch.save(state, run / "checkpoints" / "best.pt")
+    torch.save(state, run / "checkpoints" / "last.pt")
     report = verify(run, h5, sample=64)
     assert status(report) == {"evaluation": "pass", "integrity": "fail", "rederivation": "fail"}
     assert "labels of another checkpoint" in reason(report, "integrity")
     # a forger who also rewrites the recorded hashes is still caught by re-derivation
-    new_sha = sha256_file(run / "checkpoints" / "best.pt")
+    new_sha = sha256_file(run / "checkpoints" / "last.pt")
     with h5py.File(h5, "r+") as f:
         f.attrs["checkpoint_sha256"] = new_sha
     reseal(h5)
@@ -205,9 +205,9 @@ def test_labels_from_another_checkpoint_fail(exported, tmp_path):
 def test_changed_checkpoint_weights_fail_evaluation(exported, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(exported[0], run)
-    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     state["model"]["primary.2.bias"] += torch.linspace(-3, 3, len(state["model"]["primary.2.bias"]))
-    torch.save(state, run / "checkpoints" / "best.pt")
+    torch.save(state, run / "checkpoints" / "last.pt")
     report = verify(run)
     assert status(report) == {"evaluation": "fail"}
     assert "fingerprints match, so the checkpoint weights or the code changed" in reason(report, "evaluation")
@@ -217,7 +217,7 @@ def test_changed_checkpoint_weights_fail_evaluation(exported, tmp_path):
 def test_truncated_checkpoint_fails_not_crashes(exported, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(exported[0], run)
-    ck = run / "checkpoints" / "best.pt"
+    ck = run / "checkpoints" / "last.pt"
     ck.write_bytes(ck.read_bytes()[:1000])
     report = verify(run, exported[1] / "labels.h5")
     assert status(report) == {"evaluation": "fail", "integrity": "fail", "rederivation": "fail"}
@@ -362,3 +362,25 @@ def test_an_unlisted_generator_file_is_never_loaded(generator_export, tmp_path, 
     report = verify(run, h5, sample=32)
     assert status(report)["integrity"] == "fail" and "g.h5.generator.onnx sits beside" in reason(report, "integrity")
     assert not loaded
+
+
+def test_library_defaults_never_select_on_the_test_set(tiny_run):
+    """Every library entry point uses the last checkpoint unless best (chosen on the test split) is asked for."""
+    import inspect
+
+    from auxgen import api
+    from auxgen.export.options import ExportOptions
+    from auxgen.export.source import open_run
+    from auxgen.report.builder import build_report
+    from auxgen.report.labels import labels_from_generator
+    from auxgen.report.runs import read_run
+    from auxgen.run import load_run
+    from auxgen.rundir import RunDir
+
+    for fn in (verify, build_report, read_run, labels_from_generator, open_run, load_run, api.export, api.Run.load):
+        assert inspect.signature(fn).parameters["checkpoint"].default == "last", fn.__qualname__
+    assert ExportOptions().checkpoint == "last"
+    rd = RunDir(tiny_run)
+    assert load_run(tiny_run).checkpoint_path == rd.checkpoint("last")
+    assert load_run(tiny_run, "best").checkpoint_path == rd.checkpoint("best")  # still there when asked for
+    assert verify(tiny_run, sample=8).checkpoint == "last"

@@ -26,7 +26,7 @@ import auxgen
 import auxgen.export.ranks as ranks
 import auxgen.export.state as state
 from auxgen import distributed
-from auxgen.data import Data
+from auxgen.data import DATASETS, Data
 from auxgen.errors import AuxgenError
 from auxgen.export.baseline import baseline_batches, check_exportable
 from auxgen.export.format import EXPORT_FILE_MODE, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME, wds_key
@@ -240,7 +240,14 @@ def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:
             "checkpoint_sha256": run.checkpoint_sha256, "config_sha256": run.config_sha256,
             "run_dir": str(run.run_dir), "dataset": data.name, "dataset_fingerprint": run.meta["data"]["fingerprint"],
             "test_acc": run.recorded_test_acc(), "device": str(run.device),
-            "method": run.cfg.method, "labels": "generator" if run.generator is not None else "one-hot"}
+            "method": run.cfg.method, "labels": "generator" if run.generator is not None else "one-hot",
+            # how a reader decoding the dataset's own files presents them as the labels saw them (docs/format.md)
+            "image_shape": list(data.image_shape), "image_fit": "fit" if _fitted(data) else "none"}
+
+
+def _fitted(data: Data) -> bool:
+    entry = DATASETS.get(data.name)
+    return bool(entry and entry.fitted)
 
 
 def _created() -> str:

@@ -16,7 +16,7 @@ class ExportOptions:
     """What to export and how; field names are the `auxgen export` options (docs/format.md)."""
 
     fmt: str = "hdf5"                  # hdf5, wds or parquet
-    checkpoint: str = "best"           # best, last or a path to a .pt file
+    checkpoint: str = "last"           # last, best (selected on the test set) or a path to a .pt file
     split: str = "all"                 # train, test or all
     dtype: str = "float32"             # storage type of aux_soft: float32 or float16
     views: int = 0                     # seeded augmented views per image (0: the images themselves)

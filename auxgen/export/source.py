@@ -9,7 +9,7 @@ from auxgen.paths import one_line
 from auxgen.run import LoadedRun, load_run, read_run_config
 
 
-def open_run(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
+def open_run(run_dir: str | Path, checkpoint: str = "last", device: str | None = None,
              data_root: str | None = None) -> LoadedRun:
     """`load_run`, with a foreign or damaged config.json or checkpoint as an AuxgenError, not a traceback."""
     try:

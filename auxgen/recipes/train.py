@@ -13,20 +13,28 @@ from auxgen import distributed
 from auxgen.api import check_out_outside_data, train_run, training_dir
 from auxgen.config import load_config_file, resolve_config
 from auxgen.errors import AuxgenError
-from auxgen.recipes.options import with_config_options
+from auxgen.recipes.options import RUN_PANEL, with_config_options
 from auxgen.rundir import RunDir
 
 
 @with_config_options  # a flag for every TrainConfig field, passed in `options`
 def train_command(
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory to create (config, metrics, checkpoints)."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
-    force: bool = typer.Option(False, "--force", help="Replace an earlier auxgen run in --out.", metavar=""),
-    config: Path = typer.Option(None, "--config", "-c", help="JSON or TOML file of options; flags override it."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no summary.", metavar=""),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory to create (config, metrics, checkpoints).",
+                             rich_help_panel=RUN_PANEL),
+    resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory.",
+                                rich_help_panel=RUN_PANEL),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier auxgen run in --out.", metavar="",
+                               rich_help_panel=RUN_PANEL),
+    config: Path = typer.Option(None, "--config", "-c", help="JSON or TOML file of options; flags override it.",
+                                rich_help_panel=RUN_PANEL),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display and no summary.", metavar="",
+                               rich_help_panel=RUN_PANEL),
     **options: Any,
 ) -> None:
-    """Train MAXL (or a baseline) and write a run directory: config.json, metrics.jsonl, checkpoints/."""
+    """Train MAXL (or a baseline) and write a run directory: config.json, metrics.jsonl, checkpoints/.
+
+    Each option shows its first sentence; `python -m auxgen.recipes.options` prints them in full.
+    """
     overrides = {k: v for k, v in options.items() if v is not None}
     if resume is not None:
         if out is not None and Path(out) != resume:

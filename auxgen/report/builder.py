@@ -86,7 +86,7 @@ def _previous_files(out: Path) -> list[str]:
 
 
 def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | None = None,
-                 checkpoint: str = "best", split: str = "test", max_samples: int = 5000, seed: int = 0,
+                 checkpoint: str = "last", split: str = "test", max_samples: int = 5000, seed: int = 0,
                  device: str | None = None, data_root: str | None = None, force: bool = False,
                  examples: int = 8, command: str | None = None) -> ReportResult:
     """Write index.html, its PNG figures and report.json into `out` for one or more runs (the first run's labels)."""
@@ -99,8 +99,9 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
     out = Path(out)
     run_paths = [Path(r) for r in runs]
     labels_path = None if labels is None else Path(labels)
-    # a checkpoint file names one run's checkpoint: the first run's; the others are described by their best
-    others = checkpoint if checkpoint in ("best", "last") else "best"
+    # a checkpoint file names one run's checkpoint: the first run's; the others are described by their last
+    # (best is chosen on the test split, so it is only ever taken when asked for)
+    others = checkpoint if checkpoint in ("best", "last") else "last"
     infos = [read_run(r, checkpoint if i == 0 else others) for i, r in enumerate(run_paths)]
     check_out(out, run_paths, labels_path, force, _image_folders(infos, data_root))
     name_runs(infos)

@@ -96,7 +96,7 @@ def _psi(run: RunInfo) -> tuple[int, ...]:
     return tuple(psi)
 
 
-def labels_from_generator(run: RunInfo, checkpoint: str = "best", split: str = "test", max_samples: int = 5000,
+def labels_from_generator(run: RunInfo, checkpoint: str = "last", split: str = "test", max_samples: int = 5000,
                           seed: int = 0, device: str | None = None, data_root: str | None = None) -> Labels:
     """Run the run's generator (eval mode) over a seeded sample of one split of its dataset."""
     from auxgen.export.labels import compute_soft_labels

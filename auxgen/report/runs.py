@@ -58,7 +58,7 @@ class RunInfo:
         return self.epochs_planned is None or len(self.history) >= self.epochs_planned
 
 
-def read_run(run_dir: str | Path, checkpoint: str = "best") -> RunInfo:
+def read_run(run_dir: str | Path, checkpoint: str = "last") -> RunInfo:
     """Read a run directory for the report; refuse what is not an auxgen run with at least one epoch."""
     run_dir = Path(run_dir)
     if not run_dir.exists():

@@ -27,7 +27,7 @@ __all__ = ["CheckResult", "Export", "ExportSplit", "Report", "check_evaluation",
            "check_quality", "check_rederivation", "manifest_path", "read_export", "retrain", "soft_labels", "verify"]
 
 
-def verify(run_dir: str | Path, labels: str | Path | None = None, checkpoint: str = "best",
+def verify(run_dir: str | Path, labels: str | Path | None = None, checkpoint: str = "last",
            tolerance: float = 0.0, sample: int = 512, seed: int = 0, atol: float | None = None,
            retrain_epochs: int = 0, seeds: int = 3, min_gain: float | None = None,
            device: str | None = None, data_root: str | None = None) -> Report:
