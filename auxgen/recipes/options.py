@@ -29,7 +29,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Generator objective": ("gamma", "entropy_weight", "usage_entropy", "sharpness_weight", "consistency_weight",
                             "invariance_weight", "pairs", "neighbours", "pair_colour"),
     "Meta-gradient": ("meta_weight", "meta_order", "meta_norm", "meta_split", "schedule", "fused_lookahead",
-                      "hypergradient", "neumann_steps"),
+                      "hypergradient", "neumann_steps", "aux_weighting"),
     "Device": ("device", "precision", "sync_bn"),
     "Logging": ("log", "log_every", "cosine_every"),
 }
