@@ -18,7 +18,7 @@ def _commands(verb: str) -> list[list[str]]:
     """The README's `auxgen VERB ...` command lines, as argument lists (comments dropped)."""
     out = []
     for block in _blocks(README, "bash"):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a command continued over lines is one
             words = shlex.split(line, comments=True)
             if words[:2] == ["auxgen", verb]:
                 out.append(words)
