@@ -133,10 +133,33 @@ def main() -> None:
         for check in json.loads((reports / "verify-quality.json").read_text())["checks"]:
             if check["name"] == "quality":
                 print(f"  label quality ({check['status']}): {check['reason']}")
+    print(benchmark_line())
     for what, path in (("run", run), ("single-task baseline", single), ("HDF5 labels", h5),
                        ("label-only shards", label_shards), ("image shards", image_shards),
                        ("verify reports", reports), ("report (open it in a browser)", out / "report" / "index.html")):
         print(f"  {what:30s} {path}")
+
+
+BENCH_ROWS = ROOT / "docs" / "label_quality" / "g2-10.json"
+BENCH_COMMAND = ("python benchmarks/label_quality.py --tasks g2-10 --seeds 10 --jobs 2 "
+                 "--methods single,random,human,maxl:nb-cons-nometa-every2")
+
+
+def benchmark_line() -> str:
+    """What the defaults' labels are worth where labels can help (the label-quality benchmark's low-data task),
+    computed from its committed rows, with the command that measures them again."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from label_quality import diff_ci, oracle_gain
+
+    rows = json.loads(BENCH_ROWS.read_text())["rows"]
+    d, h = diff_ci(rows, "g2-10", "maxl:nb-cons-nometa-every2", "single", "frozen", "acc")
+    gain, gh = oracle_gain(rows, "g2-10")
+    return (f"  the defaults' labels    on 144 digits (benchmark task g2-10, 10 seeds) frozen labels gain "
+            f"{100 * d:+.2f} ± {100 * h:.2f} points over single-task, {100 * d / gain:.0f}% of the fine labels' "
+            f"{100 * gain:+.2f} ± {100 * gh:.2f}\n  {'':23s} (rows {BENCH_ROWS.relative_to(ROOT)}; measure again: "
+            f"{BENCH_COMMAND})")
 
 
 if __name__ == "__main__":
