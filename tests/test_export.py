@@ -421,3 +421,25 @@ def test_export_modules_import_no_cycle():
 
     assert "exporter" not in deps["ranks"]
     assert not [m for m in deps if m != "__init__" and reaches(m, m, {m})]
+
+
+def test_shard_bytes_are_tarfiles_own(tmp_path):
+    """The sink joins tar members itself; the bytes must be what TarFile.addfile and close write."""
+    from auxgen.export.wds import MEMBER_MODE, MEMBER_MTIME, MEMBER_OWNER, TAR_ENCODING, TAR_FORMAT, sample_tar, tar_end
+
+    rng = np.random.default_rng(0)
+    samples = [(f"{'k' * n}{i:06d}", {"cls": b"3", "aux.npy": rng.bytes(int(rng.integers(1, 900))),
+                                       "json": b"{}"}) for i, n in enumerate((1, 120, 5))]  # 120: a GNU long name
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w|", format=TAR_FORMAT, encoding=TAR_ENCODING) as tar:
+        for key, files in samples:
+            for ext in sorted(files):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(files[ext]), MEMBER_MTIME, MEMBER_MODE
+                info.uname = info.gname = MEMBER_OWNER
+                tar.addfile(info, io.BytesIO(files[ext]))
+    ours = b"".join(sample_tar(k, f) for k, f in samples)
+    ours += tar_end(len(ours))
+    assert ours == ref.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(ours)) as tar:  # and it reads back
+        assert [m.name for m in tar.getmembers()][:3] == ["k000000.aux.npy", "k000000.cls", "k000000.json"]

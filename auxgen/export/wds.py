@@ -1,4 +1,4 @@
-"""WebDataset sink: per-split tar shards, written with the standard library's `tarfile`.
+"""WebDataset sink: per-split tar shards, tar members built by the standard library's `tarfile`.
 
 Each shard is written under a temporary name, hashed while it is written, renamed when
 complete and then recorded in the resume state, so an interrupted export keeps every
@@ -7,12 +7,14 @@ finished shard and `--resume` continues at the first shard that is missing or da
 The tars are what webdataset's own writer produces (members `{__key__}.{ext}` in sorted
 extension order, mode 0444, owner `bigdata`), written here directly because its writer
 offers no supported way to choose the tar format, and GNU headers are much cheaper to build
-than the PAX headers tarfile uses by default (tarfile copies each TarInfo to build one).
+than the PAX headers tarfile uses by default (tarfile copies each TarInfo to build one). The
+headers come from `TarInfo.tobuf`, as `TarFile.addfile` builds them, but a sample's members are
+joined and written (and hashed) at once: the bytes are tarfile's, without its per-member copies,
+file-object wrappers and member list (tests/test_export.py compares the two byte for byte).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -70,6 +72,25 @@ def tar_bytes(key: str, files: dict[str, bytes]) -> int:
             total += tarfile.BLOCKSIZE + _blocks(name + 1)
         total += tarfile.BLOCKSIZE + _blocks(len(data))
     return total
+
+
+def sample_tar(key: str, files: dict[str, bytes]) -> bytes:
+    """One sample's tar members, `{key}.{ext}` in sorted order: each header (as TarFile.addfile builds it),
+    the data, NUL padding to a whole block."""
+    parts = []
+    for ext in sorted(files):
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(files[ext]), MEMBER_MTIME, MEMBER_MODE
+        info.uname = info.gname = MEMBER_OWNER
+        parts += [info.tobuf(TAR_FORMAT, TAR_ENCODING, "surrogateescape"), files[ext],
+                  bytes(_blocks(info.size) - info.size)]
+    return b"".join(parts)
+
+
+def tar_end(offset: int) -> bytes:
+    """What TarFile.close writes at `offset`: two zero blocks, then zeros to a whole tar record."""
+    end = offset + 2 * tarfile.BLOCKSIZE
+    return bytes(2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE)
 
 
 def _shard_written(record: dict[str, Any]) -> None:
@@ -134,7 +155,6 @@ class _ShardWriter:
                  on_shard: Callable[[str, int, int, str], None]) -> None:
         self.folder, self.split, self.maxcount, self.maxsize = folder, split, maxcount, maxsize
         self.shard, self.on_shard = start_shard, on_shard
-        self.tar: tarfile.TarFile | None = None
         self.fh: _HashingFile | None = None
         self.name, self.count, self.size = "", 0, 0
 
@@ -142,52 +162,42 @@ class _ShardWriter:
         self.name = shard_name(self.split, self.shard)
         self.shard += 1
         self.fh = _HashingFile(temp_path(self.folder, self.name))
-        self.tar = tarfile.open(fileobj=self.fh, mode="w|", format=TAR_FORMAT,  # type: ignore[call-overload]
-                                encoding=TAR_ENCODING)
         self.count = self.size = 0
 
     def _finish(self) -> None:
-        assert self.tar is not None and self.fh is not None
-        self.tar.close()  # end-of-archive blocks, padded to a whole tar record
+        assert self.fh is not None
+        self.fh.write(tar_end(self.fh.n))  # end-of-archive blocks, padded to a whole tar record
         fh, tmp, final = self.fh, temp_path(self.folder, self.name), self.folder / self.name
         fh.flush()
         os.fsync(fh.f.fileno())
         fh.close()
         os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: a finished shard never appears private
         os.replace(tmp, final)
-        self.tar = self.fh = None
+        self.fh = None
         self.on_shard(self.name, self.count, fh.n, fh.h.hexdigest())
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
         """Add one sample: `files` maps extensions (cls, aux.npy, ...) to their bytes."""
         need = tar_bytes(key, files)
-        if self.tar is None or new_shard(self.count, self.size, need, self.maxcount, self.maxsize):
-            if self.tar is not None:
+        if self.fh is None or new_shard(self.count, self.size, need, self.maxcount, self.maxsize):
+            if self.fh is not None:
                 self._finish()
             self._open()
-        assert self.tar is not None
-        for ext in sorted(files):
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(files[ext]), MEMBER_MTIME, MEMBER_MODE
-            info.uname = info.gname = MEMBER_OWNER
-            self.tar.addfile(info, io.BytesIO(files[ext]))
+        assert self.fh is not None
+        self.fh.write(sample_tar(key, files))
         self.count += 1
         self.size += need
 
     def close(self) -> None:
-        if self.tar is not None:
+        if self.fh is not None:
             self._finish()
 
     def abort(self) -> None:
         """Drop the shard in progress (its temporary file) without finishing it."""
-        if self.tar is not None:
-            # closed here, so tarfile does not flush its buffer into a closed file when collected
-            with contextlib.suppress(Exception):
-                self.tar.close()
         if self.fh is not None:
             self.fh.close()
             temp_path(self.folder, self.name).unlink(missing_ok=True)
-        self.tar = self.fh = None
+        self.fh = None
 
 
 class WdsSink:
