@@ -27,7 +27,8 @@ from auxgen.paths import refuse_under_file
 
 RUN_MARKER = ".auxgen-run"
 CHECKPOINTS = "checkpoints"
-TOP_FILES = (RUN_MARKER, "config.json", "metrics.jsonl", "summary.json")  # auxgen's own files at the top
+TOP_FILES = (RUN_MARKER, "config.json", "metrics.jsonl", "summary.json",  # auxgen's own files at the top
+             "targets.npy")
 CHECKPOINT_FILES = ("best.pt", "last.pt")                                  # and in checkpoints/
 RUN_FILES = (*TOP_FILES, CHECKPOINTS)
 TEMP_FILE = re.compile(r"\.[^/]+\.[A-Za-z0-9_]+\.tmp")  # atomic_write's temporary names: .NAME.RANDOM.tmp
@@ -45,6 +46,7 @@ class RunDir:
         self.config = self.path / "config.json"
         self.metrics = self.path / "metrics.jsonl"
         self.summary = self.path / "summary.json"
+        self.targets = self.path / "targets.npy"  # --method kmeans: the hard targets it trained on, for export
         self.checkpoints = self.path / CHECKPOINTS
         self.best = self.checkpoints / "best.pt"
         self.last = self.checkpoints / "last.pt"

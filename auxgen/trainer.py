@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import auxgen
 from auxgen import distributed
-from auxgen.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
+from auxgen.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from auxgen.compose import build_models, hierarchy_for, load_data
 from auxgen.config import TrainConfig
 from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views, same_class_neighbours
@@ -174,6 +174,17 @@ def kmeans_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, train_idx: tor
         model, device = pre["run"].model, pre["run"].device
     hard, _ = kmeans_labels(features(model, data.train, device), data.train.labels.numpy(), hier, cfg.seed)
     return TargetSource("hard", torch.from_numpy(hard))
+
+
+def save_targets(path: Path, labels: torch.Tensor) -> None:
+    """The training split's hard targets [N] as an int64 .npy file (written atomically)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add .npy to the temporary name
+            np.save(f, labels.cpu().numpy().astype(np.int64), allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def split_rows(cfg: TrainConfig, n: int, train_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,6 +384,8 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     if write:
         write_json_atomic(rd.config, meta)
         write_text_atomic(rd.marker, f"auxgen run directory (auxgen {auxgen.__version__})\n")
+        if cfg.method == "kmeans":  # their recomputation trains a network: keep them for export
+            save_targets(rd.targets, run.targets.labels)
 
     progress = TrainProgress(cfg.epochs, enabled=show, log_every=cfg.log_every)
     warned: set[str] = set()

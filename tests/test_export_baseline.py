@@ -1,4 +1,5 @@
-"""Exporting a baseline run (--method random / human): the fixed hard targets it trained on, as one-hot labels."""
+"""Exporting a baseline run (--method random / human / kmeans): the fixed hard targets it trained on, as one-hot
+labels."""
 
 from __future__ import annotations
 
@@ -37,18 +38,18 @@ def training_targets(run: Path) -> np.ndarray:
     return r.targets.labels.cpu().numpy()
 
 
-@pytest.mark.parametrize("method", ["random", "human"])
+@pytest.mark.parametrize("method", ["random", "human", "kmeans"])
 def test_exported_baseline_labels_are_the_training_targets(runs, tmp_path, method):
     run = runs[method]
     out = tmp_path / "labels.h5"
-    split = "train" if method == "random" else "all"
+    split = "all" if method == "human" else "train"
     summary = export_labels(run, out, split=split)
     assert summary["stats"]["aux_sample_entropy"] == 0.0
     want = training_targets(run)
     with h5py.File(out, "r") as f:
         assert f.attrs["method"] == method and f.attrs["labels"] == "one-hot"
         hard, soft, ent = f["train/aux_hard"][()], f["train/aux_soft"][()], f["train/entropy"][()]
-        assert set(f) == ({"train"} if method == "random" else {"train", "test"})
+        assert set(f) == ({"train", "test"} if method == "human" else {"train"})
     assert np.array_equal(hard, want)
     assert np.array_equal(soft, np.eye(soft.shape[1], dtype=np.float32)[want]) and not ent.any()
     man = json.loads(out.with_name(out.name + ".manifest.json").read_text())
@@ -95,9 +96,36 @@ def test_edited_baseline_labels_fail_rederivation(runs, tmp_path):
 def test_baseline_export_refusals_are_one_line(runs, tmp_path):
     cases = [(runs["random"], {"generator_formats": "pt2", "split": "train"}, "no label generator"),
              (runs["random"], {}, "training split only; pass --split train"),
-             (runs["kmeans"], {}, "k-means labels need the single-task network")]
+             (runs["kmeans"], {}, "training split only; pass --split train")]
     for run, kw, match in cases:
         with pytest.raises(AuxgenError, match=match) as e:
             export_labels(run, tmp_path / "x.h5", **kw)
         assert "\n" not in str(e.value)
         assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("missing", "has no targets.npy"), ("pickle", "not a numpy array file"), ("range", "int64 labels in"),
+    ("link", "is a link"), ("fifo", "not a regular file")])
+def test_a_kmeans_run_without_its_own_targets_is_refused_in_one_line(runs, tmp_path, damage, match):
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["kmeans"], run)
+    targets = run / "targets.npy"
+    good = np.load(targets)
+    targets.unlink()
+    if damage == "pickle":  # an object array: loading it would need pickle, which auxgen never allows
+        np.save(targets, np.array([{"a": 1}] * len(good), dtype=object), allow_pickle=True)
+    elif damage == "range":
+        np.save(targets, good + 10_000)
+    elif damage == "link":
+        elsewhere = tmp_path / "elsewhere.npy"
+        np.save(elsewhere, good)
+        targets.symlink_to(elsewhere)
+    elif damage == "fifo":
+        os.mkfifo(targets)
+    with pytest.raises(AuxgenError, match=match) as e:
+        export_labels(run, tmp_path / "x.h5", split="train")
+    assert "\n" not in str(e.value) and not (tmp_path / "x.h5").exists()

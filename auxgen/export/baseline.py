@@ -1,10 +1,11 @@
-"""The labels of a baseline run (--method random or human): the fixed hard targets it trained on, recomputed.
+"""The labels of a baseline run (--method random, human or kmeans): the fixed hard targets it trained on.
 
-Those targets are a deterministic function of the run's config and data: random labels are drawn
-once from `seed + 1` over the training split (`auxgen.trainer.default_targets`), human labels map
-each sample's fine label to its auxiliary class (`auxgen.compose.hierarchy_for`). They are exported
-as one-hot soft labels (entropy 0); such an export has no generator. k-means targets need the
-single-task network trained first (or another run's features), so they are not recomputed here.
+Random and human targets are a deterministic function of the run's config and data, recomputed:
+random labels are drawn once from `seed + 1` over the training split
+(`auxgen.trainer.default_targets`), human labels map each sample's fine label to its auxiliary
+class (`auxgen.compose.hierarchy_for`). k-means targets would need the single-task network trained
+again, so the run keeps them (`targets.npy`, training split only) and they are read from there.
+They are exported as one-hot soft labels (entropy 0); such an export has no generator.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from auxgen.export.labels import Batches, Rows
 from auxgen.export.sink import SplitSource
 from auxgen.run import LoadedRun
 
-EXPORTABLE = ("random", "human")
+EXPORTABLE = ("random", "human", "kmeans")
+TRAIN_ONLY = ("random", "kmeans")  # methods whose targets exist for the training split only
 
 
 def check_exportable(run: LoadedRun, splits: list[str], generator_formats: tuple[str, ...] | str) -> None:
@@ -28,14 +30,12 @@ def check_exportable(run: LoadedRun, splits: list[str], generator_formats: tuple
     if run.generator is not None:
         return
     if method not in EXPORTABLE:
-        why = ("k-means labels need the single-task network trained again to be recomputed; export a maxl, "
-               "random or human run" if method == "kmeans" else "it trains on no auxiliary labels")
-        raise AuxgenError(f"{run.run_dir} was trained with --method {method}: {why}")
+        raise AuxgenError(f"{run.run_dir} was trained with --method {method}: it trains on no auxiliary labels")
     if generator_formats:
         raise AuxgenError(f"--generator: {run.run_dir} was trained with --method {method}, which has no label "
                           f"generator; export without --generator")
-    if method == "random" and "test" in splits:
-        raise AuxgenError(f"{run.run_dir} was trained with --method random, whose labels are drawn for the training "
+    if method in TRAIN_ONLY and "test" in splits:
+        raise AuxgenError(f"{run.run_dir} was trained with --method {method}, whose labels exist for the training "
                           f"split only; pass --split train")
 
 
@@ -48,6 +48,8 @@ def baseline_hard(run: LoadedRun, data: Data, split: str) -> np.ndarray:
     if tuple(hier.psi) != tuple(run.hier.psi):
         raise AuxgenError(f"{run.run_dir}: the data's label tree gives psi {list(hier.psi)}, the run has "
                           f"{list(run.hier.psi)}")
+    if split == "train" and run.cfg.method == "kmeans":
+        return saved_targets(run, len(data.train), run.hier.num_aux)
     if split == "train":
         targets = default_targets(run.cfg, data, hier, human_map)
         assert targets.labels is not None
@@ -56,6 +58,27 @@ def baseline_hard(run: LoadedRun, data: Data, split: str) -> np.ndarray:
     if run.cfg.method != "human" or human_map is None or fine is None:
         raise AuxgenError(f"{run.run_dir}: --method {run.cfg.method} has no labels for the {split} split")
     return human_map[fine].numpy().astype(np.int64)
+
+
+def saved_targets(run: LoadedRun, n: int, num_aux: int) -> np.ndarray:
+    """The k-means run's targets.npy: int64 [n] in [0, K), read without pickles; one line if it is not that."""
+    from auxgen.paths import regular_file_problem
+    from auxgen.rundir import RunDir
+
+    path = RunDir(run.run_dir).targets
+    if not path.exists() and not path.is_symlink():
+        raise AuxgenError(f"{run.run_dir} has no {path.name} (a --method kmeans run keeps its targets there; runs "
+                          f"made before auxgen kept them cannot be exported): train it again")
+    problem = "is a link (auxgen writes a file)" if path.is_symlink() else regular_file_problem(path)
+    if problem:
+        raise AuxgenError(f"{path} {problem}; refusing to read it")
+    try:
+        hard = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise AuxgenError(f"{path}: not a numpy array file auxgen wrote ({e})") from None
+    if hard.dtype != np.int64 or hard.shape != (n,) or (n and (hard.min() < 0 or hard.max() >= num_aux)):
+        raise AuxgenError(f"{path}: expected {n} int64 labels in [0, {num_aux}), got {hard.dtype} {hard.shape}")
+    return hard
 
 
 def one_hot_rows(hard: np.ndarray, num_aux: int) -> np.ndarray:
