@@ -443,3 +443,13 @@ def test_shard_bytes_are_tarfiles_own(tmp_path):
     assert ours == ref.getvalue()
     with tarfile.open(fileobj=io.BytesIO(ours)) as tar:  # and it reads back
         assert [m.name for m in tar.getmembers()][:3] == ["k000000.aux.npy", "k000000.cls", "k000000.json"]
+
+
+@pytest.mark.parametrize("name", ["", "000001.cls", "k" * 98 + ".x", "k" * 99, "k" * 100, "k" * 140,
+                                  "héllo.aux.npy", "x\udcff.cls"])
+def test_member_headers_are_tarinfos(name):
+    """The template-filled header is TarInfo.tobuf's, for every name length, encoding and size edge."""
+    from auxgen.export.wds import _tarinfo_header, member_header
+
+    for size in (0, 1, 511, 512, 10**6, 8**11 - 1, 8**11):
+        assert member_header(name, size) == _tarinfo_header(name, size), (name, size)
