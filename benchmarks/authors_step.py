@@ -7,7 +7,8 @@ over the data, a meta pass (both networks forward, the look-ahead gradient with 
 a forward at the fast weights, and the double backward of the primary loss plus the entropy term
 into theta2). `authors_iteration` is those passes, written here in the authors' order with
 auxgen's networks (so both sides run the same convolutions); `auxgen.maxl.maxl_iteration` is
-auxgen's. Timed interleaved in one process, median of --repeats after one warm-up round:
+auxgen's (and `fused_iteration`, `--fused-lookahead`, its reordered exact form). Timed
+interleaved in one process, median of --repeats after one warm-up round:
 
     python benchmarks/authors_step.py --models vgg16 --repeats 5
 """
@@ -23,7 +24,7 @@ from torch.func import functional_call
 
 from auxgen.hierarchy import Hierarchy
 from auxgen.losses import entropy_regulariser, focal_loss
-from auxgen.maxl import Nets, Objective, maxl_iteration
+from auxgen.maxl import Nets, Objective, fused_iteration, maxl_iteration
 from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.runtime import tune_cpu_allocator
 
@@ -74,7 +75,8 @@ def compare(backbone: str, batch: int, repeats: int, device: torch.device) -> di
     nets, obj = Nets(model, gen, opt, gen_opt), Objective(ALPHA, GAMMA, entropy_weight=ENTROPY)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     arms = {"authors": lambda: authors_iteration(model, gen, opt, gen_opt, x, y),
-            "auxgen_exact": lambda: maxl_iteration(nets, x, y, obj)}
+            "auxgen_exact": lambda: maxl_iteration(nets, x, y, obj),
+            "auxgen_fused": lambda: fused_iteration(nets, x, y, obj)}  # --fused-lookahead: exact, reordered
     times: dict[str, list[float]] = {k: [] for k in arms}
     for r in range(repeats + 1):  # the first round warms up
         for name, fn in arms.items():
@@ -99,8 +101,9 @@ def main() -> None:
           f"median of {args.repeats}, allocator tuned: {tuned}")
     for name in args.models.split(","):
         t = compare(name, args.batch, args.repeats, torch.device(args.device))
-        print(f"{name:<8} authors {t['authors']:.3f} s  auxgen exact {t['auxgen_exact']:.3f} s  "
-              f"ratio {t['auxgen_exact'] / t['authors']:.2f}", flush=True)
+        print(f"{name:<8} authors {t['authors']:.3f} s  auxgen exact {t['auxgen_exact']:.3f} s "
+              f"({t['auxgen_exact'] / t['authors']:.2f} of the authors')  fused {t['auxgen_fused']:.3f} s "
+              f"({t['auxgen_fused'] / t['authors']:.2f})", flush=True)
 
 
 if __name__ == "__main__":
