@@ -140,8 +140,8 @@ def main() -> None:
         print(f"  {what:30s} {path}")
 
 
-BENCH_ROWS = ROOT / "docs" / "label_quality" / "g2-10.json"
-BENCH_COMMAND = ("python benchmarks/label_quality.py --tasks g2-10 --seeds 10 --jobs 2 "
+BENCH_ROWS = ROOT / "docs" / "label_quality" / "g2-10-30.json"
+BENCH_COMMAND = ("python benchmarks/label_quality.py --tasks g2-10 --seeds 30 --jobs 2 "
                  "--methods single,random,human,maxl:nb-cons-nometa-every2")
 
 
@@ -156,7 +156,7 @@ def benchmark_line() -> str:
     rows = json.loads(BENCH_ROWS.read_text())["rows"]
     d, h = diff_ci(rows, "g2-10", "maxl:nb-cons-nometa-every2", "single", "frozen", "acc")
     gain, gh = oracle_gain(rows, "g2-10")
-    return (f"  the defaults' labels    on 144 digits (benchmark task g2-10, 10 seeds) frozen labels gain "
+    return (f"  the defaults' labels    on 144 digits (benchmark task g2-10, 30 seeds) frozen labels gain "
             f"{100 * d:+.2f} ± {100 * h:.2f} points over single-task, {100 * d / gain:.0f}% of the fine labels' "
             f"{100 * gain:+.2f} ± {100 * gh:.2f}\n  {'':23s} (rows {BENCH_ROWS.relative_to(ROOT)}; measure again: "
             f"{BENCH_COMMAND})")
