@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -361,72 +361,106 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     return_run=True the summary carries the trained `Run` under "run".
     """
     out = None if out is None else Path(out)
-    rd = None if out is None else RunDir(out)
     if cfg.log == "tensorboard" and out is not None:
         tensorboard_writer_class()  # installed, or one line saying so, before anything is written
     dist = distributed.init(pick_device(cfg.device))
     dist.check_batch(cfg.batch_size)
     write, show = out is not None and dist.is_main, show and dist.is_main  # rank 0 writes and shows
+    rd = RunDir(out) if write else None  # None: nothing is written (in memory, or not rank 0)
     run = setup(cfg, data, targets, train_idx)
-    meta = run_metadata(run)
     rngs = {"data": torch.Generator().manual_seed(cfg.seed + 2),
             "aug": torch.Generator().manual_seed(cfg.seed + 3)}
-    history: list[dict[str, Any]] = []
-    best, start_epoch, step = (-1.0, 0), 1, 0
-    if resume:
-        saved = json.loads(rd.config.read_text())
-        if saved["data"]["fingerprint"] != meta["data"]["fingerprint"]:
-            raise AuxgenError(f"the dataset differs from the one {out} was trained on "
-                              f"(fingerprint mismatch); resume needs the same data")
-        meta = saved
-        history, best, start_epoch, step = _restore(run, out, rngs)
-        _resume_epochs(meta, cfg, start_epoch - 1, rd, write)
-    if write:
-        write_json_atomic(rd.config, meta)
-        write_text_atomic(rd.marker, f"auxgen run directory (auxgen {auxgen.__version__})\n")
-        if cfg.method == "kmeans":  # their recomputation trains a network: keep them for export
-            save_targets(rd.targets, run.targets.labels)
+    book = _open_book(run, out, rd, rngs) if resume else Book()
+    if rd is not None:
+        _write_run_files(run, rd, book.meta or run_metadata(run))
 
     progress = TrainProgress(cfg.epochs, enabled=show, log_every=cfg.log_every)
     warned: set[str] = set()
     with progress, metric_log(cfg.log, out if write else None) as log:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            metrics, step = _train_epoch(run, epoch, step, rngs, progress, out)
-            ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma, run.precision)
-            metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
-            found = _collapse_warnings(run, metrics, epoch)
-            metrics["warnings"] = list(found.values())
-            for kind, text in found.items():  # once per kind on screen; every epoch's are in metrics.jsonl
-                if kind not in warned:
-                    progress.warn(text)
-                    warned.add(kind)
-            history.append(metrics)
-            improved = metrics["test_acc"] > best[0]
-            if improved:
-                best = (metrics["test_acc"], epoch)
-            if write:
-                state = _state(run, epoch, step, rngs, history, best)
-                if improved:  # before last.pt, the commit point resume trusts: a kill between leaves both consistent
-                    save_checkpoint(state, rd.best)
-                save_checkpoint(state, rd.last)
-                write_text_atomic(rd.metrics, "".join(json.dumps(m) + "\n" for m in history))
+        for epoch in range(book.start_epoch, cfg.epochs + 1):
+            metrics, book.step = _train_epoch(run, epoch, book.step, rngs, progress, out)
+            _evaluate(run, metrics, epoch, progress, warned)
+            _record(run, book, metrics, epoch, rngs, rd)
             if log is not None:
                 log.epoch(metrics)
             dist.barrier()  # no rank runs ahead of the checkpoint a resume would start from
             progress.end_epoch(metrics)
             if on_epoch_end is not None:
                 on_epoch_end(metrics)
-    last = history[-1] if history else {}
-    summary = {"run_dir": None if out is None else str(out), "method": cfg.method, "epochs": len(history),
-               "final_test_acc": last.get("test_acc"), "best_test_acc": best[0], "best_epoch": best[1],
-               **{k: last.get(k) for k in ("aux_usage_entropy", "aux_usage_entropy_max", "aux_block_usage_frac",
-                                           "aux_sample_entropy_frac")},
-               "history": [m["test_acc"] for m in history]}
-    if write:
+    summary = _summary(cfg, out, book)
+    if rd is not None:
         write_json_atomic(rd.summary, summary)
     if return_run:
         summary["run"] = run
     return summary
+
+
+@dataclass
+class Book:
+    """What a run has recorded so far: its epochs' metrics, its best (test accuracy, epoch), where it goes on
+    (epoch and global step), and a resumed run's saved config.json (None for a new run)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: tuple[float, int] = (-1.0, 0)
+    start_epoch: int = 1
+    step: int = 0
+    meta: dict[str, Any] | None = None
+
+
+def _open_book(run: Run, out: Path, rd: RunDir | None, rngs: dict[str, torch.Generator]) -> Book:
+    """A resumed run's record, its networks, optimisers and RNGs restored from checkpoints/last.pt."""
+    saved = json.loads(RunDir(out).config.read_text())
+    if saved["data"]["fingerprint"] != run_metadata(run)["data"]["fingerprint"]:
+        raise AuxgenError(f"the dataset differs from the one {out} was trained on "
+                          f"(fingerprint mismatch); resume needs the same data")
+    history, best, start_epoch, step = _restore(run, out, rngs)
+    _resume_epochs(saved, run.cfg, start_epoch - 1, RunDir(out), rd is not None)
+    return Book(history, best, start_epoch, step, saved)
+
+
+def _write_run_files(run: Run, rd: RunDir, meta: dict[str, Any]) -> None:
+    write_json_atomic(rd.config, meta)
+    write_text_atomic(rd.marker, f"auxgen run directory (auxgen {auxgen.__version__})\n")
+    if run.cfg.method == "kmeans":  # their recomputation trains a network: keep them for export
+        save_targets(rd.targets, run.targets.labels)
+
+
+def _evaluate(run: Run, metrics: dict[str, Any], epoch: int, progress: TrainProgress, warned: set[str]) -> None:
+    """The epoch's test loss and accuracy, and its collapse warnings (shown once per kind; all in metrics)."""
+    cfg = run.cfg
+    ev = evaluate(run.model, run.data.test, run.device, cfg.eval_batch_size, cfg.gamma, run.precision)
+    metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
+    found = _collapse_warnings(run, metrics, epoch)
+    metrics["warnings"] = list(found.values())
+    for kind, text in found.items():
+        if kind not in warned:
+            progress.warn(text)
+            warned.add(kind)
+
+
+def _record(run: Run, book: Book, metrics: dict[str, Any], epoch: int, rngs: dict[str, torch.Generator],
+            rd: RunDir | None) -> None:
+    """Add the epoch to the book and, when the run is written, to its checkpoints and metrics.jsonl."""
+    book.history.append(metrics)
+    improved = metrics["test_acc"] > book.best[0]
+    if improved:
+        book.best = (metrics["test_acc"], epoch)
+    if rd is None:
+        return
+    state = _state(run, epoch, book.step, rngs, book.history, book.best)
+    if improved:  # before last.pt, the commit point resume trusts: a kill between leaves both consistent
+        save_checkpoint(state, rd.best)
+    save_checkpoint(state, rd.last)
+    write_text_atomic(rd.metrics, "".join(json.dumps(m) + "\n" for m in book.history))
+
+
+def _summary(cfg: TrainConfig, out: Path | None, book: Book) -> dict[str, Any]:
+    last = book.history[-1] if book.history else {}
+    return {"run_dir": None if out is None else str(out), "method": cfg.method, "epochs": len(book.history),
+            "final_test_acc": last.get("test_acc"), "best_test_acc": book.best[0], "best_epoch": book.best[1],
+            **{k: last.get(k) for k in ("aux_usage_entropy", "aux_usage_entropy_max", "aux_block_usage_frac",
+                                        "aux_sample_entropy_frac")},
+            "history": [m["test_acc"] for m in book.history]}
 
 
 def _set_lr(optimizer: torch.optim.Optimizer | None, lr: float) -> None:
