@@ -202,8 +202,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     loss, number of correct primary predictions).
     """
     pri, aux = model(x)
-    if aux_target is not None and aux_target.dim() == 1:
-        aux_target = nn.functional.one_hot(aux_target, aux.shape[1]).to(aux.dtype)
     loss, loss_pri, loss_aux, _ = objective.train_loss(pri, aux, y, aux_target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

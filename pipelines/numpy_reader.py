@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-if __package__:
-    from . import _common
-else:  # run as a script: python pipelines/numpy_reader.py
-    import _common
+if not __package__:  # run as a script (python pipelines/numpy_reader.py): import pipelines from the folder above
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines import _common  # noqa: E402
 
 FIELDS = ("index", "primary", "aux_soft", "aux_hard", "entropy")
 

@@ -24,17 +24,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-if __package__:
-    from . import _common
-    from .numpy_reader import SoftmaxHeads
-else:  # run as a script: python pipelines/onnx_refresh.py
-    import _common
-    from numpy_reader import SoftmaxHeads
+if not __package__:  # run as a script (python pipelines/onnx_refresh.py): import pipelines from the folder above
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines import _common  # noqa: E402
+from pipelines.numpy_reader import SoftmaxHeads  # noqa: E402
 
 
 def apply_views(images: np.ndarray, views: np.ndarray, pad: int) -> np.ndarray:

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-if __package__:
-    from . import _common
-    from .numpy_reader import LabelFile, add_model_options, describe
-else:  # run as a script: python pipelines/parquet_reader.py
-    import _common
-    from numpy_reader import LabelFile, add_model_options, describe
+if not __package__:  # run as a script (python pipelines/parquet_reader.py): import pipelines from the folder above
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines import _common  # noqa: E402
+from pipelines.numpy_reader import LabelFile, add_model_options, describe  # noqa: E402
 
 METADATA_KEY = b"auxgen"
 COLUMNS = ("key", "index", "primary", "aux_soft", "aux_hard", "entropy")

@@ -24,21 +24,18 @@ import argparse
 import hashlib
 import io
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-if __package__:
-    from ._common import apply_views, check_pt2, check_regular, listed_generator, read_manifest, run_main
-    from .torch_frozen import TwoHeadNet, soft_focal_loss
-    from .wds_stream import shard_urls, stream
-else:  # run as a script: python pipelines/refresh.py
-    from _common import apply_views, check_pt2, check_regular, listed_generator, read_manifest, run_main
-    from torch_frozen import TwoHeadNet, soft_focal_loss
-    from wds_stream import shard_urls, stream
-
+if not __package__:  # run as a script (python pipelines/refresh.py): import pipelines from the folder above
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines._common import apply_views, check_pt2, check_regular, listed_generator, read_manifest, run_main  # noqa: E402
+from pipelines.torch_frozen import TwoHeadNet, soft_focal_loss  # noqa: E402
+from pipelines.wds_stream import shard_urls, stream  # noqa: E402
 
 Labeller = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -16,6 +16,7 @@ Needs torch, numpy and h5py only (torchvision / scikit-learn only to build the s
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,34 +27,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-if __package__:
-    from ._common import (
-        apply_view,
-        collate,
-        export_fits,
-        export_image_shape,
-        open_export,
-        open_image,
-        present_image,
-        read_attrs,
-        run_main,
-        take_view,
-    )
-    from ._common import read_split as _read_split
-else:  # run as a script: python pipelines/torch_frozen.py
-    from _common import (
-        apply_view,
-        collate,
-        export_fits,
-        export_image_shape,
-        open_export,
-        open_image,
-        present_image,
-        read_attrs,
-        run_main,
-        take_view,
-    )
-    from _common import read_split as _read_split
+if not __package__:  # run as a script (python pipelines/torch_frozen.py): import pipelines from the folder above
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines._common import (  # noqa: E402
+    apply_view,
+    collate,
+    export_fits,
+    export_image_shape,
+    open_export,
+    open_image,
+    present_image,
+    read_attrs,
+    run_main,
+    take_view,
+)
+from pipelines._common import read_split as _read_split  # noqa: E402
 
 
 # ------------------------------------------------------------------------------ reading and views

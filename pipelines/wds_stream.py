@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import random
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,38 +30,23 @@ import numpy as np
 import torch
 import webdataset as wds
 
-if __package__:
-    from ._common import (
-        ExportError,
-        check_regular,
-        collate,
-        decode_png,
-        export_fits,
-        export_image_shape,
-        listed_files,
-        open_image,
-        present_image,
-        run_main,
-        take_view,
-    )
-    from ._common import read_manifest as _read_manifest
-    from .torch_frozen import TwoHeadNet, accuracy, train_epoch
-else:  # run as a script: python pipelines/wds_stream.py
-    from _common import (
-        ExportError,
-        check_regular,
-        collate,
-        decode_png,
-        export_fits,
-        export_image_shape,
-        listed_files,
-        open_image,
-        present_image,
-        run_main,
-        take_view,
-    )
-    from _common import read_manifest as _read_manifest
-    from torch_frozen import TwoHeadNet, accuracy, train_epoch
+if not __package__:  # run as a script (python pipelines/wds_stream.py): import pipelines from the folder above
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines._common import (  # noqa: E402
+    ExportError,
+    check_regular,
+    collate,
+    decode_png,
+    export_fits,
+    export_image_shape,
+    listed_files,
+    open_image,
+    present_image,
+    run_main,
+    take_view,
+)
+from pipelines._common import read_manifest as _read_manifest  # noqa: E402
+from pipelines.torch_frozen import TwoHeadNet, accuracy, train_epoch  # noqa: E402
 
 Sample = tuple[torch.Tensor, int, torch.Tensor]
 
