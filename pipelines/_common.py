@@ -326,13 +326,24 @@ def decode_png(data: bytes) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ images as auxgen decoded them
+MAX_IMAGE_SIDE = 1024  # auxgen's --image-size limit (auxgen/config.py MAX_IMAGE_SIZE; pipelines import no auxgen)
+
+
 def export_image_shape(attrs: dict[str, Any]) -> tuple[int, int, int] | None:
     """The [C, H, W] the export's labels were computed on: its `image_shape`, or (exports made before that was
     recorded) the run config's; None when neither says."""
     shape = attrs.get("image_shape")
     if shape is None and isinstance(attrs.get("run_config"), str):
         shape = (json.loads(attrs["run_config"]).get("data") or {}).get("image_shape")
-    return (int(shape[0]), int(shape[1]), int(shape[2])) if shape is not None and len(shape) == 3 else None
+    if shape is None:
+        return None
+    # a crafted export must not make a reader allocate or decode to any size it names
+    shape = list(shape) if hasattr(shape, "__len__") else [shape]
+    if (len(shape) != 3 or not all(isinstance(v, (int, np.integer)) for v in shape)
+            or shape[0] not in (1, 3) or not all(1 <= v <= MAX_IMAGE_SIDE for v in shape[1:])):
+        raise ExportError(f"the export's image_shape {shape!r} is not [C, H, W] with C 1 or 3 and sides of 1 to "
+                          f"{MAX_IMAGE_SIDE}: not an export auxgen wrote")
+    return int(shape[0]), int(shape[1]), int(shape[2])
 
 
 def export_fits(attrs: dict[str, Any]) -> bool:

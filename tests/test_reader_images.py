@@ -165,3 +165,12 @@ def test_wds_stream_fits_your_own_image_shards(folder_run, tmp_path):
     rows = {k: i for i, k in enumerate(data.train.keys)}
     want = torch.stack([data.train.images[rows[unquote(k)]] for k in labels])
     assert torch.equal(batch[0], want)
+
+
+@pytest.mark.parametrize("shape", [[3, 100_000, 100_000], [3, 0, 32], [4, 32, 32], [3, 32], ["3", 32, 32], 7,
+                                   [3, 32.5, 32]])
+def test_a_crafted_image_shape_is_refused_in_one_line(shape):
+    """A reader sizes its images by the export's image_shape: a crafted one must not make it allocate any size."""
+    with pytest.raises(_common.ExportError, match="not \\[C, H, W\\]") as e:
+        _common.export_image_shape({"image_shape": shape})
+    assert "\n" not in str(e.value)
