@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,11 @@ def check_integrity(run: LoadedRun, data: Data, export: Export) -> CheckResult:
         problems.append(f"views {n_views!r} and pad {pad!r} are not counts")
     elif export.readable:
         psi = run.meta["psi"]
-        block_id = np.repeat(np.arange(len(psi)), psi)
+        lay = Layout(np.repeat(np.arange(len(psi)), psi), dtype, n_views, pad, export.version)
         for name, s in export.splits.items():
             counts[name] = len(s.keys)
             try:
-                _check_split(name, s, getattr(data, name), block_id, dtype, n_views, pad, export.version, problems)
+                _check_split(name, s, getattr(data, name), lay, problems)
             except (ValueError, TypeError) as e:  # arrays of a type the format does not allow (strings, ...)
                 problems.append(f"/{name} holds values of the wrong type ({type(e).__name__})")
         if pad != data.pad:
@@ -151,28 +152,49 @@ def _check_run_facts(meta: dict[str, Any], where: str, run: LoadedRun, problems:
         problems.append(f"{where} dataset_fingerprint differs from the run's dataset")
 
 
-def _check_split(name: str, s: ExportSplit, split: Any, block_id: np.ndarray, dtype: str, n_views: int,
-                 pad: int, version: Any, problems: list[str]) -> None:
-    n, k = len(s.keys), len(block_id)
+@dataclass(frozen=True)
+class Layout:
+    """What every split of an export must look like: its blocks, stored dtype, views and format version."""
+
+    block_id: np.ndarray  # [K] the primary block of each auxiliary class
+    dtype: str
+    n_views: int
+    pad: int
+    version: Any
+
+
+def _check_split(name: str, s: ExportSplit, split: Any, lay: Layout, problems: list[str]) -> None:
+    """Each stage appends what it finds; one whose finding leaves the later stages meaningless stops them."""
     where = f"/{name}"
-    shape = (n, n_views, k) if n_views else (n, k)
+    for stage in (_shapes, _keys, _against_dataset, _probabilities):
+        if not stage(where, s, split, lay, problems):
+            return
+
+
+def _shapes(where: str, s: ExportSplit, split: Any, lay: Layout, problems: list[str]) -> bool:
+    n, k = len(s.keys), len(lay.block_id)
+    shape = (n, lay.n_views, k) if lay.n_views else (n, k)
     if s.aux_soft.shape != shape:
         problems.append(f"{where} aux_soft has shape {s.aux_soft.shape}, expected {shape}")
-        return
-    lead = shape[:-1]
+        return False
     for field_name in ("aux_hard", "entropy"):
-        if getattr(s, field_name).shape != lead:
-            problems.append(f"{where} {field_name} has shape {getattr(s, field_name).shape}, expected {lead}")
-            return
+        if getattr(s, field_name).shape != shape[:-1]:
+            problems.append(f"{where} {field_name} has shape {getattr(s, field_name).shape}, expected {shape[:-1]}")
+            return False
     if s.index.shape != (n,) or s.primary.shape != (n,):
         problems.append(f"{where} index/primary have shapes {s.index.shape}/{s.primary.shape}, expected ({n},)")
-        return
-    if str(s.aux_soft.dtype) != dtype:
-        problems.append(f"{where} aux_soft is {s.aux_soft.dtype}, the export says {dtype}")
+        return False
+    if str(s.aux_soft.dtype) != lay.dtype:
+        problems.append(f"{where} aux_soft is {s.aux_soft.dtype}, the export says {lay.dtype}")
+    return True
+
+
+def _keys(where: str, s: ExportSplit, split: Any, lay: Layout, problems: list[str]) -> bool:
+    n = len(s.keys)
     if len(set(s.keys)) != n:
         problems.append(f"{where} has {n - len(set(s.keys))} duplicate key(s)")
     if s.wds_keys is not None:
-        rule = 1 if version == 1 else 2
+        rule = 1 if lay.version == 1 else 2
         bad = sum(w != wds_key(key, rule) for w, key in zip(s.wds_keys, s.keys, strict=True))
         if bad:
             problems.append(f"{where}: {bad} sample(s) whose __key__ is not their key escaped as format "
@@ -183,8 +205,13 @@ def _check_split(name: str, s: ExportSplit, split: Any, block_id: np.ndarray, dt
         problems.append(f"{where} has duplicate indices")
     if n and (s.index.min() < 0 or s.index.max() >= len(split)):
         problems.append(f"{where} index outside 0..{len(split) - 1}")
-        return
-    idx = s.index
+        return False
+    return True
+
+
+def _against_dataset(where: str, s: ExportSplit, split: Any, lay: Layout, problems: list[str]) -> bool:
+    """Keys, primary labels, stored images and views against the run's own dataset."""
+    idx, n = s.index, len(s.keys)
     wrong_key = sum(a != split.keys[i] for a, i in zip(s.keys, idx.tolist(), strict=True))
     if wrong_key:
         problems.append(f"{where}: {wrong_key} key(s) differ from the dataset's key at their index")
@@ -197,13 +224,18 @@ def _check_split(name: str, s: ExportSplit, split: Any, block_id: np.ndarray, dt
                       for im, i in zip(s.images, idx.tolist(), strict=True))
         if bad_img:
             problems.append(f"{where}: {bad_img} stored image(s) differ from the dataset's")
-    if s.views is not None or n_views:
-        if s.views is None or s.views.shape != (n, n_views, 3):
-            problems.append(f"{where} views missing or not of shape {(n, n_views, 3)}")
-        elif n and (s.views[..., :2].min() < 0 or s.views[..., :2].max() > 2 * pad
+    if s.views is not None or lay.n_views:
+        if s.views is None or s.views.shape != (n, lay.n_views, 3):
+            problems.append(f"{where} views missing or not of shape {(n, lay.n_views, 3)}")
+        elif n and (s.views[..., :2].min() < 0 or s.views[..., :2].max() > 2 * lay.pad
                     or not np.isin(s.views[..., 2], (0, 1)).all()):
-            problems.append(f"{where} views outside dy, dx in 0..{2 * pad}, flip in 0/1")
-    soft = s.aux_soft.astype(np.float64)
+            problems.append(f"{where} views outside dy, dx in 0..{2 * lay.pad}, flip in 0/1")
+    return True
+
+
+def _probabilities(where: str, s: ExportSplit, split: Any, lay: Layout, problems: list[str]) -> bool:
+    """Finite, non-negative, inside the primary's block, summing to 1; aux_hard an argmax; entropy right."""
+    soft, block_id = s.aux_soft.astype(np.float64), lay.block_id
     finite = np.isfinite(soft).all(axis=-1)
     if not finite.all():
         problems.append(f"{where}: {int((~finite).sum())} row(s) with NaN or Inf")
@@ -211,9 +243,9 @@ def _check_split(name: str, s: ExportSplit, split: Any, block_id: np.ndarray, dt
         problems.append(f"{where}: entropy has NaN or Inf")
     if not (0 <= s.primary).all() or not (s.primary < block_id.max() + 1).all():
         problems.append(f"{where} primary outside 0..{block_id.max()}")
-        return
+        return False
     inside = block_id[None, :] == s.primary[:, None]           # [N, K]
-    if n_views:
+    if lay.n_views:
         inside = np.broadcast_to(inside[:, None, :], soft.shape)
     outside_bad = ((soft != 0) & ~inside).any(axis=-1)
     if outside_bad.any():
@@ -221,22 +253,27 @@ def _check_split(name: str, s: ExportSplit, split: Any, block_id: np.ndarray, dt
         problems.append(f"{where}: {int(outside_bad.sum())} row(s) with mass outside their block (first {first})")
     if (soft < 0).any():
         problems.append(f"{where}: negative probabilities")
-    tol = SUM_TOL.get(dtype, 1e-5)
+    tol = SUM_TOL.get(lay.dtype, 1e-5)
     off = np.abs(soft.sum(-1) - 1.0)
     if (off[finite] > tol).any():
         problems.append(f"{where}: {int((off[finite] > tol).sum())} row(s) do not sum to 1 "
                         f"(worst off by {off[finite].max():.2e}, tolerance {tol:g})")
+    return _argmax_and_entropy(where, s, soft, finite, lay, problems)
+
+
+def _argmax_and_entropy(where: str, s: ExportSplit, soft: np.ndarray, finite: np.ndarray, lay: Layout,
+                        problems: list[str]) -> bool:
     hard = s.aux_hard.astype(np.int64)
-    if hard.min(initial=0) < 0 or hard.max(initial=0) >= len(block_id):
-        problems.append(f"{where} aux_hard outside 0..{len(block_id) - 1}")
-        return
+    if hard.min(initial=0) < 0 or hard.max(initial=0) >= len(lay.block_id):
+        problems.append(f"{where} aux_hard outside 0..{len(lay.block_id) - 1}")
+        return False
     # aux_hard must be *an* argmax: rounding to float16 can tie values the exporter saw as distinct
     at_hard = np.take_along_axis(soft, hard[..., None], axis=-1)[..., 0]
     bad_hard = finite & (at_hard < soft.max(-1))
     if bad_hard.any():
         problems.append(f"{where}: {int(bad_hard.sum())} aux_hard value(s) are not the argmax of aux_soft")
     ent = -(soft * np.log(np.where(soft > 0, soft, 1.0))).sum(-1)
-    etol = ENTROPY_TOL.get(dtype, 1e-4)
-    bad_ent = finite & (np.abs(ent - s.entropy) > etol)
+    bad_ent = finite & (np.abs(ent - s.entropy) > ENTROPY_TOL.get(lay.dtype, 1e-4))
     if bad_ent.any():
         problems.append(f"{where}: {int(bad_ent.sum())} entropy value(s) differ from that of aux_soft")
+    return True
