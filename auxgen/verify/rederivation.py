@@ -50,29 +50,16 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(rows), size=min(sample, len(rows)), replace=False).tolist()) if rows else []
     worst, worst_key, n_bad, n_checked = 0.0, None, 0, 0
-    targets: dict[str, np.ndarray] = {}
+    targets: dict[str, np.ndarray] = {}  # a baseline run's targets of each split, recomputed once
     for name, s in export.splits.items():
         sel = np.array([rows[c][1] for c in chosen if rows[c][0] == name], dtype=np.int64)
         if not len(sel):
             continue
-        split = getattr(data, name)
-        idx = torch.from_numpy(s.index[sel]).clamp(0, len(split) - 1)
-        images, primary = split.images[idx], split.labels[idx]
         stored = torch.from_numpy(s.aux_soft[sel].astype(np.float32))
-        if baseline:
-            try:
-                hard = targets[name] if name in targets else targets.setdefault(name, baseline_hard(run, data, name))
-            except AuxgenError as e:
-                return CheckResult("rederivation", "fail", str(e))
-            fresh = torch.from_numpy(one_hot_rows(hard[idx.numpy()], run.hier.num_aux))
-            if stored.dim() == 3:  # every view of a sample carries the sample's label
-                fresh = fresh[:, None, :].expand(-1, stored.shape[1], -1)
-        elif s.views is not None and stored.dim() == 3:
-            views = torch.from_numpy(s.views[sel].astype(np.int64))
-            fresh = torch.stack([soft_labels(run, apply_views(images, views[:, v], pad), primary)
-                                 for v in range(views.shape[1])], dim=1)
-        else:
-            fresh = soft_labels(run, images, primary)
+        try:
+            fresh = _fresh_labels(run, data, name, s, sel, pad, targets)
+        except AuxgenError as e:
+            return CheckResult("rederivation", "fail", str(e))
         if fresh.shape != stored.shape:
             return CheckResult("rederivation", "fail", f"/{name}: stored labels have shape {tuple(stored.shape)}, "
                                f"the generator gives {tuple(fresh.shape)}")
@@ -85,11 +72,15 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
                "rows_over_atol": n_bad, "worst_key": worst_key}
     if n_checked == 0:
         return CheckResult("rederivation", "fail", "the export holds no samples", figures)
-    gen_problem = (f"a {run.cfg.method} run has no generator, but the manifest lists generator files; not loaded"
-                   if baseline and generator_entries(export.manifest or {}) else
-                   _check_generator_files(run, data, export, chosen, rows, figures) if load_generators
-                   else None if not generator_entries(export.manifest or {}) else
-                   "the exported generator files were not loaded: integrity failed, so none of them is vouched for")
+    listed = bool(generator_entries(export.manifest or {}))
+    if baseline:
+        gen_problem = (f"a {run.cfg.method} run has no generator, but the manifest lists generator files; not loaded"
+                       if listed else None)
+    elif load_generators:
+        gen_problem = _check_generator_files(run, data, export, chosen, rows, figures)
+    else:
+        gen_problem = ("the exported generator files were not loaded: integrity failed, so none of them is vouched "
+                       "for" if listed else None)
     if gen_problem:
         return CheckResult("rederivation", "fail", gen_problem, figures)
     if n_bad:
@@ -105,6 +96,27 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
     return CheckResult("rederivation", "pass",
                        f"{n_checked} sampled rows (seed {seed}) re-derived within {atol:g} (max diff {worst:.2g})"
                        + also, figures)
+
+
+def _fresh_labels(run: LoadedRun, data: Data, name: str, s: Any, sel: np.ndarray, pad: int,
+                  targets: dict[str, np.ndarray]) -> torch.Tensor:
+    """What the rows `sel` of split `name` should hold: the generator's labels of their images (of each
+    stored view), or a baseline run's targets; raises AuxgenError where a baseline's targets cannot be had."""
+    split = getattr(data, name)
+    idx = torch.from_numpy(s.index[sel]).clamp(0, len(split) - 1)
+    images, primary = split.images[idx], split.labels[idx]
+    per_view = s.aux_soft.ndim == 3
+    if run.generator is None:
+        if name not in targets:
+            targets[name] = baseline_hard(run, data, name)
+        fresh = torch.from_numpy(one_hot_rows(targets[name][idx.numpy()], run.hier.num_aux))
+        # every view of a sample carries the sample's label
+        return fresh[:, None, :].expand(-1, s.aux_soft.shape[1], -1) if per_view else fresh
+    if s.views is not None and per_view:
+        views = torch.from_numpy(s.views[sel].astype(np.int64))
+        return torch.stack([soft_labels(run, apply_views(images, views[:, v], pad), primary)
+                            for v in range(views.shape[1])], dim=1)
+    return soft_labels(run, images, primary)
 
 
 def _generator_files(export: Export) -> tuple[list[tuple[Path, str, str]], str | None]:
