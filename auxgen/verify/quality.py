@@ -73,32 +73,54 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
     views = torch.from_numpy(s.views.astype(np.int64)) if s.views is not None and soft.dim() == 3 else None
     if views is None and soft.dim() == 3:
         soft = soft[:, 0]
+    seeds_used = list(range(seed, seed + seeds))
+    arms = _train_arms(run, data, train_index, soft, views, epochs, seeds_used)
+    acc = {k: [r["acc"] for r in v] for k, v in arms.items()}
+    if not all(math.isfinite(a) for v in acc.values() for a in v):
+        return CheckResult("quality", "fail", "retraining gave no finite accuracy")
+    figures: dict[str, Any] = {"epochs": epochs, "seeds": seeds_used, "backbone": run.cfg.backbone,
+                               "n_train": len(train_index), "acc": acc,
+                               "history": {k: [r["history"] for r in v] for k, v in arms.items()}}
+    reason = _compare(acc, figures) + f" ({epochs} epochs, {seeds} seed{'s' * (seeds > 1)}, {run.cfg.backbone})"
+    if seeds < 2:
+        reason += "; one seed gives no interval: use --seeds 3 or more for a verdict"
+    if min_gain is not None and figures["gain_vs_single"] < min_gain:
+        figures["min_gain"] = min_gain
+        return CheckResult("quality", "fail", reason + f"; gain below the required {100 * min_gain:+.2f}", figures)
+    if "hurts" in figures["verdicts"].values():
+        return CheckResult("quality", "fail", reason, figures)
+    if figures["verdicts"]["random"] != "helps":
+        return CheckResult("quality", "warn", reason + "; not shown to beat random labels", figures)
+    return CheckResult("quality", "pass", reason, figures)
+
+
+def _train_arms(run: LoadedRun, data: Data, train_index: torch.Tensor, soft: torch.Tensor,
+                views: torch.Tensor | None, epochs: int, seeds: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """A fresh network per seed and arm: the exported labels, none (single-task), random labels and, where
+    the data has them, its fine labels; every arm of a seed starts from the same seed."""
+    def per_view(t: torch.Tensor) -> torch.Tensor:  # every view of a sample carries the sample's label
+        return t[:, None].expand(-1, views.shape[1], -1) if views is not None else t
+
     human = _human_labels(run, data, train_index)
     arms: dict[str, list[dict[str, Any]]] = {"exported": [], "single": [], "random": []}
     if human is not None:
         arms["human"] = []
-        if views is not None:
-            human = human[:, None].expand(-1, views.shape[1], -1)
-    for sd in range(seed, seed + seeds):
+    for sd in seeds:
         # a fixed random class inside each sample's true block, drawn from the seed like --method random
         pick = random_labels(run.hier, data.train.labels[train_index], torch.Generator().manual_seed(sd + 1))
-        rand = F.one_hot(pick, run.hier.num_aux).float()
-        if views is not None:
-            rand = rand[:, None].expand(-1, views.shape[1], -1)
-        arms["exported"].append(retrain(run, data, train_index, soft, epochs, sd, views))
-        arms["single"].append(retrain(run, data, train_index, None, epochs, sd, views))
-        arms["random"].append(retrain(run, data, train_index, rand, epochs, sd, views))
+        targets = {"exported": soft, "single": None, "random": per_view(F.one_hot(pick, run.hier.num_aux).float())}
         if human is not None:
-            arms["human"].append(retrain(run, data, train_index, human, epochs, sd, views))
-    acc = {k: [r["acc"] for r in v] for k, v in arms.items()}
-    if not all(math.isfinite(a) for v in acc.values() for a in v):
-        return CheckResult("quality", "fail", "retraining gave no finite accuracy")
-    figures: dict[str, Any] = {"epochs": epochs, "seeds": list(range(seed, seed + seeds)),
-                               "backbone": run.cfg.backbone, "n_train": len(train_index),
-                               "acc": acc, "history": {k: [r["history"] for r in v] for k, v in arms.items()}}
+            targets["human"] = per_view(human)
+        for arm, t in targets.items():
+            arms[arm].append(retrain(run, data, train_index, t, epochs, sd, views))
+    return arms
+
+
+def _compare(acc: dict[str, list[float]], figures: dict[str, Any]) -> str:
+    """Each arm's mean accuracy and the exported labels' paired gains, into figures; the sentence that says so."""
     for k, v in acc.items():
         figures[f"acc_{k}"], figures[f"acc_{k}_ci95"] = mean_ci(v)
-    fine = f", fine labels {_pct(acc['human'])}" if human is not None else ""
+    fine = f", fine labels {_pct(acc['human'])}" if "human" in acc else ""
     parts = [f"frozen labels {_pct(acc['exported'])}, single-task {_pct(acc['single'])}, "
              f"random labels {_pct(acc['random'])}{fine}"]
     verdicts = {}
@@ -109,19 +131,9 @@ def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed:
         parts.append(f"vs {base}: {100 * d:+.2f}" + ("" if math.isnan(h) else f" ± {100 * h:.2f}") +
                      f" points, {verdicts[base]}")
     figures["verdicts"] = verdicts
-    if human is not None:
+    if "human" in acc:
         parts.append(_oracle(acc, figures))
-    reason = "; ".join(parts) + f" ({epochs} epochs, {seeds} seed{'s' * (seeds > 1)}, {run.cfg.backbone})"
-    if seeds < 2:
-        reason += "; one seed gives no interval: use --seeds 3 or more for a verdict"
-    if min_gain is not None and figures["gain_vs_single"] < min_gain:
-        figures["min_gain"] = min_gain
-        return CheckResult("quality", "fail", reason + f"; gain below the required {100 * min_gain:+.2f}", figures)
-    if "hurts" in verdicts.values():
-        return CheckResult("quality", "fail", reason, figures)
-    if verdicts["random"] != "helps":
-        return CheckResult("quality", "warn", reason + "; not shown to beat random labels", figures)
-    return CheckResult("quality", "pass", reason, figures)
+    return "; ".join(parts)
 
 
 def _human_labels(run: LoadedRun, data: Data, train_index: torch.Tensor) -> torch.Tensor | None:
