@@ -132,18 +132,35 @@ def colour_jitter(images: torch.Tensor, n: int, generator: torch.Generator, part
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
+def thumbnails(images: torch.Tensor, shape_only: bool = False) -> torch.Tensor:
+    """Unit-length, mean-centred 8x8 thumbnails [N, C*64] (or [N, 64] with shape_only): what "looks alike" means
+    to the pair terms, ignoring overall brightness.
+
+    shape_only projects each pixel's colour (centred per channel) on the image's main colour axis: a shape in
+    colour a on background b and the same shape in colour c on d give the same map, once its sign is set so
+    that the rarer extreme (the ink) is positive. On one channel it changes nothing.
+    """
+    t = torch.nn.functional.adaptive_avg_pool2d(images.float(), 8).flatten(2)  # [N, C, 64]
+    if shape_only and t.shape[1] > 1:
+        t = t - t.mean(dim=2, keepdim=True)
+        axis = torch.linalg.eigh(t @ t.transpose(1, 2)).eigenvectors[..., -1]  # [N, C], the largest
+        t = (axis[:, :, None] * t).sum(1)
+        t = t * torch.where((t ** 3).sum(1, keepdim=True) < 0, -1.0, 1.0)
+    t = t.flatten(1)
+    t = t - t.mean(dim=1, keepdim=True)
+    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
 def same_class_neighbours(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, k: int,
-                          chunk: int = 1024) -> torch.Tensor:
+                          chunk: int = 1024, shape_only: bool = False) -> torch.Tensor:
     """For every image, the k most similar other images of its class among `rows`: int64 [N, k] row ids.
 
-    Similarity is the cosine of mean-centred 8x8 thumbnails (a cheap stand-in for "looks alike"
-    that ignores overall brightness); rows outside `rows` get -1. A class with k or fewer rows
-    lends a row itself where it runs out of others. Used for the generator's pair terms.
+    Similarity is the cosine of `thumbnails` (a cheap stand-in for "looks alike"); rows outside `rows`
+    get -1. A class with k or fewer rows lends a row itself where it runs out of others. Used for the
+    generator's pair terms.
     """
     n = len(images)
-    thumbs = torch.nn.functional.adaptive_avg_pool2d(images[rows].float(), 8).flatten(1)
-    thumbs = thumbs - thumbs.mean(dim=1, keepdim=True)
-    thumbs = thumbs / thumbs.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    thumbs = thumbnails(images[rows], shape_only)
     cls = labels[rows]
     out = torch.full((n, k), -1, dtype=torch.long, device=images.device)
     for start in range(0, len(rows), chunk):

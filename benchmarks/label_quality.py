@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import sys
@@ -50,6 +51,7 @@ from auxgen.trainer import TargetSource, train  # noqa: E402
 
 SHAPES = Path(__file__).resolve().parents[1] / "runs" / "bench-data" / "shapes-20"  # written once, on first use
 SHAPES_PER_CLASS = 20  # training images per fine class (120 in all); 50 per class for testing
+DIGIT_IMAGES = SHAPES.parent / "digits-rgb-40"  # benchmarks/digit_images.py, 40 training images per digit
 # task name -> (options of the task, fraction of the training set, epochs)
 TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
     "g2": ({"primary_groups": 2}, 1.0, 20), "g5": ({"primary_groups": 5}, 1.0, 20),
@@ -60,6 +62,11 @@ TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
     # images, crop-and-flip augmentation for every method
     "shapes": ({"dataset": "imagefolder", "data_root": str(SHAPES / "train"), "test_root": str(SHAPES / "test"),
                 "hierarchy_depth": 2, "image_size": 32, "augment": "on", "flip": True}, 1.0, 30),
+    # the digits as 32x32 colour images, random size, offset and colours (benchmarks/digit_images.py): 400
+    # training images, crop augmentation without flips (a mirrored digit is another digit)
+    "digits-rgb": ({"dataset": "imagefolder", "data_root": str(DIGIT_IMAGES / "train"),
+                    "test_root": str(DIGIT_IMAGES / "test"), "hierarchy_depth": 2, "image_size": 32, "augment": "on",
+                    "flip": False}, 1.0, 60),
 }
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
 # the defaults before issue 17 (MAXL's meta-gradient, no pair term): the studies below are variants of them
@@ -112,6 +119,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # more generator training: a faster generator, every step or every 2, full or half width
     "nb-g3": dict(NB, gen_lr=3e-3), "nb-g10": dict(NB, gen_lr=1e-2), "d-g10": dict(D2, gen_lr=1e-2),
     "d-gw8-g3": dict(D2, gen_width=8, gen_lr=3e-3), "nb-gw8-g3": dict(NB, gen_width=8, gen_lr=3e-3),
+    # the defaults, neighbours compared by shape, not colour (the same as the defaults on greyscale data)
+    "shape": dict(neighbour_match="shape"), "pixels": dict(neighbour_match="pixels"),
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)
@@ -359,10 +368,16 @@ def main() -> None:
         from shapes_task import make_task
 
         make_task(SHAPES, SHAPES_PER_CLASS)
+    if "digits-rgb" in args.tasks.split(","):
+        from digit_images import make_task as make_digits
+
+        make_digits(DIGIT_IMAGES, 40)
     t0 = time.perf_counter()
     known = _reusable(args.reuse, jobs)
     todo = [j for j in jobs if j not in known]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # spawned, not forked: the digit images' writer has run torch in this process, and a fork of it can
+    # hang in the children's thread pools
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         fresh = dict(zip(todo, pool.map(run_one, *zip(*todo, strict=True)), strict=True)) if todo else {}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")  # which rows were timed together, under one load
     rows = [known.get(j) or {**fresh[j], "run": stamp} for j in jobs]

@@ -169,6 +169,47 @@ def test_same_class_neighbours_are_the_brute_force_nearest():
     assert nb[5].tolist() == [-1, -1, -1]
 
 
+def _two_colour(mask: torch.Tensor, ink: tuple, paper: tuple) -> torch.Tensor:
+    """A [3, H, W] uint8 image: `ink` where mask, `paper` elsewhere."""
+    ink_t, paper_t = (torch.tensor(c, dtype=torch.float32)[:, None, None] for c in (ink, paper))
+    return torch.where(mask[None], ink_t, paper_t).round().to(torch.uint8)
+
+
+def test_shape_thumbnails_ignore_the_colours_a_shape_is_drawn_in():
+    from auxgen.data import thumbnails
+
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    disc = (yy - 14) ** 2 + (xx - 17) ** 2 < 60
+    bar = (xx > 8) & (xx < 13)
+    images = torch.stack([_two_colour(disc, (230, 40, 40), (10, 20, 60)),     # red disc on dark blue
+                          _two_colour(disc, (20, 20, 140), (240, 230, 90)),  # dark disc on bright yellow
+                          _two_colour(bar, (230, 40, 40), (10, 20, 60))])    # a bar in the first disc's colours
+    pix, shape = thumbnails(images), thumbnails(images, shape_only=True)
+    assert pix.shape == (3, 192) and shape.shape == (3, 64)
+    assert torch.allclose(shape.norm(dim=1), torch.ones(3))
+    # by pixels, the disc is nearer the bar of its own colours than the same disc in others; by shape, not
+    assert float(pix[0] @ pix[2]) > float(pix[0] @ pix[1])
+    assert float(shape[0] @ shape[1]) > 0.999 > float(shape[0] @ shape[2])
+    grey = images[:, :1]  # one channel: shape_only changes nothing
+    assert torch.equal(thumbnails(grey), thumbnails(grey, shape_only=True))
+
+
+def test_shape_neighbours_find_the_same_shape_in_other_colours():
+    from auxgen.data import same_class_neighbours
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    masks = [(yy - 8) ** 2 + (xx - 8) ** 2 < 20, (xx > 5) & (xx < 10)]
+    shapes = torch.arange(40) % 2  # two shapes in one primary class, each in random colours
+    images = torch.stack([_two_colour(masks[int(k)], tuple(torch.randint(0, 256, (3,), generator=g).tolist()),
+                                      tuple(torch.randint(0, 256, (3,), generator=g).tolist())) for k in shapes])
+    labels, rows = torch.zeros(40, dtype=torch.long), torch.arange(40)
+    by_shape = same_class_neighbours(images, labels, rows, 3, shape_only=True)
+    by_pixels = same_class_neighbours(images, labels, rows, 3)
+    assert bool((shapes[by_shape] == shapes[:, None]).all())
+    assert float((shapes[by_pixels] == shapes[:, None]).float().mean()) < 1.0
+
+
 def test_neighbour_pairs_train():
     cfg = tiny_config(epochs=1, invariance_weight=1.0, pairs="neighbours", pair_colour="on")
     s = train(cfg, None, show=False, return_run=True)

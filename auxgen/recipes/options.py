@@ -27,7 +27,7 @@ PANELS: dict[str, tuple[str, ...]] = {
                  "aux_weight", "eval_batch_size", "seed"),
     "Generator": ("gen_lr", "gen_weight_decay", "gen_decay", "gen_optimizer", "meta_every"),
     "Generator objective": ("gamma", "entropy_weight", "usage_entropy", "sharpness_weight", "consistency_weight",
-                            "invariance_weight", "pairs", "neighbours", "pair_colour"),
+                            "invariance_weight", "pairs", "neighbours", "neighbour_match", "pair_colour"),
     "Meta-gradient": ("meta_weight", "meta_order", "meta_norm", "meta_split", "schedule", "fused_lookahead",
                       "hypergradient", "neumann_steps", "aux_weighting"),
     "Device": ("device", "precision", "sync_bn"),
