@@ -159,17 +159,21 @@ def same_class_neighbours(images: torch.Tensor, labels: torch.Tensor, rows: torc
     get -1. A class with k or fewer rows lends a row itself where it runs out of others. Used for the
     generator's pair terms.
     """
-    n = len(images)
-    thumbs = thumbnails(images[rows], shape_only)
+    return nearest_of_class(thumbnails(images[rows], shape_only), labels, rows, k, chunk)
+
+
+def nearest_of_class(desc: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, k: int,
+                     chunk: int = 1024) -> torch.Tensor:
+    """same_class_neighbours by given descriptors: `desc` [len(rows), D], unit rows, one per row of `rows`."""
     cls = labels[rows]
-    out = torch.full((n, k), -1, dtype=torch.long, device=images.device)
+    out = torch.full((len(labels), k), -1, dtype=torch.long, device=desc.device)
     for start in range(0, len(rows), chunk):
-        sims = thumbs[start:start + chunk] @ thumbs.T
+        sims = desc[start:start + chunk] @ desc.T
         same = cls[start:start + chunk, None] == cls[None, :]
         sims = sims.masked_fill(~same, -float("inf"))
         sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))] = -float("inf")  # not itself
         vals, pick = sims.topk(min(k, len(rows)), dim=1)
-        own = torch.arange(start, start + len(sims), device=images.device)[:, None]
+        own = torch.arange(start, start + len(sims), device=desc.device)[:, None]
         pick = torch.where(torch.isfinite(vals), pick, own)
         if pick.shape[1] < k:
             pick = torch.cat([pick, own.expand(-1, k - pick.shape[1])], dim=1)

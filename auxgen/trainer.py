@@ -28,7 +28,7 @@ from auxgen import distributed
 from auxgen.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from auxgen.compose import build_models, hierarchy_for, load_data
 from auxgen.config import TrainConfig
-from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views, same_class_neighbours
+from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views, nearest_of_class, same_class_neighbours
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, random_labels
 from auxgen.label_stats import LabelStats
@@ -685,6 +685,8 @@ def _start_epoch(run: Run, epoch: int, rngs: dict[str, torch.Generator]) -> tupl
            "gen_lr": lr_at(cfg.gen_lr, epoch, cfg.epochs, cfg.lr_schedule, cfg.warmup_epochs)}
     _set_lr(run.optimizer, lrs["lr"])
     _set_lr(run.gen_optimizer, lrs["gen_lr"])
+    if run.neighbours is not None and cfg.neighbour_match == "features":
+        run.neighbours = feature_neighbours(run)
     run.model.train()
     if run.generator is not None:
         run.generator.train()
@@ -694,6 +696,19 @@ def _start_epoch(run: Run, epoch: int, rngs: dict[str, torch.Generator]) -> tupl
     nets = Nets(run.model, run.generator, run.optimizer, run.gen_optimizer)
     return Epoch(run, nets, objective_for(cfg, lrs["lr"], run.generator), Batches(run, rngs["aug"]),
                  dist.average_ if dist.enabled else None, meta_rows), lrs
+
+
+@torch.no_grad()
+def feature_neighbours(run: Run, batch: int = 500) -> torch.Tensor:
+    """--neighbour-match features: same-class nearest rows by the cosine of the multi-task network's backbone
+    features (eval mode, no augmentation), centred over the run's rows so that shared activation is not
+    similarity; a pure function of the weights, so a resumed epoch mines the same neighbours."""
+    rows = torch.cat([run.train_idx, run.meta_idx]).to(run.device)
+    run.model.eval()
+    feats = torch.cat([run.model.backbone(run.model.normalize(run.train_images[rows[i:i + batch]])).float()
+                       for i in range(0, len(rows), batch)])
+    feats = torch.nn.functional.normalize(feats - feats.mean(0), dim=1)
+    return nearest_of_class(feats, run.train_labels, rows, run.cfg.neighbours)
 
 
 def _train_epoch(run: Run, epoch: int, step: int, rngs: dict[str, torch.Generator],

@@ -121,6 +121,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "d-gw8-g3": dict(D2, gen_width=8, gen_lr=3e-3), "nb-gw8-g3": dict(NB, gen_width=8, gen_lr=3e-3),
     # the defaults, neighbours compared by shape, not colour (the same as the defaults on greyscale data)
     "shape": dict(neighbour_match="shape"), "pixels": dict(neighbour_match="pixels"),
+    "features": dict(neighbour_match="features"),  # ... by the multi-task network's features, mined every epoch
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)

@@ -5,6 +5,7 @@ amortised meta steps."""
 import copy
 import math
 
+import pytest
 import torch
 from conftest import tiny_config
 from test_maxl import ALPHA, GAMMA, _setup
@@ -217,6 +218,34 @@ def test_neighbour_pairs_train():
     assert run.neighbours is not None and run.neighbours.shape == (len(run.data.train), cfg.neighbours)
     assert torch.equal(run.train_labels[run.neighbours], run.train_labels[:, None].expand_as(run.neighbours))
     assert math.isfinite(s["final_test_acc"])
+
+
+def test_feature_neighbours_are_the_networks_nearest_and_resume_alike(tmp_path):
+    from auxgen.kmeans import features
+    from auxgen.trainer import feature_neighbours
+
+    cfg = tiny_config(epochs=2, pairs="neighbours", consistency_weight=1.0, meta_weight=0.0,
+                      neighbour_match="features")
+    run = train(cfg, tmp_path / "a", show=False, return_run=True)["run"]
+    nb = feature_neighbours(run)
+    f = torch.from_numpy(features(run.model, run.data.train, run.device)).float()
+    f = torch.nn.functional.normalize(f - f.mean(0), dim=1)
+    y = run.train_labels
+    for i in range(0, len(y), 97):  # brute force on a sample of rows
+        others = [j for j in range(len(y)) if j != i and y[j] == y[i]]
+        sims = torch.tensor([float(f[i] @ f[j]) for j in others])
+        best = [others[int(j)] for j in sims.topk(cfg.neighbours).indices]
+        assert sorted(nb[i].tolist()) == sorted(best)
+    # mined from the weights alone: a run stopped after epoch 1 and resumed ends where one uninterrupted run does
+    def stop_after_first(m):
+        if m["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", show=False, on_epoch_end=stop_after_first)
+    resumed = train(cfg, tmp_path / "b", resume=True, show=False, return_run=True)["run"]
+    for a, b in zip(run.generator.parameters(), resumed.generator.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_meta_split_holds_out_rows_of_the_given_subset_only():
