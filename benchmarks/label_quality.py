@@ -71,8 +71,10 @@ TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
 # the defaults before issue 17 (MAXL's meta-gradient, no pair term): the studies below are variants of them
 V0 = dict(meta_weight=1.0, consistency_weight=0.0, pairs="views", meta_every=1, pair_colour="off")
-# neighbour consistency without the meta-gradient, spelled out (today's defaults add meta_every=2, pair_colour=auto)
-NB = dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, meta_every=1, pair_colour="off")
+# neighbour consistency without the meta-gradient, spelled out (today's defaults add meta_every=2, pair_colour=auto,
+# neighbour_match=shape; on greyscale data shape and pixels are the same neighbours)
+NB = dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, meta_every=1, pair_colour="off",
+          neighbour_match="pixels")
 D2 = dict(NB, meta_every=2)  # today's defaults on greyscale data, spelled out
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                        # auxgen's defaults (whatever config.py says)
@@ -119,7 +121,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # more generator training: a faster generator, every step or every 2, full or half width
     "nb-g3": dict(NB, gen_lr=3e-3), "nb-g10": dict(NB, gen_lr=1e-2), "d-g10": dict(D2, gen_lr=1e-2),
     "d-gw8-g3": dict(D2, gen_width=8, gen_lr=3e-3), "nb-gw8-g3": dict(NB, gen_width=8, gen_lr=3e-3),
-    # the defaults, neighbours compared by shape, not colour (the same as the defaults on greyscale data)
+    # the defaults with neighbours compared by shape (colour-invariant: today's default) or by pixels, colour
+    # included (the default before); the two are the same on greyscale data
     "shape": dict(neighbour_match="shape"), "pixels": dict(neighbour_match="pixels"),
     "features": dict(neighbour_match="features"),  # ... by the multi-task network's features, mined every epoch
 }
