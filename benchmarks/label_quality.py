@@ -125,6 +125,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # included (the default before); the two are the same on greyscale data
     "shape": dict(neighbour_match="shape"), "pixels": dict(neighbour_match="pixels"),
     "features": dict(neighbour_match="features"),  # ... by the multi-task network's features, mined every epoch
+    "shape-k10": dict(neighbours=10), "shape-every1": dict(meta_every=1),  # two knobs of the default, on RGB
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)
