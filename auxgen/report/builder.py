@@ -106,13 +106,7 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
     check_out(out, run_paths, labels_path, force, _image_folders(infos, data_root))
     name_runs(infos)
 
-    warnings: list[str] = []
-    notes: list[str] = []
-    for r in infos:
-        notes += [f"{r.name}: {n}" for n in r.notes]
-        last = r.history[-1]
-        for w in last.get("warnings") or []:
-            warnings.append(f"{r.name} (training, epoch {last.get('epoch', len(r.history))}): {w}")
+    warnings, notes = _run_notes(infos)
 
     figs = F.curve_figures(infos)
     first = infos[0]
@@ -139,14 +133,7 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
             notes += [f"{first.name} labels: {n}" for n in lab.notes]
             an = analyse(lab, seed)
             warnings += [f"{first.name} labels: {w}" for w in an.warnings]
-            label_figs = [F.usage_figure(an), F.entropy_figure(an)]
-            if an.human is not None:
-                human_fig = F.human_figure(an.human, lab.fine_names)
-            if lab.images is not None:
-                top, low = examples, max(1, examples // 2)
-                for b in an.blocks[:MAX_GRID_BLOCKS]:
-                    if b.n:
-                        grid_figs.append(F.grid_figure(lab, b, confident_examples(lab, b, top, low), top, low))
+            label_figs, human_fig, grid_figs = _label_figures(lab, an, examples)
     else:
         notes.append(f"{first.name} is a {first.method} run: it has no label generator, so the report shows "
                      f"training curves only (put a maxl run first to see its labels)")
@@ -162,6 +149,30 @@ def build_report(runs: list[str | Path], out: str | Path, labels: str | Path | N
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     return ReportResult(out, out / "index.html", sorted(files), warnings, notes)
+
+
+def _run_notes(infos: list) -> tuple[list[str], list[str]]:
+    """The warnings of each run's last training epoch and the notes of reading it, each named by its run."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    for r in infos:
+        notes += [f"{r.name}: {n}" for n in r.notes]
+        last = r.history[-1]
+        for w in last.get("warnings") or []:
+            warnings.append(f"{r.name} (training, epoch {last.get('epoch', len(r.history))}): {w}")
+    return warnings, notes
+
+
+def _label_figures(lab: Labels, an: Analysis, examples: int) -> tuple[list[F.Fig], F.Fig | None, list[F.Fig]]:
+    """Usage and entropy figures, the fine-label figure where the data has fine labels, and per-block image grids
+    of each block's most and least confident examples where the images are at hand."""
+    human_fig = F.human_figure(an.human, lab.fine_names) if an.human is not None else None
+    grid_figs = []
+    if lab.images is not None:
+        top, low = examples, max(1, examples // 2)
+        grid_figs = [F.grid_figure(lab, b, confident_examples(lab, b, top, low), top, low)
+                     for b in an.blocks[:MAX_GRID_BLOCKS] if b.n]
+    return [F.usage_figure(an), F.entropy_figure(an)], human_fig, grid_figs
 
 
 def _write(out: Path, files: dict[str, bytes]) -> None:
