@@ -242,6 +242,18 @@ def _page(infos: list[RunInfo], lab: Labels | None, an: Analysis | None, curves:
         page.add('<div class="box ok"><strong>No collapse or near-uniform labels found.</strong></div>')
     page.add(box("note", "Notes", notes))
 
+    _runs_section(page, infos)
+    page.section("Training curves", "From each run's metrics.jsonl, by epoch. Colour names the run; where a "
+                 "panel shows two quantities, the line style names them (see each legend).")
+    page.add('<div class="grid">' + "".join(figure(f) for f in curves) + "</div>")
+
+    if lab is not None and an is not None:
+        _labels_section(page, first, lab, an, label_figs, human_fig, grids)
+    return page.render()
+
+
+def _runs_section(page: Page, infos: list[RunInfo]) -> None:
+    """One row per run (method, data, psi, epochs, accuracy), then where each run and checkpoint is."""
     page.section("Runs")
     rows = []
     for r in infos:
@@ -257,50 +269,49 @@ def _page(infos: list[RunInfo], lab: Labels | None, an: Analysis | None, curves:
                         f'<span class="mono">{esc(r.checkpoint_path.resolve())}</span><br>sha256 '
                         f'<span class="mono">{esc(r.checkpoint_sha256)}</span>') for r in infos]))
 
-    page.section("Training curves", "From each run's metrics.jsonl, by epoch. Colour names the run; where a "
-                 "panel shows two quantities, the line style names them (see each legend).")
-    page.add('<div class="grid">' + "".join(figure(f) for f in curves) + "</div>")
 
-    if lab is not None and an is not None:
-        page.section(f"Auxiliary labels of {first.name}")
-        page.add(kv_table(_label_source(first, lab)))
-        s = an.stats
-        page.add(kv_table([
-            ("auxiliary classes", f"K = {s['aux_classes']}, {s['aux_classes_used']} used as some sample's hard "
-                                  f"label"),
-            ("usage inside blocks", f"{pct(s['aux_block_usage_frac'])} of the maximum entropy (below 50%: "
-                                    f"collapsing)"),
-            ("usage over all classes", f"{fmt(s['aux_usage_entropy'])} of {fmt(s['aux_usage_entropy_max'])} nats"),
-            ("per-sample entropy", f"{fmt(s['aux_sample_entropy'])} nats, {pct(s['aux_sample_entropy_frac'])} of "
-                                   f"log ψ (above 95%: nearly uniform)"),
-        ]))
-        page.add(figure(label_figs[0], wide=True))
-        page.add(figure(label_figs[1]))
-        if an.human is not None and human_fig is not None:
-            h = an.human
-            page.section("Generated versus human classes",
-                         "The dataset has human fine labels below its primary classes, so the generated classes "
-                         "can be compared with them. NMI (normalised mutual information, 0 = unrelated, "
-                         "1 = the same partition) is computed inside each primary class and averaged, weighted "
-                         "by class size; chance is the same with the generated labels shuffled.")
-            page.add(kv_table([("within-class NMI", f"{h.nmi:.3f} (chance {h.chance:.3f}, "
-                                                    f"{len(h.per_class)} primary classes)")]
-                              + ([("not compared", esc(", ".join(h.skipped)) + " (one human class each)")]
-                                 if h.skipped else [])))
-            page.add(figure(human_fig, wide=True))
-        if grids:
-            more = (f" Shown for the first {MAX_GRID_BLOCKS} of {len(an.blocks)} primary classes."
-                    if len(an.blocks) > MAX_GRID_BLOCKS else "")
-            page.section("What each auxiliary class looks like",
-                         "For each primary class, one row per auxiliary class: the images the generator gives "
-                         "that class the most soft mass, then the class's least confident members (samples "
-                         "whose hard label it is, with the lowest mass). The number under each image is its "
-                         "soft mass for that class. If a row's images share something a person can name, the "
-                         "class means something." + more)
-            page.add("".join(figure(g, wide=True) for g in grids))
-        elif lab.images is None:
-            page.add(box("note", "No images", ["the images of these labels could not be had, so no grids"]))
-    return page.render()
+
+def _labels_section(page: Page, first: RunInfo, lab: Labels, an: Analysis, label_figs: list[F.Fig],
+                    human_fig: F.Fig | None, grids: list[F.Fig]) -> None:
+    """The first run's labels: their source and statistics, the fine-label comparison, the image grids."""
+    page.section(f"Auxiliary labels of {first.name}")
+    page.add(kv_table(_label_source(first, lab)))
+    s = an.stats
+    page.add(kv_table([
+        ("auxiliary classes", f"K = {s['aux_classes']}, {s['aux_classes_used']} used as some sample's hard "
+                              f"label"),
+        ("usage inside blocks", f"{pct(s['aux_block_usage_frac'])} of the maximum entropy (below 50%: "
+                                f"collapsing)"),
+        ("usage over all classes", f"{fmt(s['aux_usage_entropy'])} of {fmt(s['aux_usage_entropy_max'])} nats"),
+        ("per-sample entropy", f"{fmt(s['aux_sample_entropy'])} nats, {pct(s['aux_sample_entropy_frac'])} of "
+                               f"log ψ (above 95%: nearly uniform)"),
+    ]))
+    page.add(figure(label_figs[0], wide=True))
+    page.add(figure(label_figs[1]))
+    if an.human is not None and human_fig is not None:
+        h = an.human
+        page.section("Generated versus human classes",
+                     "The dataset has human fine labels below its primary classes, so the generated classes "
+                     "can be compared with them. NMI (normalised mutual information, 0 = unrelated, "
+                     "1 = the same partition) is computed inside each primary class and averaged, weighted "
+                     "by class size; chance is the same with the generated labels shuffled.")
+        page.add(kv_table([("within-class NMI", f"{h.nmi:.3f} (chance {h.chance:.3f}, "
+                                                f"{len(h.per_class)} primary classes)")]
+                          + ([("not compared", esc(", ".join(h.skipped)) + " (one human class each)")]
+                             if h.skipped else [])))
+        page.add(figure(human_fig, wide=True))
+    if grids:
+        more = (f" Shown for the first {MAX_GRID_BLOCKS} of {len(an.blocks)} primary classes."
+                if len(an.blocks) > MAX_GRID_BLOCKS else "")
+        page.section("What each auxiliary class looks like",
+                     "For each primary class, one row per auxiliary class: the images the generator gives "
+                     "that class the most soft mass, then the class's least confident members (samples "
+                     "whose hard label it is, with the lowest mass). The number under each image is its "
+                     "soft mass for that class. If a row's images share something a person can name, the "
+                     "class means something." + more)
+        page.add("".join(figure(g, wide=True) for g in grids))
+    elif lab.images is None:
+        page.add(box("note", "No images", ["the images of these labels could not be had, so no grids"]))
 
 
 def _label_source(run: RunInfo, lab: Labels) -> list[tuple[str, str]]:
