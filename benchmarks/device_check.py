@@ -44,6 +44,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the device machine runs from a plain checkout, auxgen not installed
@@ -226,7 +227,8 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, with what --quick and the device imply filled in (backbone, batch, set sizes, backend)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="folder for device_check.log/.json")
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cuda or cpu")
@@ -245,10 +247,54 @@ def main(argv: list[str] | None = None) -> int:
     args.steps = args.steps or (1 if q else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if q else 3)
     args.backbone, args.width, args.batch = ("cnn", 4, 10) if q else ("vgg16", None, 100)
-    n_train, n_test = (60, 20) if q else (50_000, 10_000)
+    args.n_train, args.n_test = (60, 20) if q else (50_000, 10_000)
     args.export_train_rows, args.export_batch = (20, 100) if q else (2_000, 1_000)
-    backend = args.compile_backend or ("eager" if q else "inductor")
+    args.backend = args.compile_backend or ("eager" if q else "inductor")
+    return args
 
+
+def job_list(args: argparse.Namespace, dev: torch.device) -> list[tuple[str, str, str | None]]:
+    """(variant, precision, compile mode) of every timed part, in the order they run."""
+    # bf16 runs as float32 on the CPU (runtime.Precision): there one bf16 row checks that path alone
+    bf16 = list(VARIANTS) if dev.type == "cuda" else ["exact"]
+    jobs = [(v, "fp32", None) for v in VARIANTS] + [(v, "bf16", None) for v in bf16]
+    jobs.append(("export", "fp32", None))
+    if not args.no_compile:
+        modes = ["default"] + (["reduce-overhead"] if dev.type == "cuda" else [])
+        precisions = ("bf16", "fp32") if dev.type == "cuda" else ("fp32",)
+        jobs += [(v, p, m) for m in modes for p in precisions for v in COMPILED]
+    return jobs
+
+
+def run_part(args: argparse.Namespace, job: tuple[str, str, str | None], work: Path, data: Any, log: Log,
+             results: dict) -> None:
+    """Time one part into results; a part that fails is logged with its traceback and the others go on."""
+    variant, precision, mode = job
+    key = f"{variant}/{precision}" + (f"/compile-{mode}" if mode else "")
+    t0 = time.perf_counter()
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            if variant == "export":
+                r = export_throughput(args, work / "data", data, work / "export")
+            else:
+                cfg = base_config(args, work / "data", precision, **VARIANTS[variant])
+                r = time_variant(cfg, data, args.steps, args.warmup, mode, args.backend)
+        results["timings"][key] = r
+        what = (f"{r['s_per_epoch']:.2f} s/epoch" if "s_per_epoch" in r
+                else f"raw {r['raw_per_s']:,.0f}/s, hdf5 {r['hdf5_per_s']:,.0f}/s, wds {r['wds_per_s']:,.0f}/s")
+        log(f"    {key}: {what} ({time.perf_counter() - t0:.1f} s)")
+    except Exception as e:  # one part failing must not lose the others
+        results["errors"][key] = _short(e)
+        log(f"    {key}: FAILED {_short(e)}")
+        log.detail(traceback.format_exc())
+    finally:
+        if buf.getvalue():
+            log.detail(f"---- stderr of {key} ----\n{buf.getvalue()[-4000:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     log = Log(args.out / "device_check.log")
     start = time.perf_counter()
@@ -256,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     log(f"device_check: torch {torch.__version__}, python {platform.python_version()}, device {dev} ({name}), "
-        f"threads {torch.get_num_threads()}, {'quick' if q else 'full'}: {args.backbone} width "
-        f"{args.width or 'default'}, batch {args.batch}, {n_train}+{n_test} images, {args.steps} timed steps "
-        f"after {args.warmup}")
+        f"threads {torch.get_num_threads()}, {'quick' if args.quick else 'full'}: {args.backbone} width "
+        f"{args.width or 'default'}, batch {args.batch}, {args.n_train}+{args.n_test} images, {args.steps} timed "
+        f"steps after {args.warmup}")
     try:
         import webdataset
         results["webdataset"] = f"{getattr(webdataset, '__version__', '?')} from {Path(webdataset.__file__).parent}"
@@ -277,50 +323,22 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="auxgen-device-check-", dir=args.data))
     try:
         t0 = time.perf_counter()
-        write_cifar100(work / "data", n_train, n_test)
+        write_cifar100(work / "data", args.n_train, args.n_test)
         from auxgen.data import load_data
 
         data = load_data(base_config(args, work / "data", "fp32"))
         results["data_s"] = time.perf_counter() - t0
         log(f"[2] synthetic CIFAR-100 written and loaded: {len(data.train)}+{len(data.test)} images, "
             f"{results['data_s']:.1f} s")
-
-        # bf16 runs as float32 on the CPU (runtime.Precision): there one bf16 row checks that path alone
-        bf16 = list(VARIANTS) if dev.type == "cuda" else ["exact"]
-        jobs = [(v, "fp32", None) for v in VARIANTS] + [(v, "bf16", None) for v in bf16]
-        jobs.append(("export", "fp32", None))
-        if not args.no_compile:
-            modes = ["default"] + (["reduce-overhead"] if dev.type == "cuda" else [])
-            precisions = ("bf16", "fp32") if dev.type == "cuda" else ("fp32",)
-            jobs += [(v, p, m) for m in modes for p in precisions for v in COMPILED]
-        for variant, precision, mode in jobs:
-            key = f"{variant}/{precision}" + (f"/compile-{mode}" if mode else "")
-            if left() <= (COMPILE_HEADROOM_S if mode and dev.type == "cuda" else 0):
+        for job in job_list(args, dev):
+            if left() <= (COMPILE_HEADROOM_S if job[2] and dev.type == "cuda" else 0):
+                key = f"{job[0]}/{job[1]}" + (f"/compile-{job[2]}" if job[2] else "")
                 results["skipped"].append(key)
                 log(f"    {key}: skipped (over --budget-s {args.budget_s:.0f})")
                 continue
-            t0 = time.perf_counter()
-            buf = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(buf):
-                    if variant == "export":
-                        r = export_throughput(args, work / "data", data, work / "export")
-                    else:
-                        cfg = base_config(args, work / "data", precision, **VARIANTS[variant])
-                        r = time_variant(cfg, data, args.steps, args.warmup, mode, backend)
-                results["timings"][key] = r
-                what = (f"{r['s_per_epoch']:.2f} s/epoch" if "s_per_epoch" in r
-                        else f"raw {r['raw_per_s']:,.0f}/s, hdf5 {r['hdf5_per_s']:,.0f}/s, wds {r['wds_per_s']:,.0f}/s")
-                log(f"    {key}: {what} ({time.perf_counter() - t0:.1f} s)")
-            except Exception as e:  # one part failing must not lose the others
-                results["errors"][key] = _short(e)
-                log(f"    {key}: FAILED {_short(e)}")
-                log.detail(traceback.format_exc())
-            finally:
-                if buf.getvalue():
-                    log.detail(f"---- stderr of {key} ----\n{buf.getvalue()[-4000:]}")
-                results["total_s"] = time.perf_counter() - start  # kept current: a run cut short keeps its figures
-                (args.out / "device_check.json").write_text(json.dumps(results, indent=1))
+            run_part(args, job, work, data, log, results)
+            results["total_s"] = time.perf_counter() - start  # kept current: a run cut short keeps its figures
+            (args.out / "device_check.json").write_text(json.dumps(results, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
