@@ -40,3 +40,41 @@ def test_nmi_is_within_each_primary_class(bench):
     assert bench._nmi_ari(np.array([5, 5, 6, 6, 9, 9, 8, 8]), fine, y) == pytest.approx((1.0, 1.0))
     # labels constant inside each class carry nothing about the fine labels there
     assert bench._nmi_ari(np.array([5, 5, 5, 5, 9, 9, 9, 9]), fine, y)[0] == pytest.approx(0.0)
+
+
+def test_digit_images_task_is_a_two_level_folder_of_the_digits_splits(tmp_path):
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from digit_images import make_task
+
+    from auxgen.compose import hierarchy_for, load_data
+    from auxgen.config import TrainConfig
+    from auxgen.data import _digits
+
+    train_root, test_root = make_task(tmp_path / "d", per_class=3)
+    assert (train_root / ".complete").is_file() and (test_root / ".complete").is_file()
+    digit_test = _digits(None)[1]
+    cfg = TrainConfig(dataset="imagefolder", data_root=str(train_root), test_root=str(test_root), hierarchy_depth=2,
+                      image_size=32, backbone="cnn", device="cpu").validate()
+    data = load_data(cfg)
+    hier, _ = hierarchy_for(cfg, data)
+    assert len(data.train) == 30 and len(data.test) == len(digit_test)
+    assert data.train.images.shape[1:] == (3, 32, 32) and hier.psi == (5, 5)
+    # the primary class is the digit's group, the fine label the digit; every digit three times in training
+    digits = sorted(int(name[-1]) for name in data.fine_names)  # e.g. "low/d3"
+    assert digits == list(range(10))
+    digit_of = [int(name[-1]) for name in data.fine_names]
+    groups = [data.class_names[int(c)] for c in data.train.labels]
+    assert groups == ["low" if digit_of[int(f)] < 5 else "high" for f in data.train.fine]
+    counts = np.bincount(data.train.fine.numpy(), minlength=10)
+    assert counts.tolist() == [3] * 10
+    assert sorted(p.parent.name for p in (train_root / "low").glob("*/*.png"))[0] == "d0"
+    assert {p.parent.name for p in (train_root / "high").glob("*/*.png")} == {f"d{i}" for i in range(5, 10)}
+    img = np.asarray(Image.open(next((train_root / "low" / "d0").glob("*.png"))))
+    assert img.shape == (32, 32, 3) and img.std() > 10  # a drawn digit, not a flat colour
+    again = make_task(tmp_path / "d", per_class=3)  # written once: a second call keeps the files
+    assert again == (train_root, test_root)
