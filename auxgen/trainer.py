@@ -704,9 +704,11 @@ def feature_neighbours(run: Run, batch: int = 500) -> torch.Tensor:
     features (eval mode, no augmentation), centred over the run's rows so that shared activation is not
     similarity; a pure function of the weights, so a resumed epoch mines the same neighbours."""
     rows = torch.cat([run.train_idx, run.meta_idx]).to(run.device)
+    was = run.model.training
     run.model.eval()
     feats = torch.cat([run.model.backbone(run.model.normalize(run.train_images[rows[i:i + batch]])).float()
                        for i in range(0, len(rows), batch)])
+    run.model.train(was)
     feats = torch.nn.functional.normalize(feats - feats.mean(0), dim=1)
     return nearest_of_class(feats, run.train_labels, rows, run.cfg.neighbours)
 

@@ -23,7 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from auxgen.data import _digits  # noqa: E402
+from auxgen.compose import load_data  # noqa: E402
+from auxgen.config import TrainConfig  # noqa: E402
 
 GROUPS = ("low", "high")  # 0-4 | 5-9
 
@@ -57,7 +58,8 @@ def write_tree(root: Path, images: np.ndarray, labels: np.ndarray, seed: int) ->
 
 def make_task(out: Path, per_class: int = 40) -> tuple[Path, Path]:
     """The train tree (`per_class` images of each digit, seeded) and the test tree (the whole test split)."""
-    train, test, _ = _digits(None)
+    data = load_data(TrainConfig(dataset="digits", device="cpu").validate())  # auxgen's own split of the digits
+    train, test = data.train, data.test
     tr_img, tr_y = train.images[:, 0].numpy(), train.labels.numpy()
     pick = np.random.default_rng(0).permutation(len(tr_y))
     rows = np.sort(np.concatenate([pick[tr_y[pick] == d][:per_class] for d in range(10)]))

@@ -53,11 +53,10 @@ def test_digit_images_task_is_a_two_level_folder_of_the_digits_splits(tmp_path):
 
     from auxgen.compose import hierarchy_for, load_data
     from auxgen.config import TrainConfig
-    from auxgen.data import _digits
 
     train_root, test_root = make_task(tmp_path / "d", per_class=3)
     assert (train_root / ".complete").is_file() and (test_root / ".complete").is_file()
-    digit_test = _digits(None)[1]
+    digit_test = load_data(TrainConfig(dataset="digits", device="cpu").validate()).test
     cfg = TrainConfig(dataset="imagefolder", data_root=str(train_root), test_root=str(test_root), hierarchy_depth=2,
                       image_size=32, backbone="cnn", device="cpu").validate()
     data = load_data(cfg)

@@ -221,13 +221,20 @@ def test_neighbour_pairs_train():
 
 
 def test_feature_neighbours_are_the_networks_nearest_and_resume_alike(tmp_path):
+    from auxgen.data import same_class_neighbours
     from auxgen.kmeans import features
     from auxgen.trainer import feature_neighbours
 
     cfg = tiny_config(epochs=2, pairs="neighbours", consistency_weight=1.0, meta_weight=0.0,
                       neighbour_match="features")
     run = train(cfg, tmp_path / "a", show=False, return_run=True)["run"]
+    assert run.model.training  # mining looks in eval mode and gives the mode back
     nb = feature_neighbours(run)
+    assert run.model.training
+    # the run trained on mined neighbours, not on the thumbnails' it starts from
+    rows = torch.arange(len(run.train_labels))
+    assert not torch.equal(run.neighbours, same_class_neighbours(run.train_images, run.train_labels, rows,
+                                                                 cfg.neighbours, shape_only=True))
     f = torch.from_numpy(features(run.model, run.data.train, run.device)).float()
     f = torch.nn.functional.normalize(f - f.mean(0), dim=1)
     y = run.train_labels
