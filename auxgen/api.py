@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from auxgen.config import TrainConfig, resolve_config
+from auxgen.config import TrainConfig, resolve_config, saved_run_options
 from auxgen.errors import AuxgenError
 from auxgen.rundir import RunDir
 
@@ -55,7 +55,8 @@ class Run:
         """The options the run was trained with (its config.json)."""
         from auxgen.run import read_run_config
 
-        return TrainConfig.from_dict(dict(read_run_config(self.path)["train"]), where=str(RunDir(self.path).config))
+        options = saved_run_options(read_run_config(self.path)["train"])
+        return TrainConfig.from_dict(options, where=str(RunDir(self.path).config))
 
     @property
     def generator(self) -> LabelGenerator:

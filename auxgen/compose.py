@@ -57,6 +57,11 @@ def _human_sources() -> str:
     return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])}, or {ways[-1]}"
 
 
+def generator_sees_shape(cfg: TrainConfig, channels: int) -> bool:
+    """--gen-input: whether the generator's input is the images' shape maps (auto: for colour images)."""
+    return {"shape": True, "image": False, "auto": channels == 3}[cfg.gen_input]
+
+
 def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy,
                  load_weights: bool = True) -> tuple[MultiTaskNet, LabelGenerator | None]:
     """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images.
@@ -67,8 +72,8 @@ def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy,
     weights = cfg.weights if load_weights else None
     norm = backbone_norm(cfg.backbone, cfg.weights)
     model = MultiTaskNet(cfg.backbone, channels, hier.num_primary, hier.num_aux, cfg.width, weights, norm)
-    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width, weights, norm)
-           if cfg.method == "maxl" else None)
+    gen = (LabelGenerator(cfg.backbone, channels, hier, cfg.gen_width or cfg.width, weights, norm,
+                          shape_input=generator_sees_shape(cfg, channels)) if cfg.method == "maxl" else None)
     if gen is not None and cfg.aux_weighting == "learned":  # a part of theta2: its optimiser and checkpoint
         gen.loss_weighting = LossWeighting()
     return model, gen

@@ -42,12 +42,22 @@ _PAPER_COMMON = dict(backbone="vgg16", width=None, gen_width=None, epochs=200, b
                      gamma=2.0, entropy_weight=0.2, usage_entropy="batch", sharpness_weight=0.0, meta_norm="none",
                      meta_weight=1.0, consistency_weight=0.0, invariance_weight=0.0, aux_weight=1.0,
                      neumann_steps=3, hypergradient="lookahead", meta_every=1, pair_colour="off", pairs="views",
-                     neighbours=5, aux_weighting="fixed",
+                     neighbours=5, aux_weighting="fixed", gen_input="image",
                      gen_optimizer="sgd", meta_order=2, fused_lookahead=False, augment="auto", flip=True, psi=None)
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {**_PAPER_COMMON, "gen_lr": 1e-3, "gen_decay": "l2", "meta_split": 0.0, "schedule": "alternate"},
     "paper-text": {**_PAPER_COMMON, "gen_lr": 1e-5, "gen_decay": "l1", "meta_split": 0.1, "schedule": "interleave"},
 }
+
+
+# options added after runs were first saved whose default would change what an older run is: a run's
+# config.json without one of them was trained with the value here
+SAVED_BEFORE: dict[str, Any] = {"gen_input": "image"}
+
+
+def saved_run_options(train: Any) -> Any:
+    """A run's recorded options ("train" of its config.json), with what SAVED_BEFORE says where they predate it."""
+    return {**SAVED_BEFORE, **train} if isinstance(train, dict) else train
 
 
 def _f(default: Any, help: str, choices: Collection[str] | None = None, objective: bool = False) -> Any:
@@ -121,8 +131,9 @@ class TrainConfig:
     neumann_steps: int = _f(3, "--hypergradient implicit: Hessian-vector products in the Neumann series of the inverse Hessian.", objective=True)
     pair_colour: str = _f("auto", "The generator's pair images (for --consistency-weight and --invariance-weight) also change colour: a random brightness and, for RGB, a random channel order, so labels cannot be about colour. auto: on for RGB images, off for greyscale; on; off.", ("auto", "on", "off"))
     pairs: str = _f("neighbours", "The generator's pair terms (--consistency-weight, --invariance-weight) compare an image's label with that of: views (another augmented view of it) or neighbours (another view of one of its nearest images of the same class, by thumbnail similarity).", ("neighbours", "views"))
+    gen_input: str = _f("auto", "maxl: what the label generator's network sees: image (the image, as the multi-task network), or shape (each image's shape map: its colours projected on its own main colour axis, scaled to one contrast, so the labels cannot follow colour or brightness, only the drawn shape); auto: shape for RGB images, image for greyscale.", ("auto", "image", "shape"))
     neighbours: int = _f(5, "--pairs neighbours: how many nearest images of the same class each image draws its pair from.")
-    neighbour_match: str = _f("shape", "--pairs neighbours: how images are compared. pixels: the cosine of mean-centred 8x8 thumbnails, colour included; shape: each RGB thumbnail is first projected on its own main colour axis, so a shape drawn in other colours still matches (on greyscale images the two are the same); features: the cosine of the multi-task network's own backbone features, mined again at the start of every epoch, as SCAN mines neighbours from learned features.", ("pixels", "shape", "features"))
+    neighbour_match: str = _f("shape", "--pairs neighbours: how images are compared. pixels: the cosine of mean-centred 8x8 thumbnails, colour included; shape: each RGB thumbnail is first projected on its own main colour axis, so a shape drawn in other colours still matches (on greyscale images the two are the same); aligned: shape, with each image's ink also moved to the centre and scaled to one size by its image moments, so an object drawn elsewhere or larger still matches; features: the cosine of the multi-task network's own backbone features, mined again at the start of every epoch, as SCAN mines neighbours from learned features.", ("pixels", "shape", "aligned", "features"))
     aux_weighting: str = _f("fixed", "maxl: the per-sample weights of the primary and auxiliary losses in theta1's training loss: fixed (1 and --aux-weight) or learned (AuxiLearn's non-negative combination of per-sample losses, a small network trained by the meta-signal with the generator; needs --meta-weight above 0).", ("fixed", "learned"))
     meta_every: int = _f(2, "maxl: a generator step (with --meta-weight above 0, a meta step) every N training steps; the steps between train theta1 on the generator's current labels. 2 halves the generator's cost at no measurable loss in label quality (docs/label_quality.md).")
     aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).", objective=True)
@@ -341,7 +352,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise AuxgenError(f"config file {path} is not valid {kind}: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise AuxgenError(f"config file {path} must hold a table/object of options")
-    data = data.get("train", data)  # a run's config.json keeps the options under "train"
+    if "train" in data:  # a run's config.json keeps the options under "train"
+        data = saved_run_options(data["train"])
     if not isinstance(data, dict):
         raise AuxgenError(f"config file {path}: \"train\" must be a table/object of options")
     return {k.replace("-", "_"): v for k, v in data.items()}

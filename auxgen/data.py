@@ -132,34 +132,86 @@ def colour_jitter(images: torch.Tensor, n: int, generator: torch.Generator, part
     return out.round().clamp(0, 255).to(torch.uint8)
 
 
-def thumbnails(images: torch.Tensor, shape_only: bool = False) -> torch.Tensor:
-    """Unit-length, mean-centred 8x8 thumbnails [N, C*64] (or [N, 64] with shape_only): what "looks alike" means
-    to the pair terms, ignoring overall brightness.
+THUMBNAIL_MATCHES = ("pixels", "shape", "aligned")
 
-    shape_only projects each pixel's colour (centred per channel) on the image's main colour axis: a shape in
-    colour a on background b and the same shape in colour c on d give the same map, once its sign is set so
-    that the rarer extreme (the ink) is positive. On one channel it changes nothing.
+
+def thumbnails(images: torch.Tensor, match: str = "pixels") -> torch.Tensor:
+    """Unit-length, mean-centred 8x8 thumbnails [N, D]: what "looks alike" means to the pair terms,
+    ignoring overall brightness. `match` says what else is ignored:
+
+    - pixels: nothing more; the thumbnail of every channel [N, C*64].
+    - shape: colour. Each pixel's colour (centred per channel) is projected on the image's main colour
+      axis, so a shape in colour a on background b and the same shape in colour c on d give the same
+      map, once its sign is set so that the rarer extreme (the ink) is positive [N, 64]. On one channel
+      it is pixels (exactly).
+    - aligned: colour, place and size. The shape map's ink (its positive part) is moved to the centre
+      of the frame and scaled to a fixed spread by its first and second moments before it is pooled,
+      the moment normalisation of character recognition: the same object drawn elsewhere, larger or
+      smaller, matches [N, 64].
     """
-    t = torch.nn.functional.adaptive_avg_pool2d(images.float(), 8).flatten(2)  # [N, C, 64]
-    if shape_only and t.shape[1] > 1:
-        t = t - t.mean(dim=2, keepdim=True)
-        axis = torch.linalg.eigh(t @ t.transpose(1, 2)).eigenvectors[..., -1]  # [N, C], the largest
-        t = (axis[:, :, None] * t).sum(1)
-        t = t * torch.where((t ** 3).sum(1, keepdim=True) < 0, -1.0, 1.0)
+    if match not in THUMBNAIL_MATCHES:
+        raise ValueError(f"match must be one of {THUMBNAIL_MATCHES}, got {match!r}")
+    x = images.float()
+    if match == "aligned":
+        x = _moment_aligned(shape_map(x))
+    t = torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(2)  # [N, C, 64]
+    if match == "shape" and t.shape[1] > 1:
+        t = shape_map(t.unflatten(2, (8, 8))).flatten(2)
     t = t.flatten(1)
     t = t - t.mean(dim=1, keepdim=True)
     return t / t.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
+def shape_map(x: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+    """[N, C, H, W] -> [N, 1, H, W]: each image's colours (centred per channel) projected on its own main colour
+    axis, the sign set so that the rarer extreme, the ink, is positive. One channel is only centred and signed.
+
+    The main axis, the largest eigenvector of the CxC colour covariance, comes from power iteration started at
+    the covariance's column of largest variance (never orthogonal to it when the largest eigenvalue is over C
+    times the next): plain matrix products, which torch.export and ONNX take, as the generator's input needs.
+    """
+    t = x.flatten(2)
+    t = t - t.mean(dim=2, keepdim=True)
+    if t.shape[1] > 1:
+        cov = t @ t.transpose(1, 2)  # [N, C, C]
+        start = cov.diagonal(dim1=1, dim2=2).argmax(dim=1)  # [N]
+        v = cov.gather(2, start[:, None, None].expand(-1, cov.shape[1], 1))  # [N, C, 1]
+        for _ in range(iterations):
+            v = cov @ v
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        t = (v * t).sum(1, keepdim=True)
+    t = t * torch.where((t ** 3).sum(2, keepdim=True) < 0, -1.0, 1.0)
+    return t.view(x.shape[0], 1, *x.shape[2:])
+
+
+def _moment_aligned(m: torch.Tensor, spread: float = 0.5) -> torch.Tensor:
+    """The ink of shape maps [N, 1, H, W] (their positive part) resampled so that its centre of mass is the
+    frame's centre and its root-mean-square radius `spread` of the frame's half-width."""
+    ink = m.clamp_min(0)[:, 0]
+    n, h, w = ink.shape
+    # pixel centres in the frame's [-1, 1] coordinates, as affine_grid places them (align_corners=False)
+    ys = ((torch.arange(h, device=m.device) + 0.5) * 2 / h - 1)[None, :, None]
+    xs = ((torch.arange(w, device=m.device) + 0.5) * 2 / w - 1)[None, None, :]
+    mass = ink.sum((1, 2)).clamp_min(1e-6)
+    cy, cx = (ink * ys).sum((1, 2)) / mass, (ink * xs).sum((1, 2)) / mass
+    var = (ink * ((ys - cy[:, None, None]) ** 2 + (xs - cx[:, None, None]) ** 2)).sum((1, 2)) / mass / 2
+    scale = (var.sqrt() / spread).clamp_min(1e-3)  # an empty map keeps a finite frame
+    theta = torch.zeros(n, 2, 3, device=m.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, 0, 2], theta[:, 1, 2] = cx, cy
+    grid = torch.nn.functional.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    return torch.nn.functional.grid_sample(ink[:, None], grid, align_corners=False)
+
+
 def same_class_neighbours(images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, k: int,
-                          chunk: int = 1024, shape_only: bool = False) -> torch.Tensor:
+                          chunk: int = 1024, match: str = "pixels") -> torch.Tensor:
     """For every image, the k most similar other images of its class among `rows`: int64 [N, k] row ids.
 
-    Similarity is the cosine of `thumbnails` (a cheap stand-in for "looks alike"); rows outside `rows`
-    get -1. A class with k or fewer rows lends a row itself where it runs out of others. Used for the
-    generator's pair terms.
+    Similarity is the cosine of `thumbnails(..., match)` (a cheap stand-in for "looks alike"); rows
+    outside `rows` get -1. A class with k or fewer rows lends a row itself where it runs out of
+    others. Used for the generator's pair terms.
     """
-    return nearest_of_class(thumbnails(images[rows], shape_only), labels, rows, k, chunk)
+    return nearest_of_class(thumbnails(images[rows], match), labels, rows, k, chunk)
 
 
 def nearest_of_class(desc: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, k: int,

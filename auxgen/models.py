@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from auxgen.data import shape_map
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy
 from auxgen.losses import upcast
@@ -387,13 +388,32 @@ def mask_softmax(logits: torch.Tensor, y: torch.Tensor, block_id: torch.Tensor) 
     return torch.log_softmax(upcast(logits).masked_fill(~mask, float("-inf")), dim=1).exp()
 
 
-class LabelGenerator(nn.Module):
-    """g(x, y; theta2): a backbone and one head of K logits, turned into soft labels by the mask softmax."""
+class ShapeInput(nn.Module):
+    """The generator's --gen-input shape, in place of Normalize: each image's shape map (auxgen.data.shape_map:
+    its colours projected on its own main colour axis, the ink positive), scaled to unit root-mean-square and
+    given to every input channel. A label computed from it cannot depend on the image's colours, brightness or
+    contrast, only on where its ink is."""
 
-    def __init__(self, backbone: str, in_channels: int, hierarchy: Hierarchy,
-                 width: int | None = None, weights: str | None = None, norm: Norm | None = None) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.normalize = Normalize(*(norm or backbone_norm(backbone, weights)))
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = shape_map(x if x.is_floating_point() else x.float())
+        m = m / m.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)  # a flat image stays 0
+        return m.expand(-1, self.channels, -1, -1)
+
+
+class LabelGenerator(nn.Module):
+    """g(x, y; theta2): a backbone and one head of K logits, turned into soft labels by the mask softmax.
+
+    shape_input: the backbone sees each image's colour-free shape map (ShapeInput), not the image."""
+
+    def __init__(self, backbone: str, in_channels: int, hierarchy: Hierarchy, width: int | None = None,
+                 weights: str | None = None, norm: Norm | None = None, shape_input: bool = False) -> None:
+        super().__init__()
+        self.normalize = (ShapeInput(in_channels) if shape_input
+                          else Normalize(*(norm or backbone_norm(backbone, weights))))
         self.backbone, feat = make_backbone(backbone, in_channels, width, weights)
         self.head = _head(feat, hierarchy.num_aux)
         self.register_buffer("block_id", hierarchy.block_id(), persistent=False)

@@ -15,7 +15,7 @@ import torch
 
 from auxgen.checkpoint import load_checkpoint, sha256_file
 from auxgen.compose import build_models, load_data
-from auxgen.config import TrainConfig
+from auxgen.config import TrainConfig, saved_run_options
 from auxgen.data import Data
 from auxgen.errors import AuxgenError, CheckpointError
 from auxgen.hierarchy import Hierarchy
@@ -87,7 +87,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "last", device: str | None =
     """Load a run's config and checkpoint; models come back in eval mode on the run's device choice."""
     run_dir = Path(run_dir)
     meta, config_sha = _read_run_config(run_dir)
-    train_cfg = dict(meta["train"])
+    train_cfg = saved_run_options(meta["train"])
     if data_root is not None:
         train_cfg["data_root"] = data_root
     if device is not None:

@@ -241,7 +241,7 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
     neighbours = None
     if gen is not None and cfg.pairs == "neighbours":  # among the rows this run may see: training and meta rows
         neighbours = same_class_neighbours(images, labels, torch.cat([train_idx, meta_idx]).to(device), cfg.neighbours,
-                                           shape_only=cfg.neighbour_match == "shape")
+                                           match="pixels" if cfg.neighbour_match == "features" else cfg.neighbour_match)
     return Run(cfg, data, hier, device, model, gen, optimizer, gen_optimizer, train_idx, meta_idx,
                targets, images, labels, precision_of(cfg, device), neighbours)
 

@@ -70,11 +70,11 @@ TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
 }
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
 # the defaults before issue 17 (MAXL's meta-gradient, no pair term): the studies below are variants of them
-V0 = dict(meta_weight=1.0, consistency_weight=0.0, pairs="views", meta_every=1, pair_colour="off")
+V0 = dict(meta_weight=1.0, consistency_weight=0.0, pairs="views", meta_every=1, pair_colour="off", gen_input="image")
 # neighbour consistency without the meta-gradient, spelled out (today's defaults add meta_every=2, pair_colour=auto,
 # neighbour_match=shape; on greyscale data shape and pixels are the same neighbours)
 NB = dict(consistency_weight=1.0, pairs="neighbours", meta_weight=0.0, meta_every=1, pair_colour="off",
-          neighbour_match="pixels")
+          neighbour_match="pixels", gen_input="image")
 D2 = dict(NB, meta_every=2)  # today's defaults on greyscale data, spelled out
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                        # auxgen's defaults (whatever config.py says)
@@ -123,9 +123,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "d-gw8-g3": dict(D2, gen_width=8, gen_lr=3e-3), "nb-gw8-g3": dict(NB, gen_width=8, gen_lr=3e-3),
     # the defaults with neighbours compared by shape (colour-invariant: today's default) or by pixels, colour
     # included (the default before); the two are the same on greyscale data
-    "shape": dict(neighbour_match="shape"), "pixels": dict(neighbour_match="pixels"),
-    "features": dict(neighbour_match="features"),  # ... by the multi-task network's features, mined every epoch
-    "shape-k10": dict(neighbours=10), "shape-every1": dict(meta_every=1),  # two knobs of the default, on RGB
+    "shape": dict(neighbour_match="shape", gen_input="image"),
+    "pixels": dict(neighbour_match="pixels", gen_input="image"),
+    # ... by the multi-task network's features, mined every epoch
+    "features": dict(neighbour_match="features", gen_input="image"),
+    "aligned": dict(neighbour_match="aligned", gen_input="image"),  # ... by shape, ink centred and scaled by moments
+    # the generator sees each image's colour-free shape map (--gen-input shape), neighbours by shape or aligned
+    "gin-shape": dict(neighbour_match="shape", gen_input="shape"),
+    "gin-aligned": dict(neighbour_match="aligned", gen_input="shape"),
+    # two knobs of the shape-matched defaults, on RGB
+    "shape-k10": dict(neighbour_match="shape", gen_input="image", neighbours=10),
+    "shape-every1": dict(neighbour_match="shape", gen_input="image", meta_every=1),
 }
 # no flips: a mirrored digit is another digit (they matter only for the generator's pair views)
 BASE = dict(dataset="digits", backbone="cnn", width=16, batch_size=32, device="cpu", augment="off", flip=False)

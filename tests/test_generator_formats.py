@@ -121,3 +121,18 @@ def test_format_choices(tmp_path):
         parse_generator_formats("pt2,tflite")
     assert generator_path(tmp_path / "x.h5", "hdf5", "onnx").name == "x.h5.generator.onnx"
     assert generator_path(tmp_path / "shards", "wds", "pt2") == tmp_path / "shards" / "generator.pt2"
+
+
+def test_a_shape_input_generator_exports_to_both_formats(tmp_path):
+    """--gen-input shape puts the shape map (power iteration, no eigen-solver) inside the generator: the files
+    must carry it and agree with the module on colour images."""
+    torch.manual_seed(0)
+    g = LabelGenerator("cnn", 3, Hierarchy(PSI), width=4, shape_input=True).eval()
+    gen_rng = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (9, 3, 12, 12), generator=gen_rng, dtype=torch.uint8)
+    y = torch.randint(0, len(PSI), (9,), generator=gen_rng)
+    meta = {"psi": list(PSI), "num_aux": sum(PSI)}
+    for fmt in ("pt2", "onnx"):
+        path = tmp_path / f"g.{fmt}"
+        save_generator(g, path, fmt, meta, (x[:4], y[:4]))
+        assert check_generator_file(g, path, fmt, x, y) is None

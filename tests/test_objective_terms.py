@@ -3,7 +3,9 @@ the invariance prior (pair mutual information), the auxiliary-loss weight, the L
 amortised meta steps."""
 
 import copy
+import json
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -185,14 +187,14 @@ def test_shape_thumbnails_ignore_the_colours_a_shape_is_drawn_in():
     images = torch.stack([_two_colour(disc, (230, 40, 40), (10, 20, 60)),     # red disc on dark blue
                           _two_colour(disc, (20, 20, 140), (240, 230, 90)),  # dark disc on bright yellow
                           _two_colour(bar, (230, 40, 40), (10, 20, 60))])    # a bar in the first disc's colours
-    pix, shape = thumbnails(images), thumbnails(images, shape_only=True)
+    pix, shape = thumbnails(images), thumbnails(images, "shape")
     assert pix.shape == (3, 192) and shape.shape == (3, 64)
     assert torch.allclose(shape.norm(dim=1), torch.ones(3))
     # by pixels, the disc is nearer the bar of its own colours than the same disc in others; by shape, not
     assert float(pix[0] @ pix[2]) > float(pix[0] @ pix[1])
     assert float(shape[0] @ shape[1]) > 0.999 > float(shape[0] @ shape[2])
-    grey = images[:, :1]  # one channel: shape_only changes nothing
-    assert torch.equal(thumbnails(grey), thumbnails(grey, shape_only=True))
+    grey = images[:, :1]  # one channel: shape is pixels
+    assert torch.equal(thumbnails(grey), thumbnails(grey, "shape"))
 
 
 def test_shape_neighbours_find_the_same_shape_in_other_colours():
@@ -205,10 +207,121 @@ def test_shape_neighbours_find_the_same_shape_in_other_colours():
     images = torch.stack([_two_colour(masks[int(k)], tuple(torch.randint(0, 256, (3,), generator=g).tolist()),
                                       tuple(torch.randint(0, 256, (3,), generator=g).tolist())) for k in shapes])
     labels, rows = torch.zeros(40, dtype=torch.long), torch.arange(40)
-    by_shape = same_class_neighbours(images, labels, rows, 3, shape_only=True)
+    by_shape = same_class_neighbours(images, labels, rows, 3, match="shape")
     by_pixels = same_class_neighbours(images, labels, rows, 3)
     assert bool((shapes[by_shape] == shapes[:, None]).all())
     assert float((shapes[by_pixels] == shapes[:, None]).float().mean()) < 1.0
+
+
+def _drawn(mask_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: int, x0: int, scale: float,
+           ink: tuple, paper: tuple, size: int = 32) -> torch.Tensor:
+    """A shape given in unit coordinates, drawn at (y0, x0) at `scale` pixels per unit, in two colours."""
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    return _two_colour(mask_of((yy - y0) / scale, (xx - x0) / scale), ink, paper)
+
+
+def _ring(y, x):
+    return ((y ** 2 + x ** 2) < 1) & ((y ** 2 + x ** 2) > 0.36)
+
+
+def _cross(y, x):
+    return ((y.abs() < 0.25) & (x.abs() < 1)) | ((x.abs() < 0.25) & (y.abs() < 1))
+
+
+def test_aligned_thumbnails_ignore_where_and_how_large_a_shape_is():
+    from auxgen.data import thumbnails
+
+    images = torch.stack([_drawn(_ring, 9, 10, 6, (230, 40, 40), (10, 20, 60)),     # small, top left
+                          _drawn(_ring, 19, 18, 11, (20, 20, 140), (240, 230, 90)),  # large, centre, other colours
+                          _drawn(_cross, 9, 10, 6, (230, 40, 40), (10, 20, 60))])    # a cross where the first ring is
+    shape, aligned = thumbnails(images, "shape"), thumbnails(images, "aligned")
+    assert aligned.shape == (3, 64) and torch.allclose(aligned.norm(dim=1), torch.ones(3))
+    # by shape, the small ring is nearer the cross at its place than the ring elsewhere; aligned, it is the ring
+    assert float(shape[0] @ shape[2]) > float(shape[0] @ shape[1])
+    assert float(aligned[0] @ aligned[1]) > 0.9 > float(aligned[0] @ aligned[2])
+    # moved by whole pixels, the same drawing gives the same aligned thumbnail, up to resampling
+    moved = _drawn(_ring, 15, 21, 6, (230, 40, 40), (10, 20, 60))[None]
+    assert float(thumbnails(moved, "aligned")[0] @ aligned[0]) > 0.99
+
+
+def test_aligned_neighbours_find_the_same_shape_at_other_places_and_sizes():
+    from auxgen.data import same_class_neighbours
+
+    g = torch.Generator().manual_seed(0)
+
+    def draw(k: int) -> torch.Tensor:
+        r = torch.rand(3, generator=g)
+        scale = 5 + 4 * float(r[0])
+        y0, x0 = (scale + 1 + float(v) * (30 - 2 * scale) for v in r[1:])
+        ink, paper = (tuple(torch.randint(0, 256, (3,), generator=g).tolist()) for _ in range(2))
+        return _drawn((_ring, _cross)[k], y0, x0, scale, ink, paper)
+
+    shapes = torch.arange(40) % 2
+    images = torch.stack([draw(int(k)) for k in shapes])
+    labels, rows = torch.zeros(40, dtype=torch.long), torch.arange(40)
+    purity = {m: float((shapes[same_class_neighbours(images, labels, rows, 3, match=m)] == shapes[:, None])
+                       .float().mean()) for m in ("shape", "aligned")}
+    assert purity["aligned"] == 1.0 > purity["shape"]
+
+
+def test_shape_map_main_axis_is_the_eigen_solvers():
+    """shape_map's power iteration (export-friendly) against torch.linalg.eigh's largest eigenvector."""
+    from auxgen.data import shape_map
+
+    g = torch.Generator().manual_seed(0)
+    # images of two colours with noise, as drawings are: one main colour axis, well above the next
+    ink = torch.rand(16, 1, 10, 10, generator=g, dtype=torch.float64) ** 3
+    colours = torch.rand(16, 3, 2, 1, 1, generator=g, dtype=torch.float64) * 255
+    x = ink * colours[:, :, 0] + (1 - ink) * colours[:, :, 1] + 8 * torch.randn(16, 3, 10, 10, generator=g,
+                                                                                  dtype=torch.float64)
+    t = x.flatten(2) - x.flatten(2).mean(dim=2, keepdim=True)
+    axis = torch.linalg.eigh(t @ t.transpose(1, 2)).eigenvectors[..., -1]
+    ref = (axis[:, :, None] * t).sum(1)
+    ref = ref * torch.where((ref ** 3).sum(1, keepdim=True) < 0, -1.0, 1.0)
+    assert torch.allclose(shape_map(x).flatten(1), ref, atol=1e-6)
+    grey = x[:, :1]  # one channel: centred, the ink's side positive
+    m = shape_map(grey)[:, 0]
+    assert torch.allclose(m.abs(), (grey[:, 0] - grey[:, 0].mean(dim=(1, 2), keepdim=True)).abs())
+    assert bool(((m ** 3).sum(dim=(1, 2)) >= 0).all())
+
+
+def test_a_shape_input_generator_ignores_colour_brightness_and_contrast():
+    from auxgen.hierarchy import Hierarchy
+    from auxgen.models import LabelGenerator
+
+    torch.manual_seed(0)
+    g = LabelGenerator("cnn", 3, Hierarchy((2, 3)), width=4, shape_input=True).eval()
+    g.head[-1].weight.data.mul_(50)  # confident labels, so that another input shows
+    plain = LabelGenerator("cnn", 3, Hierarchy((2, 3)), width=4).eval()
+    plain.load_state_dict(g.state_dict())  # the same weights: only the input differs
+    plain.double()
+    mask = _ring(*(v / 8 for v in torch.meshgrid(torch.arange(32.) - 15, torch.arange(32.) - 17, indexing="ij")))
+    a = _two_colour(mask, (230, 40, 40), (10, 20, 60)).double()
+    b = (a[[2, 0, 1]] * 0.5 + 30).double()  # channels reordered, half the contrast, brighter
+    y = torch.tensor([1, 1])
+    with torch.no_grad():
+        ours, theirs = g.double()(torch.stack([a, b]), y), plain.double()(torch.stack([a, b]), y)
+    assert torch.allclose(ours[0], ours[1], atol=1e-9)
+    assert (plain.logits(torch.stack([a, b])).diff(dim=0).abs().max() > 0.1)  # the image input sees the change
+
+
+def test_gen_input_auto_is_shape_for_colour_images_and_old_runs_keep_theirs(tmp_path):
+    from auxgen.compose import generator_sees_shape
+    from auxgen.config import TrainConfig, load_config_file
+
+    cfg = TrainConfig()
+    assert generator_sees_shape(cfg, 3) and not generator_sees_shape(cfg, 1)
+    assert not generator_sees_shape(TrainConfig(gen_input="image"), 3)
+    assert generator_sees_shape(TrainConfig(gen_input="shape"), 1)
+    old = tmp_path / "config.json"  # a run saved before --gen-input trained its generator on the images
+    old.write_text(json.dumps({"train": {"epochs": 3}, "data": {}}))
+    assert load_config_file(old)["gen_input"] == "image"
+    assert "gen_input" not in load_config_file(_written(tmp_path / "mine.json", {"epochs": 3}))
+
+
+def _written(path, data):
+    path.write_text(json.dumps(data))
+    return path
 
 
 def test_neighbour_pairs_train():
@@ -234,7 +347,7 @@ def test_feature_neighbours_are_the_networks_nearest_and_resume_alike(tmp_path):
     # the run trained on mined neighbours, not on the thumbnails' it starts from
     rows = torch.arange(len(run.train_labels))
     assert not torch.equal(run.neighbours, same_class_neighbours(run.train_images, run.train_labels, rows,
-                                                                 cfg.neighbours, shape_only=True))
+                                                                 cfg.neighbours, match="shape"))
     f = torch.from_numpy(features(run.model, run.data.train, run.device)).float()
     f = torch.nn.functional.normalize(f - f.mean(0), dim=1)
     y = run.train_labels

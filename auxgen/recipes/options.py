@@ -25,7 +25,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Networks": ("backbone", "weights", "width", "gen_width"),
     "Training": ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_epochs",
                  "aux_weight", "eval_batch_size", "seed"),
-    "Generator": ("gen_lr", "gen_weight_decay", "gen_decay", "gen_optimizer", "meta_every"),
+    "Generator": ("gen_input", "gen_lr", "gen_weight_decay", "gen_decay", "gen_optimizer", "meta_every"),
     "Generator objective": ("gamma", "entropy_weight", "usage_entropy", "sharpness_weight", "consistency_weight",
                             "invariance_weight", "pairs", "neighbours", "neighbour_match", "pair_colour"),
     "Meta-gradient": ("meta_weight", "meta_order", "meta_norm", "meta_split", "schedule", "fused_lookahead",
