@@ -62,6 +62,14 @@ def generator_sees_shape(cfg: TrainConfig, channels: int) -> bool:
     return {"shape": True, "image": False, "auto": channels == 3}[cfg.gen_input]
 
 
+def thumbnail_match(cfg: TrainConfig, channels: int) -> str:
+    """--neighbour-match as auxgen.data.thumbnails takes it: auto is aligned for colour images and shape (on one
+    channel, the pixels) for greyscale; features starts from the pixels' neighbours (mined again every epoch)."""
+    if cfg.neighbour_match == "auto":
+        return "aligned" if channels == 3 else "shape"
+    return "pixels" if cfg.neighbour_match == "features" else cfg.neighbour_match
+
+
 def build_models(cfg: TrainConfig, channels: int, hier: Hierarchy,
                  load_weights: bool = True) -> tuple[MultiTaskNet, LabelGenerator | None]:
     """The multi-task network, and the label generator for --method maxl (else None), for `channels`-channel images.

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import auxgen
 from auxgen import distributed
 from auxgen.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
-from auxgen.compose import build_models, hierarchy_for, load_data
+from auxgen.compose import build_models, hierarchy_for, load_data, thumbnail_match
 from auxgen.config import TrainConfig
 from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views, nearest_of_class, same_class_neighbours
 from auxgen.errors import AuxgenError
@@ -241,7 +241,7 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
     neighbours = None
     if gen is not None and cfg.pairs == "neighbours":  # among the rows this run may see: training and meta rows
         neighbours = same_class_neighbours(images, labels, torch.cat([train_idx, meta_idx]).to(device), cfg.neighbours,
-                                           match="pixels" if cfg.neighbour_match == "features" else cfg.neighbour_match)
+                                           match=thumbnail_match(cfg, images.shape[1]))
     return Run(cfg, data, hier, device, model, gen, optimizer, gen_optimizer, train_idx, meta_idx,
                targets, images, labels, precision_of(cfg, device), neighbours)
 

@@ -201,6 +201,18 @@ def cost(task: str, methods: list[str], rounds: int) -> dict[str, list[float]]:
     return times
 
 
+def write_task_data(tasks: list[str]) -> None:
+    """Write the image tasks' folders (once; later calls find them) for the tasks named."""
+    if "shapes" in tasks:
+        from shapes_task import make_task
+
+        make_task(SHAPES, SHAPES_PER_CLASS)
+    if "digits-rgb" in tasks:
+        from digit_images import make_task as make_digits
+
+        make_digits(DIGIT_IMAGES, 40)
+
+
 def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
     """Train one (task, method, seed) and measure its labels and accuracy."""
     torch.set_num_threads(1)
@@ -377,14 +389,7 @@ def main() -> None:
         return
     jobs = [(t, m, s, args.epochs) for t in args.tasks.split(",") for m in args.methods.split(",")
             for s in range(args.seeds)]
-    if "shapes" in args.tasks.split(","):
-        from shapes_task import make_task
-
-        make_task(SHAPES, SHAPES_PER_CLASS)
-    if "digits-rgb" in args.tasks.split(","):
-        from digit_images import make_task as make_digits
-
-        make_digits(DIGIT_IMAGES, 40)
+    write_task_data(args.tasks.split(","))
     t0 = time.perf_counter()
     known = _reusable(args.reuse, jobs)
     todo = [j for j in jobs if j not in known]

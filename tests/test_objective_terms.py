@@ -300,17 +300,19 @@ def test_a_shape_input_generator_ignores_colour_brightness_and_contrast():
     b = (a[[2, 0, 1]] * 0.5 + 30).double()  # channels reordered, half the contrast, brighter
     y = torch.tensor([1, 1])
     with torch.no_grad():
-        ours, theirs = g.double()(torch.stack([a, b]), y), plain.double()(torch.stack([a, b]), y)
+        ours = g.double()(torch.stack([a, b]), y)
     assert torch.allclose(ours[0], ours[1], atol=1e-9)
     assert (plain.logits(torch.stack([a, b])).diff(dim=0).abs().max() > 0.1)  # the image input sees the change
 
 
-def test_gen_input_auto_is_shape_for_colour_images_and_old_runs_keep_theirs(tmp_path):
-    from auxgen.compose import generator_sees_shape
+def test_auto_inputs_are_shape_maps_and_aligned_neighbours_for_colour_images_and_old_runs_keep_theirs(tmp_path):
+    from auxgen.compose import generator_sees_shape, thumbnail_match
     from auxgen.config import TrainConfig, load_config_file
 
     cfg = TrainConfig()
     assert generator_sees_shape(cfg, 3) and not generator_sees_shape(cfg, 1)
+    assert thumbnail_match(cfg, 3) == "aligned" and thumbnail_match(cfg, 1) == "shape"
+    assert thumbnail_match(TrainConfig(neighbour_match="features"), 3) == "pixels"  # mined again every epoch
     assert not generator_sees_shape(TrainConfig(gen_input="image"), 3)
     assert generator_sees_shape(TrainConfig(gen_input="shape"), 1)
     old = tmp_path / "config.json"  # a run saved before --gen-input trained its generator on the images
