@@ -16,6 +16,7 @@ from torch.func import functional_call
 
 from auxgen.losses import entropy_regulariser, focal_loss, pair_mutual_information
 from auxgen.maxl import Nets, Objective, meta_gradient, meta_step
+from auxgen.models import ShapeInput
 from auxgen.trainer import objective_for, setup, train
 
 
@@ -319,6 +320,24 @@ def test_auto_inputs_are_shape_maps_and_aligned_neighbours_for_colour_images_and
     old.write_text(json.dumps({"train": {"epochs": 3}, "data": {}}))
     assert load_config_file(old)["gen_input"] == "image"
     assert "gen_input" not in load_config_file(_written(tmp_path / "mine.json", {"epochs": 3}))
+
+
+def test_a_run_saved_before_gen_input_loads_with_the_image_input(tiny_run, tmp_path):
+    import shutil
+
+    from auxgen.run import load_run
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    meta = json.loads((old / "config.json").read_text())
+    del meta["train"]["gen_input"]
+    meta["train"]["neighbour_match"] = "shape"  # the value such runs recorded
+    (old / "config.json").write_text(json.dumps(meta))
+    run = load_run(old)
+    assert run.cfg.gen_input == "image" and not isinstance(run.generator.normalize, ShapeInput)
+    meta["train"]["gen_input"] = "shape"  # and a run that recorded the shape input gets it back
+    (old / "config.json").write_text(json.dumps(meta))
+    assert isinstance(load_run(old).generator.normalize, ShapeInput)
 
 
 def _written(path, data):
