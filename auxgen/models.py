@@ -399,6 +399,15 @@ class ShapeInput(nn.Module):
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # in float32 under bf16 autocast too: the colour covariance sums squares of 0..255 over the image, and
+        # export computes labels in float32, so training sees the same map (an exported file, traced without
+        # autocast, holds no autocast region: its loader admits plain tensor operations only)
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._map(x)
+        return self._map(x)
+
+    def _map(self, x: torch.Tensor) -> torch.Tensor:
         m = shape_map(x if x.is_floating_point() else x.float())
         m = m / m.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-6)  # a flat image stays 0
         return m.expand(-1, self.channels, -1, -1)

@@ -304,6 +304,9 @@ def test_a_shape_input_generator_ignores_colour_brightness_and_contrast():
         ours = g.double()(torch.stack([a, b]), y)
     assert torch.allclose(ours[0], ours[1], atol=1e-9)
     assert (plain.logits(torch.stack([a, b])).diff(dim=0).abs().max() > 0.1)  # the image input sees the change
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 training (CUDA's autocast; the CPU's here)
+        mapped = g.normalize(torch.stack([a, b]).float())
+    assert mapped.dtype == torch.float32 and torch.equal(mapped, g.normalize(torch.stack([a, b]).float()))
 
 
 def test_auto_inputs_are_shape_maps_and_aligned_neighbours_for_colour_images_and_old_runs_keep_theirs(tmp_path):
