@@ -20,7 +20,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
 
-from auxgen.data import DATASETS
+from auxgen.data import DATASETS, THUMBNAIL_MATCHES
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import psi_spec_values
 from auxgen.models import BACKBONES, backbone_entry, is_weights_file
@@ -133,7 +133,7 @@ class TrainConfig:
     pairs: str = _f("neighbours", "The generator's pair terms (--consistency-weight, --invariance-weight) compare an image's label with that of: views (another augmented view of it) or neighbours (another view of one of its nearest images of the same class, by thumbnail similarity).", ("neighbours", "views"))
     gen_input: str = _f("auto", "maxl: what the label generator's network sees: image (the image, as the multi-task network), or shape (each image's shape map: its colours projected on its own main colour axis, scaled to one contrast, so the labels cannot follow colour or brightness, only the drawn shape); auto: shape for RGB images, image for greyscale.", ("auto", "image", "shape"))
     neighbours: int = _f(5, "--pairs neighbours: how many nearest images of the same class each image draws its pair from.")
-    neighbour_match: str = _f("auto", "--pairs neighbours: how images are compared. auto: aligned for RGB images, shape for greyscale; pixels: the cosine of mean-centred 8x8 thumbnails, colour included; shape: each RGB thumbnail is first projected on its own main colour axis, so a shape drawn in other colours still matches (on greyscale images the two are the same); aligned: shape, with each image's ink also moved to the centre and scaled to one size by its image moments, so an object drawn elsewhere or larger still matches; features: the cosine of the multi-task network's own backbone features, mined again at the start of every epoch, as SCAN mines neighbours from learned features.", ("auto", "pixels", "shape", "aligned", "features"))
+    neighbour_match: str = _f("auto", "--pairs neighbours: how images are compared. auto: aligned for RGB images, shape for greyscale; pixels: the cosine of mean-centred 8x8 thumbnails, colour included; shape: each RGB thumbnail is first projected on its own main colour axis, so a shape drawn in other colours still matches (on greyscale images the two are the same); aligned: shape, with each image's ink also moved to the centre and scaled to one size by its image moments, so an object drawn elsewhere or larger still matches; features: the cosine of the multi-task network's own backbone features, mined again at the start of every epoch, as SCAN mines neighbours from learned features.", ("auto", *THUMBNAIL_MATCHES, "features"))
     aux_weighting: str = _f("fixed", "maxl: the per-sample weights of the primary and auxiliary losses in theta1's training loss: fixed (1 and --aux-weight) or learned (AuxiLearn's non-negative combination of per-sample losses, a small network trained by the meta-signal with the generator; needs --meta-weight above 0).", ("fixed", "learned"))
     meta_every: int = _f(2, "maxl: a generator step (with --meta-weight above 0, a meta step) every N training steps; the steps between train theta1 on the generator's current labels. 2 halves the generator's cost at no measurable loss in label quality (docs/label_quality.md).")
     aux_weight: float = _f(1.0, "Weight of the auxiliary loss in the multi-task network's training loss (and in the meta step's look-ahead).", objective=True)
