@@ -146,8 +146,8 @@ BENCH_TASKS = (
     ("g2-10", "g2-10-30.json", "maxl:nb-cons-nometa-every2", "on 144 digits (benchmark task g2-10, 30 seeds)",
      "python benchmarks/label_quality.py --tasks g2-10 --seeds 30 --jobs 2 "
      "--methods single,random,human,maxl:nb-cons-nometa-every2"),
-    ("digits-rgb", "digits-rgb.json", "maxl:gin-aligned", "on 400 colour digits (task digits-rgb, 10 seeds)",
-     "python benchmarks/label_quality.py --tasks digits-rgb --seeds 10 --jobs 2 --methods single,random,human,maxl"),
+    ("digits-rgb", "digits-rgb-20.json", "maxl:gin-aligned", "on 400 colour digits (task digits-rgb, 20 seeds)",
+     "python benchmarks/label_quality.py --tasks digits-rgb --seeds 20 --jobs 2 --methods single,random,human,maxl"),
 )
 
 
