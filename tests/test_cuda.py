@@ -152,6 +152,20 @@ def test_bf16_trains_without_nan_and_stays_near_float32():
     assert rel < BF16_LOSS_RTOL, (float(a), float(b))
 
 
+def test_shape_input_is_float32_under_bf16_and_matches_the_cpu():
+    """--gen-input shape (the RGB default): the shape map on the device, under bf16 autocast, is the CPU's float32
+    map, so a generator trained in bf16 and the labels export computes in float32 see the same input."""
+    from auxgen.models import ShapeInput
+
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255
+    ref = ShapeInput(3)(x)
+    with Precision.of("bf16", DEV).context():
+        out = ShapeInput(3)(x.to(DEV))
+    rel = float((out.float().cpu() - ref).norm() / ref.norm())
+    record("shape_input_bf16", rel_diff_vs_cpu=rel)
+    assert out.dtype == torch.float32 and rel < 1e-4
+
+
 @pytest.fixture
 def deterministic():
     """torch.use_deterministic_algorithms (warn-only: an op without a deterministic kernel warns), no cuDNN tuning."""
