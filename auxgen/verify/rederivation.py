@@ -4,7 +4,7 @@ exported generator file: .pt2, .onnx, TorchScript) and compare."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,20 +35,61 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
     With load_generators=False (integrity failed) the exported generator files are not loaded at all:
     a file that does not match its manifest, or sits beside it unlisted, may be anyone's.
     """
-    if not export.readable:
-        return CheckResult("rederivation", "fail", "the export's labels could not be read (see integrity)")
-    baseline = run.generator is None  # a random or human run: its fixed targets, recomputed (auxgen.export.baseline)
-    if baseline and run.cfg.method not in EXPORTABLE:
-        return CheckResult("rederivation", "fail", f"the run ({run.cfg.method}) has no generator to re-derive with")
-    bad_type = numeric_problem(export)
-    if bad_type:
-        return CheckResult("rederivation", "fail", bad_type)
+    problem = _cannot_rederive(run, export)
+    if problem:
+        return CheckResult("rederivation", "fail", problem)
     dtype = export.meta.get("dtype", "float32")
     atol = REDERIVE_ATOL.get(dtype, 1e-5) if atol is None else atol
-    pad = int(export.meta.get("pad", data.pad))
     rows = [(name, i) for name in export.splits for i in range(len(export.splits[name].keys))]
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(rows), size=min(sample, len(rows)), replace=False).tolist()) if rows else []
+    try:
+        tally = _compare_sample(run, data, export, chosen, rows, atol)
+    except AuxgenError as e:
+        return CheckResult("rederivation", "fail", str(e))
+    figures = {"sampled": tally.checked, "seed": seed, "atol": atol, "dtype": dtype, "max_abs_diff": tally.worst,
+               "rows_over_atol": tally.bad, "worst_key": tally.worst_key}
+    if tally.checked == 0:
+        return CheckResult("rederivation", "fail", "the export holds no samples", figures)
+    gen_problem = _generator_files_problem(run, data, export, chosen, rows, figures, load_generators)
+    if gen_problem:
+        return CheckResult("rederivation", "fail", gen_problem, figures)
+    if tally.bad:
+        against = "the generator's labels" if run.generator is not None else f"the run's {run.cfg.method} targets"
+        return CheckResult("rederivation", "fail",
+                           f"{tally.bad} of {tally.checked} sampled rows differ from {against} by more than "
+                           f"{atol:g} (max {tally.worst:.3g}, e.g. {tally.worst_key}): stale labels from another "
+                           f"checkpoint, or edited ones", figures)
+    gens = figures.get("generator_files", {})
+    also = ("; the exported generator files give the same labels ("
+            + ", ".join(f"{g['format']} max diff {g['max_abs_diff']:.2g}" for g in gens.values()) + ")"
+            if gens else "")
+    return CheckResult("rederivation", "pass",
+                       f"{tally.checked} sampled rows (seed {seed}) re-derived within {atol:g} (max diff "
+                       f"{tally.worst:.2g})" + also, figures)
+
+
+def _cannot_rederive(run: LoadedRun, export: Export) -> str | None:
+    """Why the export's labels cannot be re-derived at all (None when they can)."""
+    if not export.readable:
+        return "the export's labels could not be read (see integrity)"
+    if run.generator is None and run.cfg.method not in EXPORTABLE:
+        return f"the run ({run.cfg.method}) has no generator to re-derive with"
+    return numeric_problem(export)
+
+
+class _Tally(NamedTuple):
+    checked: int
+    bad: int                 # rows whose largest difference is over atol
+    worst: float
+    worst_key: str | None
+
+
+def _compare_sample(run: LoadedRun, data: Data, export: Export, chosen: list[int], rows: list[tuple[str, int]],
+                    atol: float) -> _Tally:
+    """The chosen rows' stored labels against fresh ones, split by split; AuxgenError where they cannot be
+    compared (a baseline's targets that cannot be had, labels of another shape)."""
+    pad = int(export.meta.get("pad", data.pad))
     worst, worst_key, n_bad, n_checked = 0.0, None, 0, 0
     targets: dict[str, np.ndarray] = {}  # a baseline run's targets of each split, recomputed once
     for name, s in export.splits.items():
@@ -56,46 +97,29 @@ def check_rederivation(run: LoadedRun, data: Data, export: Export, sample: int =
         if not len(sel):
             continue
         stored = torch.from_numpy(s.aux_soft[sel].astype(np.float32))
-        try:
-            fresh = _fresh_labels(run, data, name, s, sel, pad, targets)
-        except AuxgenError as e:
-            return CheckResult("rederivation", "fail", str(e))
+        fresh = _fresh_labels(run, data, name, s, sel, pad, targets)
         if fresh.shape != stored.shape:
-            return CheckResult("rederivation", "fail", f"/{name}: stored labels have shape {tuple(stored.shape)}, "
-                               f"the generator gives {tuple(fresh.shape)}")
+            raise AuxgenError(f"/{name}: stored labels have shape {tuple(stored.shape)}, the generator gives "
+                              f"{tuple(fresh.shape)}")
         diff = (fresh - stored).abs().nan_to_num(nan=float("inf")).flatten(1).max(1).values
         n_checked += len(sel)
         n_bad += int((diff > atol).sum())
         if len(diff) and float(diff.max()) > worst:
             worst, worst_key = float(diff.max()), s.keys[int(sel[int(diff.argmax())])]
-    figures = {"sampled": n_checked, "seed": seed, "atol": atol, "dtype": dtype, "max_abs_diff": worst,
-               "rows_over_atol": n_bad, "worst_key": worst_key}
-    if n_checked == 0:
-        return CheckResult("rederivation", "fail", "the export holds no samples", figures)
+    return _Tally(n_checked, n_bad, worst, worst_key)
+
+
+def _generator_files_problem(run: LoadedRun, data: Data, export: Export, chosen: list[int],
+                             rows: list[tuple[str, int]], figures: dict[str, Any], load: bool) -> str | None:
+    """Why the export's generator files do not vouch for its labels (None when they do, or there are none)."""
     listed = bool(generator_entries(export.manifest or {}))
-    if baseline:
-        gen_problem = (f"a {run.cfg.method} run has no generator, but the manifest lists generator files; not loaded"
-                       if listed else None)
-    elif load_generators:
-        gen_problem = _check_generator_files(run, data, export, chosen, rows, figures)
-    else:
-        gen_problem = ("the exported generator files were not loaded: integrity failed, so none of them is vouched "
-                       "for" if listed else None)
-    if gen_problem:
-        return CheckResult("rederivation", "fail", gen_problem, figures)
-    if n_bad:
-        against = f"the run's {run.cfg.method} targets" if baseline else "the generator's labels"
-        return CheckResult("rederivation", "fail",
-                           f"{n_bad} of {n_checked} sampled rows differ from {against} by more than "
-                           f"{atol:g} (max {worst:.3g}, e.g. {worst_key}): stale labels from another checkpoint, "
-                           f"or edited ones", figures)
-    gens = figures.get("generator_files", {})
-    also = ("; the exported generator files give the same labels ("
-            + ", ".join(f"{g['format']} max diff {g['max_abs_diff']:.2g}" for g in gens.values()) + ")"
-            if gens else "")
-    return CheckResult("rederivation", "pass",
-                       f"{n_checked} sampled rows (seed {seed}) re-derived within {atol:g} (max diff {worst:.2g})"
-                       + also, figures)
+    if run.generator is None:  # a random or human run: its fixed targets, recomputed (auxgen.export.baseline)
+        return (f"a {run.cfg.method} run has no generator, but the manifest lists generator files; not loaded"
+                if listed else None)
+    if load:
+        return _check_generator_files(run, data, export, chosen, rows, figures)
+    return ("the exported generator files were not loaded: integrity failed, so none of them is vouched for"
+            if listed else None)
 
 
 def _fresh_labels(run: LoadedRun, data: Data, name: str, s: Any, sel: np.ndarray, pad: int,
