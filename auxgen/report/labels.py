@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from auxgen.errors import AuxgenError
-from auxgen.export.read import read_export
+from auxgen.export.read import Export, read_export
 from auxgen.label_stats import LabelStats
 from auxgen.report.runs import RunInfo
 from auxgen.rundir import RunDir
@@ -120,17 +120,9 @@ def labels_from_export(path: str | Path, run: RunInfo, split: str = "test", max_
                        data_root: str | None = None) -> Labels:
     """Read a seeded sample of one split of an export; images and fine labels come from the run's dataset."""
     path = Path(path)
-    export = read_export(path)
-    if not export.readable:
-        raise AuxgenError(f"--labels {path} cannot be read: {export.problems[0] if export.problems else 'no labels'}")
+    export, notes = _read_for(path, run)
     meta = export.meta
-    if meta.get("config_sha256") and meta["config_sha256"] != run.config_sha256:
-        raise AuxgenError(f"--labels {path} was exported from another run (its config_sha256 is not that of "
-                          f"{run.run_dir / 'config.json'})")
     psi = _psi(run)
-    notes = [f"export: {p}" for p in export.problems[:5]]
-    if len(export.problems) > 5:
-        notes.append(f"export: {len(export.problems) - 5} more problems (run `auxgen verify --labels {path}`)")
     if split not in export.splits:
         other = next(iter(export.splits))
         notes.append(f"the export holds no {split} split; showing its {other} split")
@@ -175,6 +167,20 @@ def labels_from_export(path: str | Path, run: RunInfo, split: str = "test", max_
     return Labels("export", split, split_size, rows, np.asarray(es.primary, dtype=np.int64)[pick], soft, psi,
                   _class_names(run, len(psi)), images, fine, fine_names, str(meta.get("checkpoint") or ""),
                   str(meta.get("checkpoint_sha256") or ""), info, notes)
+
+
+def _read_for(path: Path, run: RunInfo) -> tuple[Export, list[str]]:
+    """The export at `path`, refused when unreadable or exported from another run, and notes of its problems."""
+    export = read_export(path)
+    if not export.readable:
+        raise AuxgenError(f"--labels {path} cannot be read: {export.problems[0] if export.problems else 'no labels'}")
+    if export.meta.get("config_sha256") and export.meta["config_sha256"] != run.config_sha256:
+        raise AuxgenError(f"--labels {path} was exported from another run (its config_sha256 is not that of "
+                          f"{run.run_dir / 'config.json'})")
+    notes = [f"export: {p}" for p in export.problems[:5]]
+    if len(export.problems) > 5:
+        notes.append(f"export: {len(export.problems) - 5} more problems (run `auxgen verify --labels {path}`)")
+    return export, notes
 
 
 @dataclass
