@@ -131,7 +131,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the generator sees each image's colour-free shape map (--gen-input shape), neighbours by shape or aligned
     "gin-shape": dict(neighbour_match="shape", gen_input="shape"),
     "gin-aligned": dict(neighbour_match="aligned", gen_input="shape"),
-    "gin-aligned-every1": dict(neighbour_match="aligned", gen_input="shape", meta_every=1),  # a generator step each step
+    # ... with a generator step after every training step
+    "gin-aligned-every1": dict(neighbour_match="aligned", gen_input="shape", meta_every=1),
     # two knobs of the shape-matched defaults, on RGB
     "shape-k10": dict(neighbour_match="shape", gen_input="image", neighbours=10),
     "shape-every1": dict(neighbour_match="shape", gen_input="image", meta_every=1),
