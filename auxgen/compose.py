@@ -57,6 +57,13 @@ def _human_sources() -> str:
     return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])}, or {ways[-1]}"
 
 
+# the options whose auto is decided by the images' channels: colour is a nuisance only colour images have
+
+def pair_colour_on(cfg: TrainConfig, channels: int) -> bool:
+    """--pair-colour: whether the generator's pair images also change colour (auto: for colour images)."""
+    return {"on": True, "off": False, "auto": channels == 3}[cfg.pair_colour]
+
+
 def generator_sees_shape(cfg: TrainConfig, channels: int) -> bool:
     """--gen-input: whether the generator's input is the images' shape maps (auto: for colour images)."""
     return {"shape": True, "image": False, "auto": channels == 3}[cfg.gen_input]

@@ -135,7 +135,7 @@ def colour_jitter(images: torch.Tensor, n: int, generator: torch.Generator, part
 THUMBNAIL_MATCHES = ("pixels", "shape", "aligned")
 
 
-def thumbnails(images: torch.Tensor, match: str = "pixels") -> torch.Tensor:
+def thumbnails(images: torch.Tensor, match: str = "pixels", chunk: int = 1024) -> torch.Tensor:
     """Unit-length, mean-centred 8x8 thumbnails [N, D]: what "looks alike" means to the pair terms,
     ignoring overall brightness. `match` says what else is ignored:
 
@@ -148,9 +148,14 @@ def thumbnails(images: torch.Tensor, match: str = "pixels") -> torch.Tensor:
       of the frame and scaled to a fixed spread by its first and second moments before it is pooled,
       the moment normalisation of character recognition: the same object drawn elsewhere, larger or
       smaller, matches [N, 64].
+
+    Every thumbnail is a function of its own image only, so images go `chunk` at a time: a large training set
+    never exists in float at full resolution (the aligned path holds several such copies).
     """
     if match not in THUMBNAIL_MATCHES:
         raise ValueError(f"match must be one of {THUMBNAIL_MATCHES}, got {match!r}")
+    if len(images) > chunk:
+        return torch.cat([thumbnails(images[i:i + chunk], match, chunk) for i in range(0, len(images), chunk)])
     x = images.float()
     if match == "aligned":
         x = _moment_aligned(shape_map(x))

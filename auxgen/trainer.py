@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import auxgen
 from auxgen import distributed
 from auxgen.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
-from auxgen.compose import build_models, hierarchy_for, load_data, thumbnail_match
+from auxgen.compose import build_models, hierarchy_for, load_data, pair_colour_on, thumbnail_match
 from auxgen.config import TrainConfig
 from auxgen.data import Data, Split, apply_views, colour_jitter, draw_views, nearest_of_class, same_class_neighbours
 from auxgen.errors import AuxgenError
@@ -501,8 +501,7 @@ class Batches:
 
     def __init__(self, run: Run, rng: torch.Generator) -> None:
         self.run, self.rng, self.dist = run, rng, distributed.current()
-        rgb = run.train_images.shape[1] == 3  # hue is a nuisance only colour images have
-        self.colour = {"on": True, "off": False, "auto": rgb}[run.cfg.pair_colour]
+        self.colour = pair_colour_on(run.cfg, run.train_images.shape[1])
 
     def __call__(self, rows: torch.Tensor) -> Batch:
         run, src, data = self.run, self.run.targets, self.run.data

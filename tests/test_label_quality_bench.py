@@ -91,3 +91,23 @@ def test_the_generator_alone_diagnostic_runs_and_reports_nmi(capsys, monkeypatch
     nmi = [float(line.split("NMI")[1].split()[0]) for line in out.splitlines() if line.startswith("step")]
     # near-uniform labels at the start say nothing of the digits; on greyscale digits 100 steps find them (0.61)
     assert len(nmi) == 2 and nmi[0] < 0.05 and 0.3 < nmi[1] <= 1.0
+
+
+def test_the_defaults_are_the_variants_whose_rows_stand_for_them(bench):
+    """docs and the demo's summary quote maxl:gin-aligned's rows (digits-rgb) and maxl:nb-cons-nometa-every2's
+    (g2-10) as today's defaults: the defaults must resolve to those options on those tasks' images."""
+    import dataclasses
+
+    from auxgen.compose import generator_sees_shape, pair_colour_on, thumbnail_match
+
+    for task, variant, channels in (("digits-rgb", "gin-aligned", 3), ("g2-10", "nb-cons-nometa-every2", 1)):
+        default, pinned = bench._config(task, "maxl", 0, 0), bench._config(task, f"maxl:{variant}", 0, 0)
+        resolved = {"gen_input": None, "neighbour_match": None, "pair_colour": None}
+        assert {k: v for k, v in dataclasses.asdict(default).items() if k not in resolved} == \
+            {k: v for k, v in dataclasses.asdict(pinned).items() if k not in resolved}
+        assert generator_sees_shape(default, channels) == generator_sees_shape(pinned, channels)
+        # on greyscale, shape thumbnails are the pixels' exactly (test_objective_terms), so either name is the same
+        same = {"shape": "pixels"} if channels == 1 else {}
+        assert same.get(thumbnail_match(default, channels), thumbnail_match(default, channels)) == \
+            same.get(thumbnail_match(pinned, channels), thumbnail_match(pinned, channels))
+        assert pair_colour_on(default, channels) == pair_colour_on(pinned, channels)

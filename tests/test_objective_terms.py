@@ -265,6 +265,14 @@ def test_aligned_neighbours_find_the_same_shape_at_other_places_and_sizes():
     assert purity["aligned"] == 1.0 > purity["shape"]
 
 
+def test_thumbnails_in_chunks_are_the_thumbnails_of_the_whole():
+    from auxgen.data import THUMBNAIL_MATCHES, thumbnails
+
+    images = torch.randint(0, 256, (11, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    for match in THUMBNAIL_MATCHES:
+        assert torch.allclose(thumbnails(images, match, chunk=4), thumbnails(images, match), atol=1e-6), match
+
+
 def test_shape_map_main_axis_is_the_eigen_solvers():
     """shape_map's power iteration (export-friendly) against torch.linalg.eigh's largest eigenvector."""
     from auxgen.data import shape_map
