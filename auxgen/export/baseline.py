@@ -11,6 +11,7 @@ They are exported as one-hot soft labels (entropy 0); such an export has no gene
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from auxgen.data import Data
 from auxgen.errors import AuxgenError
 from auxgen.export.labels import Batches, Rows
 from auxgen.export.sink import SplitSource
+from auxgen.paths import one_line
 from auxgen.run import LoadedRun
 
 EXPORTABLE = ("random", "human", "kmeans")
@@ -49,7 +51,7 @@ def baseline_hard(run: LoadedRun, data: Data, split: str) -> np.ndarray:
         raise AuxgenError(f"{run.run_dir}: the data's label tree gives psi {list(hier.psi)}, the run has "
                           f"{list(run.hier.psi)}")
     if split == "train" and run.cfg.method == "kmeans":
-        return saved_targets(run, len(data.train), run.hier.num_aux)
+        return saved_targets(run, data.train.labels.numpy())
     if split == "train":
         targets = default_targets(run.cfg, data, hier, human_map)
         assert targets.labels is not None
@@ -60,8 +62,26 @@ def baseline_hard(run: LoadedRun, data: Data, split: str) -> np.ndarray:
     return human_map[fine].numpy().astype(np.int64)
 
 
-def saved_targets(run: LoadedRun, n: int, num_aux: int) -> np.ndarray:
-    """The k-means run's targets.npy: int64 [n] in [0, K), read without pickles; one line if it is not that."""
+def saved_targets(run: LoadedRun, primary: np.ndarray) -> np.ndarray:
+    """The k-means run's targets.npy: int64 [n] in [0, K), each in its sample's primary block, read without
+    pickles; one line if it is not that."""
+    path = _targets_path(run)
+    try:
+        hard = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise AuxgenError(f"{path}: not a numpy array file auxgen wrote ({one_line(e, 120)})") from None
+    if not isinstance(hard, np.ndarray):  # an .npz archive (np.load gives a mapping of arrays)
+        hard.close()
+        raise AuxgenError(f"{path}: an .npz archive, not the .npy array auxgen writes (np.save of one int64 array)")
+    n, num_aux = len(primary), run.hier.num_aux
+    if hard.dtype != np.int64 or hard.shape != (n,) or (n and (hard.min() < 0 or hard.max() >= num_aux)):
+        raise AuxgenError(f"{path}: expected {n} int64 labels in [0, {num_aux}), got {hard.dtype} {hard.shape}")
+    _check_in_blocks(path, hard, primary, run.hier.offsets, run.hier.psi)
+    return hard
+
+
+def _targets_path(run: LoadedRun) -> Path:
+    """targets.npy, a regular file (not a link, FIFO or folder)."""
     from auxgen.paths import regular_file_problem
     from auxgen.rundir import RunDir
 
@@ -72,13 +92,20 @@ def saved_targets(run: LoadedRun, n: int, num_aux: int) -> np.ndarray:
     problem = "is a link (auxgen writes a file)" if path.is_symlink() else regular_file_problem(path)
     if problem:
         raise AuxgenError(f"{path} {problem}; refusing to read it")
-    try:
-        hard = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise AuxgenError(f"{path}: not a numpy array file auxgen wrote ({e})") from None
-    if hard.dtype != np.int64 or hard.shape != (n,) or (n and (hard.min() < 0 or hard.max() >= num_aux)):
-        raise AuxgenError(f"{path}: expected {n} int64 labels in [0, {num_aux}), got {hard.dtype} {hard.shape}")
-    return hard
+    return path
+
+
+def _check_in_blocks(path: Path, hard: np.ndarray, primary: np.ndarray, offsets: tuple[int, ...],
+                     psi: tuple[int, ...]) -> None:
+    """Every target in its own sample's block: k-means clusters inside each primary class (verify would fail any
+    other label later, after a whole export)."""
+    lo = np.asarray(offsets, dtype=np.int64)[primary]
+    outside = np.flatnonzero((hard < lo) | (hard >= lo + np.asarray(psi, dtype=np.int64)[primary]))
+    if len(outside):
+        i = int(outside[0])
+        raise AuxgenError(f"{path}: {len(outside)} targets lie outside their primary class's block (sample {i}: "
+                          f"class {int(primary[i])} owns {int(lo[i])}..{int(lo[i]) + psi[int(primary[i])] - 1}, "
+                          f"target {int(hard[i])}); not the targets this run trained on: train it again")
 
 
 def one_hot_rows(hard: np.ndarray, num_aux: int) -> np.ndarray:
