@@ -7,7 +7,9 @@ at export; the Python API answers bad arguments and damaged runs in one line.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -39,7 +41,7 @@ def run_cli(*args: str) -> tuple[int, list[str]]:
 
 def one_line(e: pytest.ExceptionInfo, *needles: str) -> None:
     msg = str(e.value)
-    assert "\n" not in msg and type(e.value) is AuxgenError or isinstance(e.value, AuxgenError), msg
+    assert isinstance(e.value, AuxgenError) and "\n" not in msg, msg
     for n in needles:
         assert n in msg, msg
 
@@ -99,3 +101,58 @@ def test_kmeans_targets_that_are_not_an_npy_array_are_one_line(kmeans_run, tmp_p
         export_labels(run, tmp_path / "x.h5", split="train")
     one_line(e, "targets.npy")
     assert not (tmp_path / "x.h5").exists()
+
+
+# ------------------------------------------------------------------------------ a failed HDF5 export (items 1, 2)
+def _generator_fails_with(monkeypatch, exc: BaseException) -> None:
+    import auxgen.export.exporter as exporter
+
+    def failing(*a, **kw):
+        raise exc
+
+    monkeypatch.setattr(exporter, "save_generator", failing)
+
+
+def test_full_disk_writing_the_generator_leaves_nothing_of_the_export(run, tmp_path, monkeypatch):
+    _generator_fails_with(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    with pytest.raises(AuxgenError) as e:
+        export_labels(run, tmp_path / "labels.h5", split="test", generator_formats="pt2")
+    one_line(e, "No space left on device")
+    assert list(tmp_path.iterdir()) == []  # no labels.h5, no manifest, no temporary file
+
+
+def test_full_disk_writing_the_generator_keeps_the_earlier_export_whole(run, tmp_path, monkeypatch):
+    out = tmp_path / "labels.h5"
+    export_labels(run, out, split="test", generator_formats="torchscript")
+    before = tree(tmp_path)
+    _generator_fails_with(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    with pytest.raises(AuxgenError, match="No space left"):
+        export_labels(run, out, split="test", generator_formats="torchscript", force=True)
+    assert tree(tmp_path) == before
+
+
+def test_full_disk_writing_the_manifest_unpublishes_the_file(run, tmp_path, monkeypatch):
+    import auxgen.export.manifest as manifest
+
+    def no_space(path, data, mode=0o600):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(manifest, "write_json_atomic", no_space)
+    with pytest.raises(AuxgenError, match="No space left"):
+        export_labels(run, tmp_path / "labels.h5", split="test", generator_formats="torchscript")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_writing_generator_files_publishes_nothing_and_a_rerun_works(run, tmp_path, monkeypatch):
+    from auxgen.cli import Terminated
+
+    out = tmp_path / "o.h5"
+    args = ("export", run, "--out", out, "--split", "test", "--generator-format", "torchscript", "--quiet")
+    _generator_fails_with(monkeypatch, Terminated())
+    code, err = run_cli(*args)
+    assert code == 143 and "nothing was published at --out" in " ".join(err), err
+    assert list(tmp_path.iterdir()) == []  # the message is true: no o.h5, no manifest, no temporary file
+    monkeypatch.undo()
+    code, err = run_cli(*args)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5", "o.h5.generator.pt", "o.h5.manifest.json"]

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -340,24 +341,22 @@ def _file_attrs(job: _Job) -> dict[str, Any]:
 
 
 def _hdf5_file(job: _Job) -> tuple[dict[str, Any], int]:
+    """The file written to a temporary name, published (renamed into place) by _finish with its generator files:
+    an export that fails or is interrupted leaves nothing of itself at --out."""
     out, run, info = job.out, job.run, job.info
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in hdf5_temps(out):  # of an interrupted export to this --out (the file, its manifest, its generator)
         os.unlink(stale)
     attrs = {**_file_attrs(job), "psi": np.asarray(info["psi"], dtype=np.int64),
              "test_acc": float("nan") if info["test_acc"] is None else float(info["test_acc"])}
-    tmp = new_hdf5_temp(out)
+    tmp = Path(new_hdf5_temp(out))
     try:
-        sink = Hdf5Sink(tmp, attrs, job.opts.dtype, run.hier.num_aux, job.opts.views, run.hier.psi)
+        sink = Hdf5Sink(str(tmp), attrs, job.opts.dtype, run.hier.num_aux, job.opts.views, run.hier.psi)
         computed = _compute(job, sink, [(sp, len(sp.keys)) for sp in job.sources])
-        # a replaced export loses its manifest first, so the new file never pairs with the old manifest
-        manifest_of(out, "hdf5").unlink(missing_ok=True)
-        os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: the file never appears with mkstemp's 0600
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return _finish(job, info, [file_entry(out, out.parent)], sink.stats, {}), computed
+        entry = {**file_entry(tmp, out.parent), "path": out.name}
+        return _finish(job, info, [entry], sink.stats, {}, [(tmp, out)]), computed
+    finally:
+        tmp.unlink(missing_ok=True)  # published or failed: no temporary file stays
 
 
 # ------------------------------------------------------------------------------ parquet
@@ -368,7 +367,7 @@ def _write_parquet(job: _Job) -> tuple[dict[str, Any], int]:
 
 
 def _parquet_files(job: _Job) -> tuple[dict[str, Any], int]:
-    """The tables written to temporary files, then (old manifest first removed) renamed into place."""
+    """The tables written to temporary files, then renamed into place by _finish with the generator files."""
     out, run, info = job.out, job.run, job.info
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # of an interrupted export to this folder (_check_folder allowed them)
@@ -376,22 +375,10 @@ def _parquet_files(job: _Job) -> tuple[dict[str, Any], int]:
     sink = ParquetSink(out, {**_file_attrs(job), "kind": "parquet"}, run.hier.num_aux, job.opts.views, run.hier.psi)
     try:
         computed = _compute(job, sink, [(sp, len(sp.keys)) for sp in job.sources])
-        # a replaced export loses its manifest first, so new tables never pair with the old manifest
-        manifest_of(out, "parquet").unlink(missing_ok=True)
-        # the rest of the export replaced (--force): tables of splits not written again, shards and resume state of
-        # an earlier --format wds export, its generator files (rewritten by _finish where asked for)
-        ours = {p.name for pair in sink.done for p in pair}
-        for old in out.iterdir():
-            if is_ours(old.name) and old.name not in ours:
-                old.unlink(missing_ok=True)
-        for tmp, final in sink.done:
-            os.chmod(tmp, EXPORT_FILE_MODE)
-            os.replace(tmp, final)
-    except BaseException:
-        sink.abort()  # the temporary files not yet renamed
-        raise
-    files = [file_entry(final, out) for _, final in sink.done]
-    return _finish(job, info, files, sink.stats, {}), computed
+        files = [{**file_entry(tmp, out), "path": final.name} for tmp, final in sink.done]
+        return _finish(job, info, files, sink.stats, {}, list(sink.done)), computed
+    finally:
+        sink.abort()  # the temporary files not renamed (all of them, when the export failed)
 
 
 # ------------------------------------------------------------------------------ WebDataset
@@ -443,18 +430,31 @@ def _finish_shards(job: _Job, info: dict[str, Any], kept: dict[str, list[state.R
 
 # ------------------------------------------------------------------------------ finishing (rank 0)
 def _finish(job: _Job, info: dict[str, Any], files: list[dict[str, Any]], stats: LabelStats,
-            resumed: dict[str, int]) -> dict[str, Any]:
-    """Once every sample is written: the generator files, the manifest (last: it marks the export complete),
-    the resume state removed; returns the summary."""
+            resumed: dict[str, int], staged: list[tuple[Path, Path]] | None = None) -> dict[str, Any]:
+    """Once every sample is written: the generator files, then everything published together (`staged`:
+    (temporary, final) pairs, renamed into place) and the manifest (last: it marks the export complete), the
+    resume state removed; returns the summary."""
     kind, out, opts, run = job.opts.fmt, job.out, job.opts, job.run
-    gen_files, generators = _write_generators(job, info)
+    staged = list(staged or [])
+    in_place = [f for f in files if all(f["path"] != final.name for _, final in staged)]
+    for f in in_place:  # documented file mode for every output (shards kept from an earlier process too)
+        os.chmod(export_base(out, kind) / f["path"], EXPORT_FILE_MODE)
+    gen_files, generators, gen_staged = _write_generators(job, info)
+    staged += gen_staged
     files = [*files, *gen_files]
     counts = {s: len(getattr(job.data, s)) for s in opts.splits}
-    # documented file mode for every output (shards kept from an earlier process too, whatever wrote them)
-    for f in files:
-        os.chmod(export_base(out, kind) / f["path"], EXPORT_FILE_MODE)
     manifest = manifest_of(out, kind)
-    write_manifest(manifest, kind, {**info, **_generator_info(generators)}, files, counts)
+    published: list[Path] = []
+    try:
+        _publish(job, staged, published)
+        write_manifest(manifest, kind, {**info, **_generator_info(generators)}, files, counts)
+    except BaseException:
+        for p in published:  # a failed export leaves nothing of itself (the shards of --format wds stay for --resume)
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
     if kind == "wds":
         state.finished(out)
     return {"format": kind, "out": str(out), "manifest": str(manifest), "files": files,
@@ -463,9 +463,32 @@ def _finish(job: _Job, info: dict[str, Any], files: list[dict[str, Any]], stats:
             "checkpoint": str(run.checkpoint_path), "stats": stats.summary(), "resumed": resumed}
 
 
-def _write_generators(job: _Job, info: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Write the generator in each of opts.generator_formats (and remove files of the other formats, left by an
-    earlier export); returns their `files` entries and their `generators` manifest entries."""
+def _publish(job: _Job, staged: list[tuple[Path, Path]], published: list[Path]) -> None:
+    """The staged files renamed into place (each appended to `published` once there). A replaced export loses
+    its manifest first, so new files never pair with the old manifest; generator files of formats not asked for
+    go, and in a parquet folder every other file of the earlier export (tables of splits not written again,
+    shards and resume state of a --format wds export)."""
+    out, kind = job.out, job.opts.fmt
+    manifest_of(out, kind).unlink(missing_ok=True)
+    for fmt in GENERATOR_FORMATS:
+        if fmt not in job.opts.generator_formats:
+            generator_path(out, kind, fmt).unlink(missing_ok=True)
+    if kind == "parquet":
+        keep = {p.name for pair in staged for p in pair}
+        for old in out.iterdir():
+            if is_ours(old.name) and old.name not in keep:
+                old.unlink(missing_ok=True)
+    for tmp, final in staged:
+        os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: a file never appears with mkstemp's 0600
+        os.replace(tmp, final)
+        published.append(final)
+
+
+def _write_generators(job: _Job, info: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                                 list[tuple[Path, Path]]]:
+    """Write the generator in each of opts.generator_formats to a temporary file beside its place; returns their
+    `files` entries, their `generators` manifest entries and the (temporary, final) pairs for _publish. A failure
+    removes the temporary files: the earlier export, if any, is still whole."""
     kind, out, data = job.opts.fmt, job.out, job.data
     base = export_base(out, kind)
     sp = getattr(data, job.opts.splits[0])
@@ -474,18 +497,23 @@ def _write_generators(job: _Job, info: dict[str, Any]) -> tuple[list[dict[str, A
     meta = {k: info[k] for k in ("psi", "num_primary", "num_aux", "checkpoint_sha256", "config_sha256", "dataset")}
     meta.update(format=FORMAT_NAME, format_version=FORMAT_VERSION, image_shape=list(data.image_shape),
                 input="uint8 images [B, C, H, W], int64 primary labels [B]", output="float32 soft labels [B, K]")
-    files, generators = [], []
-    for fmt in GENERATOR_FORMATS:
-        path = generator_path(out, kind, fmt)
-        if fmt not in job.opts.generator_formats:
-            path.unlink(missing_ok=True)
-            continue
-        entry = save_generator(job.run.generator, path, fmt, {**meta, "generator_format": fmt},  # type: ignore[arg-type]
-                               example)
-        files.append(file_entry(path, base))
-        generators.append({"path": files[-1]["path"], **entry, "bytes": files[-1]["bytes"],
-                           "sha256": files[-1]["sha256"]})
-    return files, generators
+    files, generators, staged = [], [], []
+    try:
+        for fmt in job.opts.generator_formats:
+            path = generator_path(out, kind, fmt)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            staged.append((Path(name), path))
+            entry = save_generator(job.run.generator, name, fmt,  # type: ignore[arg-type]
+                                   {**meta, "generator_format": fmt}, example)
+            files.append({**file_entry(Path(name), base), "path": path.relative_to(base).as_posix()})
+            generators.append({"path": files[-1]["path"], **entry, "bytes": files[-1]["bytes"],
+                               "sha256": files[-1]["sha256"]})
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return files, generators, staged
 
 
 def _generator_info(generators: list[dict[str, Any]]) -> dict[str, Any]:
