@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
 import sys
@@ -156,3 +157,64 @@ def test_sigterm_while_writing_generator_files_publishes_nothing_and_a_rerun_wor
     code, err = run_cli(*args)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5", "o.h5.generator.pt", "o.h5.manifest.json"]
+
+
+# ------------------------------------------------------------------------------ --force replaces only an export (3)
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("what", ["thesis", "fifo", "foreign-hdf5", "foreign-generator", "foreign-manifest"])
+def test_force_replaces_only_an_earlier_auxgen_export(run, tmp_path, what):
+    import h5py
+
+    out = tmp_path / ("thesis.tex" if what == "thesis" else "o.h5")
+    if what == "thesis":
+        out.write_text("\\documentclass{article}\n")
+    elif what == "fifo":
+        _fifo(out)
+    elif what == "foreign-hdf5":
+        with h5py.File(out, "w") as f:
+            f["x"] = np.arange(3)
+    elif what == "foreign-generator":
+        export_labels(run, out, split="test")
+        out.with_name("o.h5.generator.pt2").write_bytes(b"PK\x03\x04 my own model")
+    else:
+        export_labels(run, out, split="test")
+        out.with_name("o.h5.manifest.json").write_text(json.dumps({"format": "mine", "kind": "hdf5"}))
+    before = {p.name: (p.stat().st_mode, p.read_bytes() if p.is_file() else None) for p in tmp_path.iterdir()}
+    code, err = run_cli("export", run, "--out", out, "--split", "test", "--force", "--quiet")
+    assert code != 0 and len(err) == 1 and err[0].startswith("error:") and "--force replaces only" in err[0], err
+    assert {p.name: (p.stat().st_mode, p.read_bytes() if p.is_file() else None) for p in tmp_path.iterdir()} == before
+
+
+def test_force_still_replaces_an_earlier_export(run, tmp_path):
+    out = tmp_path / "o.h5"
+    export_labels(run, out, split="test", generator_formats="torchscript")
+    export_labels(run, out, split="train", force=True)  # the earlier generator file goes with it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5", "o.h5.manifest.json"]
+    folder = tmp_path / "shards"
+    export_labels(run, folder, fmt="wds", split="test", images=False)
+    export_labels(run, folder, fmt="wds", split="test", images=False, force=True)
+    assert (folder / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("what", ["fifo-shard", "foreign-manifest", "no-manifest"])
+def test_force_replaces_only_an_export_folder(run, tmp_path, what):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    if what == "fifo-shard":
+        export_labels(run, folder, fmt="wds", split="test", images=False)
+        (folder / "test-000000.tar").unlink()
+        _fifo(folder / "test-000000.tar")
+    elif what == "foreign-manifest":
+        (folder / "manifest.json").write_text("{}")
+        (folder / "train.parquet").write_bytes(b"my table")
+    else:
+        (folder / "train.parquet").write_bytes(b"my table")
+    names = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(AuxgenError) as e:
+        export_labels(run, folder, fmt="wds", split="test", images=False, force=True)
+    one_line(e, "--force replaces only")
+    assert sorted(p.name for p in folder.iterdir()) == names

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +40,11 @@ from auxgen.export.layout import (
     hdf5_paths,
     hdf5_temps,
     is_ours,
+    is_resume_state,
+    is_temp,
     manifest_of,
     new_hdf5_temp,
+    not_ours,
     rank_state_name,
 )
 from auxgen.export.manifest import created_timestamp, file_entry, write_manifest
@@ -130,6 +134,8 @@ def _open(dist: distributed.Dist, run_dir: str | Path, out: Path,
             raise AuxgenError(f"the data has {data.num_classes} classes but the run's psi covers "
                               f"{run.hier.num_primary}")
         _check_not_inputs(out, opts, run)
+        if opts.force:
+            _check_replaceable(out, opts)
         _check_keys(data, opts)
         return {**_info(run, data, opts), "device": device_name}
 
@@ -146,7 +152,7 @@ def _check_out(out: Path, opts: ExportOptions) -> None:
         if opts.fmt == "hdf5":
             if out.is_dir():
                 raise AuxgenError(f"--out {out} is a folder; give a file name such as {out / 'labels.h5'}")
-            existing = [p for p in hdf5_paths(out) if p.exists()]
+            existing = [p for p in hdf5_paths(out) if os.path.lexists(p)]
             if existing and not opts.force:
                 raise AuxgenError(f"{existing[0]} exists; pass --force to replace the export, or choose another --out")
             return
@@ -179,6 +185,42 @@ def _check_folder(out: Path, opts: ExportOptions) -> None:
             raise AuxgenError(f"{out} holds an unfinished export; pass --resume to continue it "
                               f"or --force to start over")
         raise AuxgenError(f"{out} already holds an export; pass --force to replace it, or choose another --out")
+
+
+def _check_replaceable(out: Path, opts: ExportOptions) -> None:
+    """--force replaces an earlier auxgen export, never a file of someone else's (checked after the inputs: an
+    --out that is an input is refused as that)."""
+    try:
+        if opts.fmt == "hdf5":
+            for p in (p for p in hdf5_paths(out) if os.path.lexists(p)):
+                problem = not_ours(p, opts.fmt)
+                if problem:
+                    raise AuxgenError(f"--out {out}: {p} exists and {problem}; --force replaces only an earlier "
+                                      f"auxgen export: choose another --out")
+            return
+        names = sorted(p.name for p in out.iterdir()) if out.is_dir() and not opts.resume else []
+        problem = _not_an_export(out, names, opts.fmt) if names else None
+    except OSError as e:
+        raise AuxgenError(f"--out {out}: {e.strerror or e}") from None
+    if problem:
+        raise AuxgenError(f"--out {out}: {problem}; --force replaces only an earlier auxgen export: choose an "
+                          f"empty or new folder")
+
+
+def _not_an_export(out: Path, names: list[str], kind: str) -> str | None:
+    """Why a folder of names an export uses cannot be shown to hold an earlier auxgen export (None if it can): every
+    entry a regular file, and an auxgen manifest, a resume state, or nothing but files being written."""
+    for n in names:
+        if not stat.S_ISREG(os.lstat(out / n).st_mode):
+            return f"{n} is not a regular file (a link, folder, FIFO or device)"
+    for n in names:  # what says it is auxgen's must say so truly
+        if n == MANIFEST_NAME or n.startswith("generator."):
+            problem = not_ours(out / n, kind)
+            if problem:
+                return f"{n} {problem}"
+    if MANIFEST_NAME in names or is_resume_state(out / STATE_NAME) or all(is_temp(n) for n in names):
+        return None
+    return f"it holds {', '.join(names[:3])} but no auxgen manifest or resume state shows them to be an export"
 
 
 def _load(run_dir: str | Path, opts: ExportOptions) -> LoadedRun:

@@ -11,12 +11,16 @@ generator files beside it.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
+import stat
 import tempfile
+import zipfile
 from pathlib import Path
 
 from auxgen.export.format import (
+    FORMAT_NAME,
     HDF5_MANIFEST_SUFFIX,
     MANIFEST_NAME,
     SPLITS,
@@ -25,7 +29,7 @@ from auxgen.export.format import (
     parquet_name,
     shard_name,
 )
-from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path
+from auxgen.export.generator_files import EXTRA_FILE, GENERATOR_FORMATS, generator_path
 
 RANK_STATE_PATTERN = ".auxgen-export.rank-{rank}.json"
 # shard_name's pattern as a regular expression: the splits, a dash, six digits
@@ -62,6 +66,11 @@ def is_ours(name: str) -> bool:
             or bool(_RANK_STATE.match(name)) or bool(_TEMP.match(name)))
 
 
+def is_temp(name: str) -> bool:
+    """A file being written (renamed into place when done, removed when its export fails)."""
+    return bool(_TEMP.match(name))
+
+
 def is_partial(name: str) -> bool:
     """A shard or a file being written: what a resumed export removes unless it keeps it."""
     return bool(SHARD.match(name)) or bool(_TEMP.match(name))
@@ -94,6 +103,71 @@ def manifest_of(out: Path, kind: str) -> Path:
     return out / MANIFEST_NAME if is_folder_kind(kind) else hdf5_paths(out)[1]
 
 
-__all__ = ["RANK_STATE_PATTERN", "SHARD", "export_base", "hdf5_paths", "hdf5_temps", "is_ours",
-           "is_partial", "is_shard", "manifest_of", "new_hdf5_temp", "rank_state_name", "rank_states",
-           "shard_name", "temp_path"]
+# ------------------------------------------------------------------------------ what --force may replace
+def not_ours(path: Path, kind: str) -> str | None:
+    """Why the file at `path`, where an export of `kind` puts one of its files, cannot be shown to be one an
+    earlier auxgen export wrote (None when it can): --force replaces only such files.
+
+    It must be a regular file (not a link, folder or FIFO) whose content says auxgen wrote it: a manifest
+    naming the format, an HDF5 file whose attributes do, a generator file carrying auxgen's metadata record.
+    """
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return "is not a regular file (a link, folder, FIFO or device)"
+        if path.name == MANIFEST_NAME or path.name.endswith(HDF5_MANIFEST_SUFFIX):
+            ours = _is_our_manifest(path, kind)
+        elif path.name in _GENERATORS or any(path.name.endswith("." + g) for g in _GENERATORS):
+            ours = _is_our_generator(path)
+        else:
+            ours = _is_our_hdf5(path)
+    except OSError as e:
+        return f"cannot be read ({e.strerror or type(e).__name__})"
+    return None if ours else "is not a file an auxgen export wrote"
+
+
+def _is_our_manifest(path: Path, kind: str) -> bool:
+    """A manifest of an export that may stand where `kind` goes (any folder kind replaces any other)."""
+    try:
+        m = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    kinds = ("hdf5",) if not is_folder_kind(kind) else ("wds", "parquet")
+    return isinstance(m, dict) and m.get("format") == FORMAT_NAME and m.get("kind") in kinds
+
+
+def _is_our_hdf5(path: Path) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("format")
+    except Exception:  # h5py raises OSError, ValueError or its own errors for a file that is not HDF5
+        return False
+    return (value.decode() if isinstance(value, bytes) else value) == FORMAT_NAME
+
+
+def _is_our_generator(path: Path) -> bool:
+    """A .pt2 or TorchScript archive holding auxgen's metadata record, or an ONNX model naming it."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("/extra/" + EXTRA_FILE) for n in z.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return EXTRA_FILE.encode() in path.read_bytes()
+
+
+def is_resume_state(path: Path) -> bool:
+    """An unfinished shard export's resume state, as far as --force needs to know (a JSON object with params)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(state, dict) and isinstance(state.get("params"), dict)
+
+
+__all__ = ["RANK_STATE_PATTERN", "SHARD", "export_base", "hdf5_paths", "hdf5_temps", "is_ours", "is_partial",
+           "is_resume_state", "is_temp", "is_shard", "manifest_of", "new_hdf5_temp", "not_ours", "rank_state_name",
+           "rank_states", "shard_name", "temp_path"]
