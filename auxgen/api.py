@@ -123,6 +123,8 @@ def train(config: TrainConfig | Mapping[str, Any], out: str | Path, *, force: bo
 
     `config` is a TrainConfig or a dict of its fields, e.g. {"dataset": "digits", "epochs": 2};
     `force` replaces an earlier auxgen run in `out`; `show` prints the progress display.
+    Calls from several threads of one process train one at a time (torch's global RNG and forward-mode AD
+    are process-wide), so each gives the checkpoint it would alone.
     """
     cfg = resolve_options(config)
     out = Path(out)
@@ -150,13 +152,15 @@ def training_dir() -> Path | None:
 def train_run(cfg: TrainConfig, out: Path, *, resume: bool, force: bool, show: bool) -> dict[str, Any]:
     """Check what can be checked, prepare (and lock) the run directory, train; the summary."""
     from auxgen import distributed
-    from auxgen.compose import hierarchy_for, load_data
+    from auxgen.compose import hierarchy_for, input_paths, load_data
     from auxgen.progress import tensorboard_writer_class
     from auxgen.runtime import pick_device
-    from auxgen.trainer import split_rows
+    from auxgen.trainer import check_features_source, split_rows
     from auxgen.trainer import train as train_loop
 
     # what can fail on the inputs fails before --force deletes an earlier run in --out
+    if not resume:
+        RunDir(out).refuse_inputs_inside(input_paths(cfg))
     if cfg.log == "tensorboard":
         tensorboard_writer_class()
     device = pick_device(cfg.device)
@@ -166,6 +170,7 @@ def train_run(cfg: TrainConfig, out: Path, *, resume: bool, force: bool, show: b
     data = dist.main_first(lambda: load_data(cfg))  # rank 0 first: a --download happens once
     hierarchy_for(cfg, data)
     split_rows(cfg, len(data.train))  # the data fits the batch size
+    check_features_source(cfg, data)
     with contextlib.ExitStack() as stack:
         dist.on_main(lambda: _prepare(stack, out, resume, force))
         return train_loop(cfg, out, resume=resume, show=show, data=data)
@@ -189,6 +194,7 @@ def _prepare(stack: contextlib.ExitStack, out_dir: Path, resume: bool, force: bo
         run_dir.prepare(force)
         if not locked:
             stack.enter_context(run_dir.lock())
+            stack.callback(run_dir.remove_if_empty)  # made here: a run that fails before its first file leaves none
 
 
 def check_out_outside_data(out: Path, cfg: TrainConfig) -> None:

@@ -16,7 +16,7 @@ from auxgen.data import load_data as load_spec
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, cifar100_human, human_hierarchy, parse_psi
 from auxgen.maxl import LossWeighting
-from auxgen.models import LabelGenerator, MultiTaskNet, backbone_norm
+from auxgen.models import LabelGenerator, MultiTaskNet, backbone_norm, is_weights_file
 
 
 def data_spec(cfg: TrainConfig) -> DataSpec:
@@ -27,6 +27,15 @@ def data_spec(cfg: TrainConfig) -> DataSpec:
 def load_data(cfg: TrainConfig) -> Data:
     """Load the dataset a config names, as tensors; a missing dataset is an AuxgenError."""
     return load_spec(data_spec(cfg))
+
+
+def input_paths(cfg: TrainConfig) -> dict[str, str | None]:
+    """The files and folders a run reads, by flag (None: not given or not read): what it must not delete."""
+    entry = DATASETS.get(cfg.dataset)
+    reads_root = entry is not None and (entry.downloads or entry.fitted)  # digits comes with scikit-learn
+    return {"--features-from": cfg.features_from, "--psi-file": cfg.psi_file,
+            "--weights": cfg.weights if cfg.weights and is_weights_file(cfg.weights) else None,
+            "--data-root": cfg.data_root if reads_root else None, "--test-root": cfg.test_root}
 
 
 def hierarchy_for(cfg: TrainConfig, data: Data) -> tuple[Hierarchy, torch.Tensor | None]:

@@ -56,8 +56,16 @@ SAVED_BEFORE: dict[str, Any] = {"gen_input": "image"}
 
 
 def saved_run_options(train: Any) -> Any:
-    """A run's recorded options ("train" of its config.json), with what SAVED_BEFORE says where they predate it."""
-    return {**SAVED_BEFORE, **train} if isinstance(train, dict) else train
+    """A run's recorded options ("train" of its config.json), with what SAVED_BEFORE says where they predate it.
+
+    Runs saved before --features-from was refused outside --method kmeans may record it with another
+    method, which ignored it: it is dropped, so they still load.
+    """
+    if not isinstance(train, dict):
+        return train
+    if train.get("method", TrainConfig.method) != "kmeans":
+        train = {k: v for k, v in train.items() if k != "features_from"}
+    return {**SAVED_BEFORE, **train}
 
 
 def _f(default: Any, help: str, choices: Collection[str] | None = None, objective: bool = False) -> Any:
@@ -186,6 +194,9 @@ class TrainConfig:
                               "--hierarchy-depth 2)")
         if self.hierarchy_depth not in (1, 2) or (self.hierarchy_depth == 2 and self.dataset != "imagefolder"):
             raise AuxgenError("--hierarchy-depth takes 1 or 2; depth 2 needs --dataset imagefolder")
+        if self.features_from is not None and self.method != "kmeans":
+            raise AuxgenError(f"--features-from gives the features of --method kmeans; --method {self.method} "
+                              f"would ignore it: drop it or use --method kmeans")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -393,7 +404,7 @@ def resolve_config(file: str | Path | None, overrides: dict[str, Any]) -> TrainC
                             {k for k, v in overrides.items() if v is not None})
     cfg = TrainConfig.from_dict(data, where=str(file or "options")).validate()
     # saved runs must find their data and psi file from any working directory
-    for name in ("data_root", "test_root", "psi_file"):
+    for name in ("data_root", "test_root", "psi_file", "features_from"):
         if getattr(cfg, name):
             setattr(cfg, name, str(Path(getattr(cfg, name)).expanduser().resolve()))
     if cfg.weights is not None and is_weights_file(cfg.weights):

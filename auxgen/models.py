@@ -7,6 +7,7 @@ their own normalisation, so an exported generator needs nothing but the stored i
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,18 +146,40 @@ def is_weights_file(weights: str) -> bool:
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A state_dict saved with torch.save, read with weights_only=True: nothing in it can run code."""
-    from auxgen.paths import check_regular_file, one_line
+    from auxgen.paths import check_regular_file
 
     check_regular_file(Path(path).expanduser(), "--weights")
     try:
         state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, or a pickle naming something weights_only refuses
-        raise AuxgenError(f"--weights {path} is not a torch state_dict file ({one_line(e)})") from None
+        raise AuxgenError(f"--weights {path} is not a torch state_dict file ({_load_problem(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise AuxgenError(f"--weights {path} holds no state_dict (a dict of tensors)")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # else training diverges at once and the message blames the learning rate
+        raise AuxgenError(f"--weights {path}: tensor {bad} holds NaN or infinite values; the weights are damaged "
+                          f"(or were saved from a diverged training)")
     return state
+
+
+# torch's refusal of a pickled global; what follows it is advice to load the file unsafely
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _load_problem(e: Exception) -> str:
+    """Why torch.load refused a --weights file, in one line without terminal escapes."""
+    from auxgen.paths import one_line
+
+    text = str(e)
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return (f"it names the Python global {refused.group(1)}, refused because loading it could run code; a "
+                f"whole model saved with torch.save(model) does this: save `model.state_dict()` (plain tensors) "
+                f"with torch.save instead")
+    return one_line(RuntimeError(_ANSI.sub("", text)))
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], path: str, name: str) -> None:

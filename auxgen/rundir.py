@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from auxgen.errors import AuxgenError
-from auxgen.paths import refuse_under_file
+from auxgen.paths import is_inside, refuse_under_file
 
 RUN_MARKER = ".auxgen-run"
 CHECKPOINTS = "checkpoints"
@@ -113,6 +113,30 @@ class RunDir:
         if not os.access(self.path, os.W_OK | os.X_OK) or (ck.is_dir() and not os.access(ck, os.W_OK | os.X_OK)):
             raise AuxgenError(f"{flag} {self.path}: its files cannot be deleted (not writable); nothing was deleted")
         return present
+
+    def refuse_inputs_inside(self, inputs: dict[str, str | None]) -> None:
+        """A new run must not read what preparing this folder deletes (with --force: auxgen's files and
+        checkpoints/), nor the folder itself: it would delete its own input and then fail on it.
+
+        `inputs` maps a flag to the file or folder it names (None: not given); checked before anything goes.
+        """
+        doomed = [self.path / n for n in TOP_FILES] + [self.checkpoints]
+        for flag, value in inputs.items():
+            if not value:
+                continue
+            if is_inside(self.path, Path(value)) and is_inside(Path(value), self.path):  # the same folder
+                raise AuxgenError(f"{flag} {value} is the --out folder this run writes (and --force empties); "
+                                  f"choose another --out")
+            hit = next((d for d in doomed if is_inside(Path(value), d)), None)
+            if hit is not None:
+                raise AuxgenError(f"{flag} {value} is {hit}, which a new run in --out {self.path} replaces; "
+                                  f"nothing was deleted: choose another --out or move the file first")
+
+    def remove_if_empty(self) -> None:
+        """Remove the folder when nothing was written into it (a run that failed before its first file)."""
+        with contextlib.suppress(OSError):
+            if self.path.is_dir() and not self.path.is_symlink() and not any(self.path.iterdir()):
+                self.path.rmdir()
 
     def remove_stale_temp_files(self) -> None:
         """Temporary files a killed run left mid-write (a checkpoint's can be hundreds of MB).

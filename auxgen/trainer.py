@@ -9,10 +9,12 @@ verify's --retrain and the label-quality benchmark train through this same loop.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,6 +176,26 @@ def kmeans_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, train_idx: tor
         model, device = pre["run"].model, pre["run"].device
     hard, _ = kmeans_labels(features(model, data.train, device), data.train.labels.numpy(), hier, cfg.seed)
     return TargetSource("hard", torch.from_numpy(hard))
+
+
+def check_features_source(cfg: TrainConfig, data: Data) -> None:
+    """--features-from names a run with a last checkpoint whose network took images of this data's shape:
+    checked before the run directory is made, so a mismatch leaves nothing behind."""
+    if not cfg.features_from:
+        return
+    from auxgen.run import read_run_config
+
+    flag = f"--features-from {cfg.features_from}"
+    try:
+        shape = read_run_config(cfg.features_from)["data"].get("image_shape")
+    except AuxgenError as e:
+        raise AuxgenError(f"{flag}: {e}") from None
+    if not RunDir(cfg.features_from).last.is_file():
+        raise AuxgenError(f"{flag}: the run has no checkpoints/last.pt (no epoch finished); give a finished run")
+    if not isinstance(shape, list) or list(shape) != list(data.image_shape):
+        raise AuxgenError(f"{flag} was trained on images of shape {shape} ([C, H, W]) but --dataset {cfg.dataset} "
+                          f"gives {list(data.image_shape)}; its features need images like its own: give a run "
+                          f"of this data")
 
 
 def save_targets(path: Path, labels: torch.Tensor) -> None:
@@ -350,6 +372,19 @@ def _resume_epochs(meta: dict[str, Any], cfg: TrainConfig, done: int, rd: RunDir
     meta["train"]["epochs"] = cfg.epochs
 
 
+_TRAINING = threading.RLock()  # see train(): one training at a time per process
+
+
+def _one_at_a_time(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` under _TRAINING: a second thread waits until the first call has returned."""
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _TRAINING:
+            return fn(*args, **kwargs)
+    return locked
+
+
+@_one_at_a_time
 def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: bool = True,
           on_epoch_end: Callable[[dict[str, Any]], None] | None = None, data: Data | None = None,
           targets: TargetSource | None = None, train_idx: torch.Tensor | None = None,
@@ -360,6 +395,12 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
     and RNG state restored, so it ends exactly as an uninterrupted run would (on CPU).
     out=None trains in memory and writes nothing (verify's --retrain, benchmarks); with
     return_run=True the summary carries the trained `Run` under "run".
+
+    Calls from several threads of one process run one at a time: training uses torch's process-wide
+    state (the global RNG that seeds the networks' initialisation and is saved in checkpoints, the one
+    forward-mode AD level of the exact meta-gradient), so two at once would give other checkpoints
+    than each alone, or fail. A re-entrant lock held for the whole call serialises them (a k-means
+    run's single-task pre-training is a call inside one). Train in separate processes to run in parallel.
     """
     out = None if out is None else Path(out)
     if cfg.log == "tensorboard" and out is not None:

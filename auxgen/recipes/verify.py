@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -11,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from auxgen.errors import AuxgenError
-from auxgen.paths import refuse_inside, refuse_under_file
+from auxgen.paths import refuse_inside, refuse_under_file, regular_file_problem
 
 
 class VerificationFailed(AuxgenError):
@@ -71,6 +72,24 @@ def _check_json_target(target: Path, run_dir: Path, labels: Path | None) -> None
         raise AuxgenError(f"--json {target} is a folder; give a file name such as {target / 'report.json'}")
     refuse_under_file(target.parent, "--json")
     refuse_inside(target, (run_dir, labels), "--json", why="verify never writes into the run or the export")
+    if os.path.lexists(target) and not _is_verify_report(target):
+        raise AuxgenError(f"--json {target} exists and is not an earlier verify report; verify replaces only "
+                          f"its own reports: choose a new file name or move that file away")
+
+
+_REPORT_KEYS = {"run_dir", "checkpoint", "labels", "passed", "checks"}  # what VerifyReport.to_dict writes
+_REPORT_MAX_BYTES = 64 << 20  # a report is kilobytes; a larger file is someone else's
+
+
+def _is_verify_report(path: Path) -> bool:
+    """Whether `path` is a plain file holding a report an earlier `verify --json` wrote (its keys and checks)."""
+    if path.is_symlink() or regular_file_problem(path) or path.stat().st_size > _REPORT_MAX_BYTES:
+        return False
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and set(data) == _REPORT_KEYS and isinstance(data["checks"], list)
 
 
 def _print(report) -> None:
