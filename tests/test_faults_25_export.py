@@ -218,3 +218,30 @@ def test_force_replaces_only_an_export_folder(run, tmp_path, what):
         export_labels(run, folder, fmt="wds", split="test", images=False, force=True)
     one_line(e, "--force replaces only")
     assert sorted(p.name for p in folder.iterdir()) == names
+
+
+# ------------------------------------------------------------------------------ never over the inputs (item 4)
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A 1-epoch run on a csv dataset (d/list.csv, images in d/img) with --psi-file d/../psi.json."""
+    from test_inputs import write_csv
+
+    from auxgen.trainer import train
+
+    root = tmp_path_factory.mktemp("f25csv")
+    listed = write_csv(root / "d")
+    (root / "psi.json").write_text("[2, 3]")
+    train(tiny_config(dataset="csv", data_root=str(listed), psi_file=str(root / "psi.json"), image_size=8,
+                      width=4, epochs=1, batch_size=4), root / "run", show=False)
+    return root / "run", root
+
+
+@pytest.mark.parametrize("target, what", [("d/img/cat1.png", "an image of the dataset"),
+                                          ("d/list.csv", "the dataset"), ("psi.json", "the --psi-file")])
+def test_export_never_writes_over_an_input_the_config_names(csv_run, target, what):
+    run, root = csv_run
+    before = tree(root / "d") | {"psi.json": (root / "psi.json").read_bytes()}
+    code, err = run_cli("export", run, "--out", root / target, "--force", "--quiet")
+    assert code != 0 and len(err) == 1 and what in err[0] and "never writes over its own inputs" in err[0], err
+    assert tree(root / "d") | {"psi.json": (root / "psi.json").read_bytes()} == before
+    export_labels(run, root / "labels.h5", force=True)  # the run still loads and exports

@@ -133,7 +133,7 @@ def _open(dist: distributed.Dist, run_dir: str | Path, out: Path,
         if data.num_classes != run.hier.num_primary:
             raise AuxgenError(f"the data has {data.num_classes} classes but the run's psi covers "
                               f"{run.hier.num_primary}")
-        _check_not_inputs(out, opts, run)
+        _check_not_inputs(out, opts, run, data)
         if opts.force:
             _check_replaceable(out, opts)
         _check_keys(data, opts)
@@ -233,24 +233,38 @@ def _load(run_dir: str | Path, opts: ExportOptions) -> LoadedRun:
     return run
 
 
-def _inputs(run: LoadedRun) -> list[tuple[str, Path]]:
-    """What an export reads: the run directory, the checkpoint, and the dataset's folders on disk."""
+def _inputs(run: LoadedRun, data: Data) -> list[tuple[str, Path]]:
+    """Everything an export's run reads: the run directory, the checkpoint, every file or folder its config names
+    (the dataset, the test tree, --psi-file, --weights FILE, --features-from) and a csv's every image."""
+    cfg = run.cfg
     found = [("the run directory", run.run_dir), ("the checkpoint", run.checkpoint_path)]
-    if run.cfg.dataset != "digits":  # digits ships with scikit-learn: nothing of it is on disk
-        found.append(("the dataset", Path(run.cfg.data_root)))
-        if run.cfg.test_root:
-            found.append(("the test dataset", Path(run.cfg.test_root)))
+    if cfg.dataset != "digits":  # digits ships with scikit-learn: nothing of it is on disk
+        found.append(("the dataset", Path(cfg.data_root)))
+    named = (("the test dataset", cfg.test_root), ("the --psi-file", cfg.psi_file),
+             ("the --features-from run", cfg.features_from), ("the --weights file", cfg.weights))
+    # --weights also takes a torchvision or timm weights name (DEFAULT, ...): only a file on disk is an input
+    found += [(what, Path(p)) for what, p in named if p and (what != "the --weights file" or Path(p).exists())]
+    if cfg.dataset == "csv":  # the rows' paths, relative to the csv's folder
+        base = Path(cfg.data_root).expanduser().parent
+        found += [("an image of the dataset", base / k) for sp in (data.train, data.test) for k in sp.keys]
     return [(what, p.expanduser().resolve()) for what, p in found]
 
 
-def _check_not_inputs(out: Path, opts: ExportOptions, run: LoadedRun) -> None:
+def _inside(path: str, folder: str) -> bool:
+    """`path` lies below `folder` (both resolved; string tests: a csv may list a great many images)."""
+    return path != folder and path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_not_inputs(out: Path, opts: ExportOptions, run: LoadedRun, data: Data) -> None:
     """Refuse any output path that is, holds or lies inside an input (symbolic links followed)."""
     outputs = hdf5_paths(out) if opts.fmt == "hdf5" else (out,)
+    inputs = [(what, str(src)) for what, src in _inputs(run, data)]
     for o in outputs:
-        target = o.expanduser().resolve()
-        for what, src in _inputs(run):
-            if target == src or src in target.parents or target in src.parents:
-                how = ("is" if target == src else "lies inside" if src in target.parents else "holds")
+        target = str(o.expanduser().resolve())
+        for what, src in inputs:
+            how = ("is" if target == src else "lies inside" if _inside(target, src)
+                   else "holds" if _inside(src, target) else None)
+            if how:
                 name = f"--out {out}" if o == out else f"--out {out}: its {o.name}"
                 raise AuxgenError(f"{name} {how} {what} ({src}); an export never writes over its own inputs, "
                                   f"choose another --out")
