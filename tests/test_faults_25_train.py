@@ -62,6 +62,13 @@ def test_a_users_file_kept_by_force_may_still_be_read(run_copy, cli):
     assert json.loads((run_copy / "config.json").read_text())["psi"] == [2] * 10
 
 
+def test_resume_with_force_deletes_nothing_it_continues_from(run_copy, cli):
+    last = (run_copy / "checkpoints" / "last.pt").read_bytes()
+    code, _, err = cli("train", "--resume", run_copy, "--force", "--quiet")
+    assert code == 0, err
+    assert (run_copy / "checkpoints" / "last.pt").read_bytes() == last and RunDir(run_copy).is_run
+
+
 def test_inputs_inside_checks_by_resolved_path(tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)

@@ -41,7 +41,8 @@ def verify_command(
                                    "single-task by this much accuracy (e.g. 0.005)."),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda [default: the run's]."),
     data_root: str = typer.Option(None, "--data-root", help="Where the run's dataset is now, if it moved."),
-    json_out: str = typer.Option(None, "--json", help="Write the report as JSON to this file ('-': stdout)."),
+    json_out: str = typer.Option(None, "--json", help="Write the report as JSON to this file ('-': stdout); an "
+                                "existing file is replaced only when it is an earlier verify report."),
 ) -> None:
     """Re-run the evaluation of a checkpoint, check an export against its run, re-derive labels, retrain."""
     from auxgen.checkpoint import write_text_atomic
