@@ -13,6 +13,7 @@ the command line validates them; bad input is an AuxgenError with a one-line mes
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,23 +76,52 @@ class Run:
     @property
     def metrics(self) -> list[dict[str, Any]]:
         """metrics.jsonl: one dict per finished epoch."""
-        import json
-
         path = RunDir(self.path).metrics
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        if not path.is_file():
+            return []
+        lines = _read_text(path).splitlines()
+        records = [_parse_json(line, path, "metrics.jsonl", i) for i, line in enumerate(lines) if line.strip()]
+        if not all(isinstance(r, dict) for r in records):
+            raise AuxgenError(f"{path} holds a line that is not an epoch's record (a JSON object); the run "
+                              f"directory's metrics.jsonl is damaged")
+        return records
 
 
 def open_run(path: str | Path) -> Run:
     """A Run handle for an existing run directory (finished or not)."""
-    import json
-
     from auxgen.run import read_run_config
 
-    path = Path(path)
+    path = _run_path(path)
     read_run_config(path)  # an AuxgenError unless it is a run directory
     summary_file = RunDir(path).summary
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    summary = _read_json(summary_file, "summary.json") if summary_file.is_file() else None
+    if summary is not None and not isinstance(summary, dict):
+        raise AuxgenError(f"{summary_file} is not a run summary (a JSON object); the run directory is damaged")
     return Run(path, summary)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON file parsed; damage is one AuxgenError line naming the file."""
+    return _parse_json(_read_text(path), path, what)
+
+
+def _parse_json(text: str, path: Path, what: str, line: int | None = None) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        where = "" if line is None else f" line {line + 1}"
+        raise AuxgenError(f"{path}{where} is not valid JSON; the run directory's {what} is damaged") from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise AuxgenError(f"{path} cannot be read ({e.strerror or type(e).__name__})") from None
+    except UnicodeDecodeError:
+        raise AuxgenError(f"{path} is not UTF-8 text; the run directory is damaged") from None
 
 
 def _as_run(run: Run | str | Path) -> Run:
@@ -101,9 +131,15 @@ def _as_run(run: Run | str | Path) -> Run:
 def _run_path(run: Run | str | Path) -> Path:
     if isinstance(run, Run):
         return run.path
-    if isinstance(run, (str, Path)):
+    if isinstance(run, (str, os.PathLike)):
         return Path(run)
     raise AuxgenError(f"expected a Run or a run directory, got {type(run).__name__}")
+
+
+def _out_path(out: object) -> Path:
+    if isinstance(out, (str, os.PathLike)) and str(out):
+        return Path(out)
+    raise AuxgenError(f"out must be a file or folder path (str or Path), got {type(out).__name__} {str(out)[:80]!r}")
 
 
 def resolve_options(config: TrainConfig | Mapping[str, Any]) -> TrainConfig:
@@ -135,6 +171,9 @@ def train(config: TrainConfig | Mapping[str, Any], out: str | Path, *, force: bo
 
 def resume(run: Run | str | Path, *, epochs: int | None = None, show: bool = False) -> Run:
     """Continue an interrupted run (as `auxgen train --resume RUN`), optionally to more epochs."""
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise AuxgenError(f"epochs must be a positive integer (the total to train to) or None, got "
+                          f"{type(epochs).__name__} {epochs!r}")
     path = _as_run(run).path
     RunDir(path).check_resumable()
     cfg = resolve_config(RunDir(path).config, {"epochs": epochs})
@@ -222,10 +261,14 @@ def export(run: Run | str | Path, out: str | Path, *, format: str = "hdf5", chec
     from auxgen.rundir import output_lock
 
     path = _run_path(run)  # export_labels says what is wrong with a folder that is not a run
-    formats = generator_formats if isinstance(generator_formats, str) else tuple(generator_formats)
+    out = _out_path(out)
+    formats = tuple(generator_formats) if isinstance(generator_formats, list) else generator_formats
+    # paths may come as Path objects; every option's type is checked by ExportOptions.validated
+    checkpoint, data_root = (str(p) if isinstance(p, os.PathLike) else p for p in (checkpoint, data_root))
     options = ExportOptions(fmt=format, checkpoint=checkpoint, split=split, dtype=dtype, views=views, images=images,
                             shard_size=shard_size, max_count=max_count, generator_formats=formats, force=force,
                             resume=resume, batch_size=batch_size, seed=seed, data_root=data_root, device=device)
+    options.validated()  # before the lock file is made beside --out
     # two exports into one --out at once would interleave their files; under torchrun the ranks write
     # one export together and rank 0 holds the lock for all of them
     lock = output_lock(out, f"another auxgen export is writing {out}; wait for it or choose another --out")
@@ -247,9 +290,13 @@ def label(run_or_generator: Run | str | Path | torch.nn.Module, images: np.ndarr
     import torch
 
     from auxgen.export import compute_soft_labels
+    from auxgen.models import LabelGenerator
 
     shape = None
     if isinstance(run_or_generator, torch.nn.Module):
+        if not isinstance(run_or_generator, LabelGenerator):
+            raise AuxgenError(f"label() takes a run or an auxgen label generator (run.generator), got a "
+                              f"{type(run_or_generator).__name__} module")
         gen, dev = run_or_generator, torch.device(device) if device else next(run_or_generator.parameters()).device
     else:
         run = _as_run(run_or_generator)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+import auxgen
 from auxgen.errors import AuxgenError
 from auxgen.export import export_labels
 
@@ -245,3 +246,64 @@ def test_export_never_writes_over_an_input_the_config_names(csv_run, target, wha
     assert code != 0 and len(err) == 1 and what in err[0] and "never writes over its own inputs" in err[0], err
     assert tree(root / "d") | {"psi.json": (root / "psi.json").read_bytes()} == before
     export_labels(run, root / "labels.h5", force=True)  # the run still loads and exports
+
+
+# ------------------------------------------------------------------------------ the Python API (item 6)
+def test_api_export_takes_a_str_path(run, tmp_path):
+    summary = auxgen.export(run, str(tmp_path / "labels.h5"), split="test")
+    assert Path(summary["manifest"]).is_file() and (tmp_path / "labels.h5").is_file()
+
+
+@pytest.mark.parametrize("kw, name", [({"views": "3"}, "views"), ({"split": 3}, "split"), ({"force": "yes"}, "force"),
+                                      ({"batch_size": 2.5}, "batch_size"), ({"format": None}, "format"),
+                                      ({"generator_formats": 5}, "generator_formats"), ({"views": True}, "views")])
+def test_api_export_with_wrongly_typed_options_is_one_line(run, tmp_path, kw, name):
+    with pytest.raises(AuxgenError) as e:
+        auxgen.export(run, tmp_path / "labels.h5", **kw)
+    one_line(e, f"export option {name} must be")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", [None, 5, ""])
+def test_api_export_out_that_is_not_a_path_is_one_line(run, out):
+    with pytest.raises(AuxgenError) as e:
+        auxgen.export(run, out)
+    one_line(e, "out must be a file or folder path")
+
+
+def test_api_label_with_a_module_that_is_not_a_generator_is_one_line():
+    import torch
+
+    with pytest.raises(AuxgenError) as e:
+        auxgen.label(torch.nn.Linear(3, 4), torch.zeros(2, 1, 8, 8, dtype=torch.uint8), [0, 1])
+    one_line(e, "Linear", "label generator")
+
+
+@pytest.mark.parametrize("name, content", [("summary.json", "{not json"), ("summary.json", "[1, 2]"),
+                                           ("summary.json", b"\xff\xfe"), ("metrics.jsonl", '{"epoch": 1}\n{trunc'),
+                                           ("metrics.jsonl", "3\n")])
+def test_open_run_on_damaged_summary_or_metrics_is_one_line(run, tmp_path, name, content):
+    damaged = tmp_path / "run"
+    shutil.copytree(run, damaged)
+    f = damaged / name
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(AuxgenError) as e:
+        auxgen.open_run(damaged).metrics  # noqa: B018 (reading it is the test)
+    one_line(e, name)
+
+
+@pytest.mark.parametrize("epochs", ["3", 0, 2.0, True])
+def test_resume_blames_the_epochs_argument_not_the_config(run, epochs):
+    with pytest.raises(AuxgenError) as e:
+        auxgen.resume(run, epochs=epochs)
+    one_line(e, "epochs must be")
+    assert "config.json" not in str(e.value)
+
+
+def test_a_views_count_beyond_memory_is_refused_before_allocating(run, tmp_path):
+    with pytest.raises(AuxgenError) as e:
+        export_labels(run, tmp_path / "v.h5", views=10**9)
+    one_line(e, "--views 1000000000", "of memory", "use at most")
+    assert list(tmp_path.iterdir()) == []
+    code, err = run_cli("export", run, "--out", tmp_path / "v.h5", "--views", str(10**9), "--quiet")
+    assert code != 0 and len(err) == 1 and "--views" in err[0], err

@@ -137,6 +137,7 @@ def _open(dist: distributed.Dist, run_dir: str | Path, out: Path,
         if opts.force:
             _check_replaceable(out, opts)
         _check_keys(data, opts)
+        _check_views_fit(data, opts)
         return {**_info(run, data, opts), "device": device_name}
 
     return run, data, dist.broadcast(dist.on_main(check))  # type: ignore[return-value]
@@ -285,6 +286,32 @@ def _check_keys(data: Data, opts: ExportOptions) -> None:
             if opts.fmt == "wds" and (base_plus_ext(member) != (sk, "cls") or _WDS_META.match(member)):
                 raise AuxgenError(f"sample {key!r} of the {s} split has no WebDataset key that readers give "
                                   f"back unchanged ({sk!r}); export it as --format hdf5 or parquet, or rename it")
+
+
+# bytes of memory per (sample, view) while the views are drawn and stored: the int64 draws, their concatenation
+# and an int32 copy for the file, with room to spare
+_VIEW_ROW_BYTES = 64
+
+
+def _check_views_fit(data: Data, opts: ExportOptions) -> None:
+    """The table of every view's crop and flip is held in memory: a --views count it cannot fit in half of this
+    machine's memory is refused before anything is allocated (it would end in an out-of-memory kill)."""
+    if not opts.views:
+        return
+    samples = sum(len(getattr(data, s)) for s in opts.splits)
+    need = samples * opts.views * _VIEW_ROW_BYTES
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on this platform: nothing to compare with
+        return
+    if need > have // 2:
+        raise AuxgenError(f"--views {opts.views}: the views of {samples} samples need {_gb(need)} of memory for their "
+                          f"crop and flip table alone (this machine has {_gb(have)}); use at most "
+                          f"{max(1, have // 2 // max(1, samples * _VIEW_ROW_BYTES))} views")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB"
 
 
 def _info(run: LoadedRun, data: Data, opts: ExportOptions) -> dict[str, Any]:

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import numbers
+from dataclasses import dataclass, fields, replace
 
 from auxgen.errors import AuxgenError
 from auxgen.export.format import DEFAULT_SHARD_SIZE, KINDS, SPLITS, parse_size
 from auxgen.export.generator_files import parse_generator_formats
 
 MIN_SHARD_SIZE = 64 * 1024
+# what each option may be given as (Python callers pass them by name: a wrong type is one line, not a TypeError)
+_TEXT, _INT, _BOOL, _NONE, _TEXTS = "text", "an integer", "True or False", "None", "a list of texts"
+_KINDS = {"fmt": (_TEXT,), "checkpoint": (_TEXT,), "split": (_TEXT,), "dtype": (_TEXT,), "views": (_INT,),
+          "images": (_BOOL,), "shard_size": (_INT, _TEXT, _NONE), "max_count": (_INT, _NONE),
+          "generator_formats": (_TEXT, _TEXTS), "force": (_BOOL,), "resume": (_BOOL,), "batch_size": (_INT,),
+          "seed": (_INT,), "data_root": (_TEXT, _NONE), "device": (_TEXT, _NONE)}
+_NAMES = {"fmt": "format"}  # the keyword auxgen.export takes for a field of another name
+
+
+def _kind(value: object) -> str | None:
+    """What a value is, in _KINDS's words (bool is not an integer here: views=True is a mistake)."""
+    if value is None:
+        return _NONE
+    if isinstance(value, bool):
+        return _BOOL
+    if isinstance(value, numbers.Integral):
+        return _INT
+    if isinstance(value, str):
+        return _TEXT
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+        return _TEXTS
+    return None
 
 
 @dataclass(frozen=True)
@@ -31,6 +54,13 @@ class ExportOptions:
     data_root: str | None = None       # where the dataset is now, if it moved since training
     device: str | None = None          # where the generator runs (default: the run's choice)
 
+    def _check_types(self) -> None:
+        for f in fields(self):
+            value, kinds = getattr(self, f.name), _KINDS[f.name]
+            if _kind(value) not in kinds:
+                raise AuxgenError(f"export option {_NAMES.get(f.name, f.name)} must be {' or '.join(kinds)}, got "
+                                  f"{type(value).__name__} {str(value)[:80]!r}")
+
     @property
     def splits(self) -> list[str]:
         return list(SPLITS) if self.split == "all" else [self.split]
@@ -38,6 +68,7 @@ class ExportOptions:
     def validated(self) -> ExportOptions:
         """These options checked, with shard_size in bytes (wds) or None (hdf5) and generator_formats a tuple;
         bad usage is an AuxgenError."""
+        self._check_types()
         if self.fmt not in KINDS:
             raise AuxgenError(f"--format {self.fmt!r}: choose hdf5, wds or parquet")
         if self.split not in ("train", "test", "all"):
