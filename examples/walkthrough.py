@@ -1,7 +1,7 @@
 """End-to-end walkthrough on the offline digits set as a hierarchy task (primary: digits 0-4 vs
 5-9; the digit itself is the human auxiliary label): train MAXL and a single-task baseline,
 export the labels, train downstream on them with pipelines/, verify the run and its exports, and
-write the visual report. `make demo` runs this; the README quotes it.
+write the visual report. `make demo` runs this; the README describes it, docs/cli.md each command at length.
 
     python examples/walkthrough.py --out runs/demo
 
