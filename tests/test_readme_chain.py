@@ -104,10 +104,6 @@ def _quick(words: list[str]) -> list[str]:
     return words[1:]
 
 
-# strict: once the exporter takes a relative --out, this test passes and the marker must go
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="an HDF5 export to a relative --out ends in a ValueError "
-                   "(auxgen/export/exporter.py, _hdf5_file: file_entry of an absolute temporary file against a "
-                   "relative out.parent)")
 def test_the_readme_quick_start_runs(cli, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     commands = [w for w in _commands(_text(README)) if "..." not in w]

@@ -34,7 +34,8 @@ def created_timestamp() -> str:
 
 def file_entry(path: Path, base: Path, sha256: str | None = None) -> dict[str, Any]:
     """{"path" relative to base (posix), "bytes", "sha256"}; sha256 is computed unless given."""
-    return {"path": path.relative_to(base).as_posix(), "bytes": path.stat().st_size,
+    # absolute on both sides: a temporary file's path is absolute while --out may be relative
+    return {"path": path.absolute().relative_to(base.absolute()).as_posix(), "bytes": path.stat().st_size,
             "sha256": sha256 or sha256_file(path)}
 
 
