@@ -15,6 +15,7 @@ Means come with 95% intervals over seeds (t distribution). Usage:
 
   python benchmarks/label_quality.py --quick              # CI-sized, about a minute
   python benchmarks/label_quality.py --seeds 5 --out docs/label_quality.json
+  python benchmarks/label_quality.py --suite --seeds 10 --methods single,human,random   # docs/yardstick.md
 
 Methods: single, random, human, kmeans, maxl; METHOD:VARIANT applies a variant of VARIANTS
 (e.g. maxl:paper, the published hyper-parameters; single:paper, the paper's training).
@@ -48,6 +49,7 @@ from auxgen.kmeans import features, kmeans_labels  # noqa: E402
 from auxgen.label_stats import LabelStats  # noqa: E402
 from auxgen.stats import mean_ci, verdict  # noqa: E402
 from auxgen.trainer import TargetSource, train  # noqa: E402
+from benchmarks import tasks as yardstick  # noqa: E402
 
 SHAPES = Path(__file__).resolve().parents[1] / "runs" / "bench-data" / "shapes-20"  # written once, on first use
 SHAPES_PER_CLASS = 20  # training images per fine class (120 in all); 50 per class for testing
@@ -67,7 +69,11 @@ TASKS: dict[str, tuple[dict[str, Any], float, int]] = {
     "digits-rgb": ({"dataset": "imagefolder", "data_root": str(DIGIT_IMAGES / "train"),
                     "test_root": str(DIGIT_IMAGES / "test"), "hierarchy_depth": 2, "image_size": 32, "augment": "on",
                     "flip": False}, 1.0, 60),
+    # the yardstick suite's own image tasks (benchmarks/tasks, docs/yardstick.md), each written on first use
+    **{name: (yardstick.train_options(name), 1.0, t.epochs) for name, t in yardstick.TASKS.items()},
 }
+# --suite: every yardstick task, the two earlier benchmark tasks first
+SUITE = ["g2-10", "digits-rgb", *yardstick.TASKS]
 # option overrides of a method (METHOD:VARIANT) on top of the benchmark's base options
 # the defaults before issue 17 (MAXL's meta-gradient, no pair term): the studies below are variants of them
 V0 = dict(meta_weight=1.0, consistency_weight=0.0, pairs="views", meta_every=1, pair_colour="off", gen_input="image")
@@ -213,6 +219,8 @@ def write_task_data(tasks: list[str]) -> None:
         from digit_images import make_task as make_digits
 
         make_digits(DIGIT_IMAGES, 40)
+    for name in yardstick.TASKS.keys() & set(tasks):
+        yardstick.make(name)
 
 
 def run_one(task: str, method: str, seed: int, epochs: int) -> dict[str, Any]:
@@ -361,7 +369,8 @@ def _reusable(files: list[Path], jobs: list[tuple]) -> dict[tuple, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tasks", default="g2,g5,g2-small")
+    ap.add_argument("--tasks", default="g2,g5,g2-small", help=f"comma-separated, of: {', '.join(TASKS)}")
+    ap.add_argument("--suite", action="store_true", help=f"the yardstick suite: {','.join(SUITE)} (replaces --tasks)")
     ap.add_argument("--methods", default="single,single:paper,random,human,kmeans,maxl,maxl:paper,maxl:paper-obj,"
                                          "maxl:nometa")
     ap.add_argument("--seeds", type=int, default=5)
@@ -378,6 +387,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.tasks, args.seeds, args.epochs = "g2-small", 2, 4
+    if args.suite:
+        args.tasks = ",".join(SUITE)
+    unknown = [t for t in args.tasks.split(",") if t not in TASKS]
+    if unknown:
+        ap.error(f"unknown task {unknown[0]}; known: {', '.join(TASKS)} (or --suite)")
     if args.cost:
         times = cost(args.tasks.split(",")[0], args.methods.split(","), args.cost)
         base = statistics.median(next(iter(times.values())))
