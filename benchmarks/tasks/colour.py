@@ -1,10 +1,9 @@
-"""Fine classes told apart by colour: 4 shapes x 4 colours, the primary class their parity.
+"""Fine classes told apart by colour: 4 primary classes of 3 shapes, each shape in 2 colours (psi 6).
 
-Fine class: (colour, shape), 16 of them. Primary class: even | odd, (shape index + colour index)
-mod 2, so each primary class holds every shape in two colours and every colour in two shapes:
-neither shape nor colour alone tells the primary class, and inside a primary class pairs of fine
-classes differ only by colour. Labels that ignore colour cannot find the fine classes. Objects at
-a random size and position on a random dark background, with pixel noise; no rotation.
+Fine class: (shape, colour); the two fine classes of a shape differ only by colour, so labels that
+ignore colour cannot find them. Primary class: a fixed group of three unlike shapes (both colours of
+each). Upright shapes at a random size and position on a random dark background, a hue jittered
+around the fine class's own, with pixel noise.
 """
 
 from __future__ import annotations
@@ -12,34 +11,35 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ._common import SIZE, dark_background, hue_colour, noisy
+from ._common import SIZE, dark_background, hue_colour, noisy, polygon
+from .rotated import POINTS
 
-SHAPES = ("circle", "square", "triangle", "cross")
-COLOURS = {"red": 0.0, "yellow": 0.15, "green": 0.33, "blue": 0.62}
-FINES = [(c, s) for ci, c in enumerate(COLOURS) for si, s in enumerate(SHAPES)]
-TREE = tuple((name, tuple(f"{c}-{s}" for c, s in FINES if (SHAPES.index(s) + list(COLOURS).index(c)) % 2 == k))
-             for k, name in enumerate(("even", "odd")))
+HUES = {"red": 0.0, "yellow": 0.15, "green": 0.33, "blue": 0.62}
+GROUPS = (("circle", "cross", "pentagon"), ("square", "ring", "arrow"), ("triangle", "star", "bar"),
+          ("diamond", "half-disc", "tee"))
+PAIRS = tuple(tuple(HUES)[i:i + 2] if i < 3 else ("blue", "red") for i in range(4))  # each shape's two colours
+TREE = tuple((f"p{k}", tuple(f"{c}-{s}" for j, s in enumerate(shapes) for c in PAIRS[(k + j) % 4]))
+             for k, shapes in enumerate(GROUPS))
 FLIP = True
+SHAPES = {**POINTS, "diamond": POINTS["square"] @ np.array([[.7, .7], [-.7, .7]]),
+          "bar": np.array([[-1, -.35], [1, -.35], [1, .35], [-1, .35]])}
 
 
-def _shape(d: ImageDraw.ImageDraw, shape: str, cx: int, cy: int, r: int, col: tuple[int, int, int]) -> None:
-    t = max(2, r // 3)
+def _shape(d: ImageDraw.ImageDraw, shape: str, centre: tuple[float, float], r: float, col: tuple) -> None:
+    box = [centre[0] - r, centre[1] - r, centre[0] + r, centre[1] + r]
     if shape == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=col)
-    elif shape == "square":
-        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=col)
-    elif shape == "triangle":
-        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=col)
+        d.ellipse(box, fill=col)
+    elif shape == "ring":
+        d.ellipse(box, outline=col, width=max(2, int(r) // 3))
     else:
-        d.rectangle([cx - r, cy - t, cx + r, cy + t], fill=col)
-        d.rectangle([cx - t, cy - r, cx + t, cy + r], fill=col)
+        d.polygon(polygon(SHAPES[shape], 0.0, r, centre), fill=col)
 
 
 def draw(fine: str, rng: np.random.Generator, split: str) -> Image.Image:
-    """One object of the fine class's shape in its colour (hue jittered), anywhere on a dark background."""
-    colour, shape = fine.split("-")
+    """One upright shape in the fine class's colour (hue jittered), anywhere on a dark background."""
+    colour, shape = fine.split("-", 1)
     img = Image.new("RGB", (SIZE, SIZE), dark_background(rng))
-    r = int(rng.integers(5, 10))
-    cx, cy = (int(rng.integers(r + 1, SIZE - r - 1)) for _ in range(2))
-    _shape(ImageDraw.Draw(img), shape, cx, cy, r, hue_colour(COLOURS[colour] + rng.uniform(-0.03, 0.03), rng))
+    r = float(rng.uniform(6, 11))
+    centre = tuple(float(rng.uniform(r + 1, SIZE - r - 1)) for _ in range(2))
+    _shape(ImageDraw.Draw(img), shape, centre, r, hue_colour(HUES[colour] + rng.uniform(-0.03, 0.03), rng))
     return noisy(img, rng, 12)

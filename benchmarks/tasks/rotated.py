@@ -1,7 +1,7 @@
 """Shape under rotation and scale, colour a nuisance: 8 shapes, 4 primary classes of 2.
 
 Fine class: the shape (triangle, square, pentagon, star, cross, arrow, tee, half-disc), drawn at a
-random rotation (any angle), scale (a third to nearly the whole image) and position, in a random
+random rotation (any angle), scale (half to nearly the whole image) and position, in a random
 hue on a random dark background, with pixel noise. Primary class: a fixed pairing of unlike shapes,
 so a primary class is two shapes and its fine labels split it. Every shape is mirror-symmetric, so
 horizontal flips keep the class.
@@ -39,7 +39,7 @@ FLIP = True
 def draw(fine: str, rng: np.random.Generator, split: str) -> Image.Image:
     """One shape at a random angle, scale and place, in a random colour on a random dark background."""
     img = Image.new("RGB", (SIZE, SIZE), dark_background(rng))
-    scale = float(rng.uniform(0.18, 0.45)) * SIZE
+    scale = float(rng.uniform(0.25, 0.45)) * SIZE
     centre = tuple(float(rng.uniform(scale, SIZE - scale)) for _ in range(2))
     pts = polygon(POINTS[fine], float(rng.uniform(0, 2 * np.pi)), scale, centre)
     ImageDraw.Draw(img).polygon(pts, fill=hue_colour(rng.random(), rng))
