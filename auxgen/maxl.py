@@ -46,24 +46,26 @@ class Objective:
     with w = 1 or, with a `weighting`, learned non-negative per-sample weights (AuxiLearn's
     combination of per-sample losses) that theta2's meta-signal trains too. H_usage is the batch-mean
     label's over all K (usage_entropy="batch", the paper) or each primary block's ("block").
-    Field names are the config's, so a new term is one field here, one line in `terms`, one
-    config field.
+    Field names are the config's: a new term is one field here, one line in `terms`, one config
+    field and one argument in steps.objective_for.
     """
 
+    # no defaults: the config is their one source (steps.objective_for gives every field; the paper's
+    # values are --preset paper's, steps.paper_objective)
     alpha: float                      # the look-ahead's inner step: theta1's learning rate this epoch
-    gamma: float = 2.0                # focal loss focusing parameter
-    aux_weight: float = 1.0           # the auxiliary loss's weight in L_train
-    meta_order: int = 2               # 2: exact second-order meta-gradient; 1: DARTS' finite difference
-    neumann_steps: int = 3            # implicit hypergradient: Hessian-vector products of its Neumann series
-    meta_weight: float = 1.0
-    meta_norm: str = "none"
-    entropy_weight: float = 0.2
-    usage_entropy: str = "batch"
-    sharpness_weight: float = 0.0
-    consistency_weight: float = 0.0
-    invariance_weight: float = 0.0
-    gen_l1: float = 0.0
-    weighting: nn.Module | None = None  # w(l_pri, l_aux) per sample, a part of theta2 (None: w = 1)
+    gamma: float                      # focal loss focusing parameter
+    aux_weight: float                 # the auxiliary loss's weight in L_train
+    meta_order: int                   # 2: exact second-order meta-gradient; 1: DARTS' finite difference
+    neumann_steps: int                # implicit hypergradient: Hessian-vector products of its Neumann series
+    meta_weight: float
+    meta_norm: str
+    entropy_weight: float
+    usage_entropy: str
+    sharpness_weight: float
+    consistency_weight: float
+    invariance_weight: float
+    gen_l1: float
+    weighting: nn.Module | None       # w(l_pri, l_aux) per sample, a part of theta2 (None: w = 1)
 
     @property
     def needs_pair(self) -> bool:

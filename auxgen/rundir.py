@@ -9,6 +9,9 @@ before auxgen writes into it (a new run, --force over an earlier one, --resume).
     RUN/summary.json         written when the last epoch has finished
 
 The same lock guards export outputs (`output_lock`), so two commands never write one output at once.
+What training writes into the folder and reads back on --resume is here too: config.json's contents
+(`run_metadata`), a checkpoint's state (`checkpoint_state`, `restore`), the record of finished epochs
+(`Book`, `open_book`, `record_epoch`) and a k-means run's targets (`save_targets`, `load_targets`).
 """
 
 from __future__ import annotations
@@ -16,14 +19,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
 import stat
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import torch
+
+import auxgen
+from auxgen.checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
 from auxgen.errors import AuxgenError
-from auxgen.paths import is_inside, refuse_under_file
+from auxgen.paths import is_inside, one_line, refuse_under_file, regular_file_problem
+
+if TYPE_CHECKING:
+    from auxgen.config import TrainConfig
+    from auxgen.steps import Training
+
+CHECKPOINT_FORMAT = 1
 
 RUN_MARKER = ".auxgen-run"
 CHECKPOINTS = "checkpoints"
@@ -247,3 +264,186 @@ def output_lock(out: Path, busy: str) -> Iterator[None]:
                 os.unlink(lock)
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------ what training writes and reads back
+def run_metadata(tr: Training) -> dict[str, Any]:
+    """What config.json records besides the options: versions, psi, data fingerprint."""
+    d = tr.data
+    return {
+        "train": tr.cfg.to_dict(),
+        "psi": list(tr.hier.psi),
+        "num_primary": tr.hier.num_primary,
+        "num_aux": tr.hier.num_aux,
+        "seed": tr.cfg.seed,
+        "auxgen_version": auxgen.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(tr.device),
+        "data": {
+            "name": d.name, "fingerprint": d.fingerprint(),
+            "train_fingerprint": d.split_fingerprint("train"), "test_fingerprint": d.split_fingerprint("test"),
+            "num_train": len(d.train), "num_test": len(d.test), "num_meta": len(tr.meta_idx),
+            "image_shape": list(d.image_shape), "class_names": d.class_names,
+            "fine_names": d.fine_names, "augment": d.augment, "pad": d.pad, "flip": d.flip,
+        },
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+@dataclass
+class Book:
+    """What a run has recorded so far: its epochs' metrics, its best (accuracy, epoch), where it goes on
+    (epoch and global step), and a resumed run's saved config.json (None for a new run)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: tuple[float, int] = (-1.0, 0)
+    start_epoch: int = 1
+    step: int = 0
+    meta: dict[str, Any] | None = None
+
+
+def write_run_files(tr: Training, rd: RunDir, meta: dict[str, Any]) -> None:
+    """config.json, the marker, and a k-means run's targets (their computation trains a network: kept for
+    export and resume)."""
+    write_json_atomic(rd.config, meta)
+    write_text_atomic(rd.marker, f"auxgen run directory (auxgen {auxgen.__version__})\n")
+    if tr.cfg.method == "kmeans":
+        save_targets(rd.targets, tr.targets.labels)
+
+
+def checkpoint_state(tr: Training, book: Book, epoch: int, rngs: dict[str, torch.Generator]) -> dict[str, Any]:
+    """A checkpoint: the networks, optimisers, every RNG and the record, all a resume needs."""
+    rng = {k: g.get_state() for k, g in rngs.items()}
+    rng["torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    history = book.history
+    return {
+        "format": CHECKPOINT_FORMAT, "epoch": epoch, "global_step": book.step,
+        "psi": list(tr.hier.psi), "dataset": tr.data.name,
+        "data_fingerprint": tr.data.fingerprint(),
+        "model": tr.model.state_dict(),
+        "generator": tr.generator.state_dict() if tr.generator is not None else None,
+        "optimizer": tr.optimizer.state_dict(),
+        "gen_optimizer": tr.gen_optimizer.state_dict() if tr.gen_optimizer is not None else None,
+        "rng": rng, "history": history, "best_acc": book.best[0], "best_epoch": book.best[1],
+        "test_acc": history[-1]["test_acc"] if history else None,
+    }
+
+
+def record_epoch(tr: Training, book: Book, metrics: dict[str, Any], rngs: dict[str, torch.Generator],
+                 rd: RunDir | None, judged: str = "test_acc") -> None:
+    """Add the epoch to the book (best: the highest `judged` accuracy) and, when the run is written, to its
+    checkpoints and metrics.jsonl."""
+    epoch = metrics["epoch"]
+    book.history.append(metrics)
+    improved = metrics[judged] > book.best[0]
+    if improved:
+        book.best = (metrics[judged], epoch)
+    if rd is None:
+        return
+    state = checkpoint_state(tr, book, epoch, rngs)
+    if improved:  # before last.pt, the commit point resume trusts: a kill between leaves both consistent
+        save_checkpoint(state, rd.best)
+    save_checkpoint(state, rd.last)
+    write_text_atomic(rd.metrics, "".join(json.dumps(m) + "\n" for m in book.history))
+
+
+def open_book(tr: Training, out: Path, write: bool, rngs: dict[str, torch.Generator]) -> Book:
+    """A resumed run's record, its networks, optimisers and RNGs restored from checkpoints/last.pt."""
+    rd = RunDir(out)
+    saved = json.loads(rd.config.read_text())
+    if saved["data"]["fingerprint"] != tr.data.fingerprint():
+        raise AuxgenError(f"the dataset differs from the one {out} was trained on "
+                          f"(fingerprint mismatch); resume needs the same data")
+    book = restore(tr, rd, rngs)
+    book.meta = saved
+    resume_epochs(saved, tr.cfg, book.start_epoch - 1, rd, write)
+    return book
+
+
+def restore(tr: Training, rd: RunDir, rngs: dict[str, torch.Generator]) -> Book:
+    """Load checkpoints/last.pt into the training; the record it holds, or a fresh one when no epoch finished."""
+    out = rd.path
+    if not rd.last.is_file():
+        if rd.metrics.is_file() and rd.metrics.read_text().strip():
+            raise AuxgenError(f"--resume {out}: metrics.jsonl records finished epochs but checkpoints/last.pt is "
+                              f"missing; the run cannot continue (start a new one)")
+        print(f"note: {out} has no checkpoints/last.pt (no epoch finished); starting from epoch 1", file=sys.stderr)
+        return Book()
+    state = load_checkpoint(rd.last)
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise AuxgenError(f"--resume {out}: checkpoints/last.pt has checkpoint format {state.get('format')!r}; this "
+                          f"auxgen (version {auxgen.__version__}) reads format {CHECKPOINT_FORMAT}")
+    if state.get("psi") != list(tr.hier.psi):
+        raise AuxgenError(f"--resume {out}: checkpoints/last.pt has psi {state.get('psi')} but config.json gives "
+                          f"{list(tr.hier.psi)}; config.json no longer matches the checkpoint")
+    try:
+        tr.model.load_state_dict(state["model"])
+        tr.optimizer.load_state_dict(state["optimizer"])
+        if tr.generator is not None:
+            tr.generator.load_state_dict(state["generator"])
+            tr.gen_optimizer.load_state_dict(state["gen_optimizer"])
+        for k, g in rngs.items():
+            g.set_state(state["rng"][k])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise AuxgenError(f"--resume {out}: checkpoints/last.pt does not fit the run's config.json "
+                          f"({one_line(e, 160)}); was config.json edited?") from None
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return Book(state["history"], (state["best_acc"], state["best_epoch"]), state["epoch"] + 1, state["global_step"])
+
+
+def resume_epochs(meta: dict[str, Any], cfg: TrainConfig, done: int, rd: RunDir, write: bool) -> None:
+    """--resume with another --epochs: at least the finished ones; config.json records the new count."""
+    saved = meta["train"].get("epochs")
+    if cfg.epochs == saved:
+        return
+    if cfg.epochs < done:
+        raise AuxgenError(f"--epochs {cfg.epochs} is fewer than the {done} epochs {rd.path} has finished; give "
+                          f"--epochs {done} or more")
+    if write:
+        print(f"note: {rd.path} now trains for {cfg.epochs} epochs (was {saved}); the learning-rate schedule "
+              f"stretches to {cfg.epochs} epochs from epoch {done + 1} on (finished epochs keep theirs)",
+              file=sys.stderr)
+        if rd.summary.is_file():  # the run is no longer finished until its new last epoch is
+            rd.summary.unlink()
+    meta["train"]["epochs"] = cfg.epochs
+
+
+def save_targets(path: Path, labels: torch.Tensor) -> None:
+    """The training split's hard targets [N] as an int64 .npy file (written atomically)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add .npy to the temporary name
+            np.save(f, labels.cpu().numpy().astype(np.int64), allow_pickle=False)
+
+    atomic_write(path, write)
+
+
+def load_targets(rd: RunDir, primary: torch.Tensor, block_id: torch.Tensor) -> torch.Tensor | None:
+    """A k-means run's saved targets.npy [N] for --resume (None when the run has none), checked to be one int64
+    label per training row, each inside its row's primary block; read without pickles."""
+    import numpy as np
+
+    path = rd.targets
+    if not os.path.lexists(path):
+        return None
+    problem = "is a link (auxgen writes a file)" if path.is_symlink() else regular_file_problem(path)
+    if problem:
+        raise AuxgenError(f"--resume {rd.path}: {path} {problem}; refusing to read it")
+    try:
+        hard = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise AuxgenError(f"--resume {rd.path}: {path} is not a numpy array auxgen wrote ({one_line(e, 120)})"
+                          ) from None
+    n, k = len(primary), len(block_id)
+    ok = isinstance(hard, np.ndarray) and hard.dtype == np.int64 and hard.shape == (n,)
+    ok = ok and (not n or (hard.min() >= 0 and hard.max() < k))
+    if not ok or not torch.equal(block_id[torch.from_numpy(hard)], primary):
+        raise AuxgenError(f"--resume {rd.path}: {path} is not the run's k-means targets ({n} int64 labels, each "
+                          f"in its row's primary block of the {k} auxiliary classes); start a new run")
+    return torch.from_numpy(hard)

@@ -24,9 +24,10 @@ from torch.func import functional_call
 
 from auxgen.hierarchy import Hierarchy
 from auxgen.losses import entropy_regulariser, focal_loss
-from auxgen.maxl import Nets, Objective, fused_iteration, maxl_iteration
+from auxgen.maxl import Nets, fused_iteration, maxl_iteration
 from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.runtime import tune_cpu_allocator
+from auxgen.steps import paper_objective as Objective
 
 ALPHA, GAMMA, ENTROPY = 0.01, 2.0, 0.2  # the authors' inner step (their vgg_lr), focal gamma and entropy weight
 

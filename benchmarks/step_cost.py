@@ -19,9 +19,10 @@ import time
 import torch
 
 from auxgen.hierarchy import Hierarchy
-from auxgen.maxl import Nets, Objective, fused_iteration, maxl_iteration, meta_step, train_step
+from auxgen.maxl import Nets, fused_iteration, maxl_iteration, meta_step, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet
 from auxgen.runtime import tune_cpu_allocator
+from auxgen.steps import paper_objective as Objective
 
 
 def _median_time(fn, repeats: int, warmup: int, sync) -> float:

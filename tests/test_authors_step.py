@@ -11,8 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from authors_step import ALPHA, ENTROPY, GAMMA, authors_iteration  # noqa: E402
 
 from auxgen.hierarchy import Hierarchy  # noqa: E402
-from auxgen.maxl import Nets, Objective, maxl_iteration  # noqa: E402
+from auxgen.maxl import Nets, maxl_iteration  # noqa: E402
 from auxgen.models import LabelGenerator, MultiTaskNet  # noqa: E402
+from auxgen.steps import paper_objective as Objective  # noqa: E402
 
 
 def test_the_authors_passes_move_both_networks_as_auxgens_exact_iteration():

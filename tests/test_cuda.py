@@ -24,9 +24,10 @@ from conftest import tiny_config  # noqa: E402
 from test_maxl import ALPHA, GAMMA, LAM, double_backward_meta_gradient  # noqa: E402
 
 from auxgen.hierarchy import Hierarchy  # noqa: E402
-from auxgen.maxl import Nets, Objective, implicit_step, maxl_iteration, meta_gradient, meta_step  # noqa: E402
+from auxgen.maxl import Nets, implicit_step, maxl_iteration, meta_gradient, meta_step  # noqa: E402
 from auxgen.models import LabelGenerator, MultiTaskNet  # noqa: E402
 from auxgen.runtime import Precision  # noqa: E402
+from auxgen.steps import paper_objective as Objective  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 

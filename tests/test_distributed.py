@@ -48,8 +48,9 @@ def _no_bn(module: nn.Module) -> nn.Module:
 def _maxl_steps(dist: distributed.Dist, fused: bool, order: int) -> dict[str, torch.Tensor]:
     """Three MAXL iterations on a global batch of 8; each process takes its contiguous share."""
     from auxgen.hierarchy import Hierarchy
-    from auxgen.maxl import Nets, Objective, fused_iteration, maxl_iteration
+    from auxgen.maxl import Nets, fused_iteration, maxl_iteration
     from auxgen.models import LabelGenerator, MultiTaskNet
+    from auxgen.steps import paper_objective as Objective
 
     torch.manual_seed(0)
     h = Hierarchy((2, 3, 2))

@@ -11,8 +11,9 @@ from torch import nn
 
 from auxgen.hierarchy import Hierarchy
 from auxgen.losses import focal_loss
-from auxgen.maxl import Nets, Objective, implicit_step
+from auxgen.maxl import Nets, implicit_step
 from auxgen.models import LabelGenerator
+from auxgen.steps import paper_objective
 
 GAMMA = 0.0  # cross-entropy: convex in the logits of a linear model
 
@@ -92,7 +93,7 @@ def test_truncated_neumann_series_is_the_explicit_matrix_series():
     eye = torch.eye(len(v), dtype=v.dtype)
     p = alpha * sum(torch.linalg.matrix_power(eye - alpha * H, j) @ v for j in range(k + 1))
     ref = _reference_gen_grad(f, g, x, y, p, unflat, theta0, w)
-    obj = Objective(alpha, GAMMA, aux_weight=w, entropy_weight=0.0, neumann_steps=k)
+    obj = paper_objective(alpha, GAMMA, aux_weight=w, entropy_weight=0.0, neumann_steps=k)
     ours = _our_gen_grad(f, g, x, y, mx, my, obj)
     for a, b in zip(ours, ref, strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-13)
@@ -106,11 +107,11 @@ def test_many_neumann_steps_reach_the_implicit_function_theorem_solution():
     alpha = 1.0 / float(torch.linalg.eigvalsh(H).max())  # the series converges on H's range
     exact = torch.linalg.pinv(H, hermitian=True, rtol=1e-10) @ v
     ref = _reference_gen_grad(f, g, x, y, exact, unflat, theta0, w)
-    ours = _our_gen_grad(f, g, x, y, mx, my, Objective(alpha, GAMMA, aux_weight=w, entropy_weight=0.0,
+    ours = _our_gen_grad(f, g, x, y, mx, my, paper_objective(alpha, GAMMA, aux_weight=w, entropy_weight=0.0,
                                                         neumann_steps=3000))
     a = torch.cat([t.flatten() for t in ours])
     b = torch.cat([t.flatten() for t in ref])
     assert float((a - b).norm() / b.norm()) < 0.05, float((a - b).norm() / b.norm())
-    few = torch.cat([t.flatten() for t in _our_gen_grad(f, g, x, y, mx, my, Objective(
+    few = torch.cat([t.flatten() for t in _our_gen_grad(f, g, x, y, mx, my, paper_objective(
         alpha, GAMMA, aux_weight=w, entropy_weight=0.0, neumann_steps=3))])
     assert float((few - b).norm()) > float((a - b).norm())  # more terms, closer: the series converges

@@ -14,7 +14,8 @@ from torch.func import functional_call
 
 from auxgen.errors import AuxgenError
 from auxgen.losses import entropy_regulariser, focal_loss, focal_terms
-from auxgen.maxl import LossWeighting, Objective, meta_gradient, train_step
+from auxgen.maxl import LossWeighting, meta_gradient, train_step
+from auxgen.steps import paper_objective
 from auxgen.trainer import train
 
 
@@ -29,7 +30,7 @@ def _weighting(seed=3, moved=True):
 
 
 def _obj(weighting, order=2):
-    return Objective(ALPHA, GAMMA, meta_order=order, entropy_weight=LAM, weighting=weighting)
+    return paper_objective(ALPHA, GAMMA, meta_order=order, entropy_weight=LAM, weighting=weighting)
 
 
 def _double_backward(f, g, weighting, x, y):

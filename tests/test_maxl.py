@@ -7,14 +7,15 @@ from torch.func import functional_call
 
 from auxgen.hierarchy import Hierarchy
 from auxgen.losses import entropy_regulariser, focal_loss
-from auxgen.maxl import Nets, Objective, fused_iteration, meta_gradient, meta_step, train_step
+from auxgen.maxl import Nets, fused_iteration, meta_gradient, meta_step, train_step
 from auxgen.models import LabelGenerator, MultiTaskNet
+from auxgen.steps import paper_objective
 
 ALPHA, GAMMA, LAM = 0.1, 2.0, 0.2
 
 
 def _obj(lam=LAM, order=2, **terms):
-    return Objective(ALPHA, GAMMA, meta_order=order, entropy_weight=lam, **terms)
+    return paper_objective(ALPHA, GAMMA, meta_order=order, entropy_weight=lam, **terms)
 
 
 def _setup(seed=0, dtype=torch.float64):

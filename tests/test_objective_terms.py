@@ -17,7 +17,8 @@ from torch.func import functional_call
 from auxgen.losses import entropy_regulariser, focal_loss, pair_mutual_information
 from auxgen.maxl import Nets, Objective, meta_gradient, meta_step
 from auxgen.models import ShapeInput
-from auxgen.trainer import objective_for, setup, train
+from auxgen.steps import objective_for, paper_objective
+from auxgen.trainer import setup, train
 
 
 def test_pair_mutual_information_is_the_written_out_sum():
@@ -54,7 +55,7 @@ def test_aux_weight_invariance_and_l1_terms_match_double_backward():
     for aux_weight, inv, l1 in ((0.25, 0.0, 0.0), (1.0, 0.7, 0.0), (0.5, 0.3, 1e-3)):
         _, f, g, x, y = _setup(2)
         x2 = x.roll(1, dims=2)
-        obj = Objective(ALPHA, GAMMA, entropy_weight=0.2, aux_weight=aux_weight, invariance_weight=inv, gen_l1=l1)
+        obj = paper_objective(ALPHA, GAMMA, entropy_weight=0.2, aux_weight=aux_weight, invariance_weight=inv, gen_l1=l1)
         ours = meta_gradient(f, list(g.parameters()), x, y, g(x, y), obj, pair=g(x2, y)).gen_grads
         ref = _double_backward(f, g, x, y, g(x, y), obj, g(x2, y))
         for a, b in zip(ours, ref, strict=True):
@@ -64,7 +65,7 @@ def test_aux_weight_invariance_and_l1_terms_match_double_backward():
 def test_l1_term_is_the_sign_decay_of_the_paper_text():
     _, f, g, x, y = _setup(3)
     g2 = copy.deepcopy(g)
-    with_l1, without = Objective(ALPHA, GAMMA, gen_l1=0.01), Objective(ALPHA, GAMMA)
+    with_l1, without = paper_objective(ALPHA, GAMMA, gen_l1=0.01), paper_objective(ALPHA, GAMMA)
     meta_step(Nets(f, g, None, torch.optim.SGD(g.parameters(), lr=1.0)), x, y, g(x, y), with_l1)
     before = [p.detach().clone() for p in g2.parameters()]
     meta_step(Nets(f, g2, None, torch.optim.SGD(g2.parameters(), lr=1.0)), x, y, g2(x, y), without)
@@ -148,7 +149,7 @@ def test_no_meta_signal_means_no_look_ahead_and_no_meta_loss():
     _, f, g, x, y = _setup(4)
     f.requires_grad_(False)  # a look-ahead would need theta1's gradients: none can be taken here
     nets = Nets(f, g, None, torch.optim.SGD(g.parameters(), lr=0.1))
-    assert meta_step(nets, x, y, g(x, y), Objective(ALPHA, GAMMA, meta_weight=0.0, entropy_weight=0.2)) is None
+    assert meta_step(nets, x, y, g(x, y), paper_objective(ALPHA, GAMMA, meta_weight=0.0, entropy_weight=0.2)) is None
 
 
 def test_same_class_neighbours_are_the_brute_force_nearest():
@@ -368,7 +369,7 @@ def test_neighbour_pairs_train():
 def test_feature_neighbours_are_the_networks_nearest_and_resume_alike(tmp_path):
     from auxgen.data import same_class_neighbours
     from auxgen.kmeans import features
-    from auxgen.trainer import feature_neighbours
+    from auxgen.steps import feature_neighbours
 
     cfg = tiny_config(epochs=2, pairs="neighbours", consistency_weight=1.0, meta_weight=0.0,
                       neighbour_match="features")
@@ -414,10 +415,10 @@ def test_meta_split_holds_out_rows_of_the_given_subset_only():
 
 
 def test_pair_colour_auto_is_on_for_rgb_images_only():
-    from auxgen.trainer import Batches
+    from auxgen.steps import BatchSource
 
     run = setup(tiny_config(epochs=1, pair_colour="auto"))  # digits: greyscale
-    assert Batches(run, torch.Generator()).colour is False
+    assert BatchSource(run, torch.Generator()).colour is False
     run.train_images = run.train_images.expand(-1, 3, -1, -1)  # the same images as RGB
-    assert Batches(run, torch.Generator()).colour is True
-    assert Batches(setup(tiny_config(epochs=1, pair_colour="on")), torch.Generator()).colour is True
+    assert BatchSource(run, torch.Generator()).colour is True
+    assert BatchSource(setup(tiny_config(epochs=1, pair_colour="on")), torch.Generator()).colour is True

@@ -8,7 +8,8 @@ from test_maxl import ALPHA, GAMMA, _setup
 
 from auxgen.config import PRESETS, resolve_config
 from auxgen.losses import block_usage_regulariser, focal_loss, pair_cross_entropy, sample_entropy
-from auxgen.maxl import Objective, meta_gradient
+from auxgen.maxl import meta_gradient
+from auxgen.steps import paper_objective
 from auxgen.trainer import lr_at, setup
 
 
@@ -80,7 +81,7 @@ def test_every_objective_variant_matches_double_backward():
         _, f, g, x, y = _setup(1)
         x2 = x.roll(1, dims=3)  # another view of the same images
         norm = "alpha" if scale == 1 / ALPHA else "none"  # meta_scale 1/alpha is --meta-norm alpha
-        obj = Objective(ALPHA, GAMMA, entropy_weight=lam, usage_entropy=usage, sharpness_weight=sharp,
+        obj = paper_objective(ALPHA, GAMMA, entropy_weight=lam, usage_entropy=usage, sharpness_weight=sharp,
                         meta_weight=0.0 if scale == 0 else 1.0, meta_norm=norm, consistency_weight=cons)
         ours = meta_gradient(f, list(g.parameters()), x, y, g(x, y), obj, pair=g(x2, y)).gen_grads
         ref = double_backward(f, g, x, y, g(x, y), g(x2, y), usage, sharp, cons, scale, lam)

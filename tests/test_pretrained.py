@@ -13,8 +13,9 @@ from conftest import tiny_config, write_imagefolder
 from auxgen.config import TrainConfig, resolve_config
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy
-from auxgen.maxl import Objective, meta_gradient
+from auxgen.maxl import meta_gradient
 from auxgen.models import BACKBONES, LabelGenerator, MultiTaskNet, backbone_entry
+from auxgen.steps import paper_objective as Objective
 
 TV = "torchvision:resnet18"
 

@@ -8,7 +8,8 @@ from conftest import tiny_config, write_cifar
 
 from auxgen.checkpoint import load_checkpoint
 from auxgen.errors import AuxgenError
-from auxgen.trainer import Diverged, lr_at, prepare_out_dir, setup, train
+from auxgen.rundir import RunDir
+from auxgen.trainer import Diverged, lr_at, setup, train
 
 
 def _metrics(run):
@@ -129,13 +130,13 @@ def test_out_dir_safety(tmp_path):
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(AuxgenError, match="not empty"):
-        prepare_out_dir(other, force=False)
+        RunDir(other).prepare(False)
     with pytest.raises(AuxgenError, match="holds no auxgen run"):
-        prepare_out_dir(other, force=True)
+        RunDir(other).prepare(True)
     assert (other / "notes.txt").read_text() == "keep me"
     (other / "config.json").write_text("{}")  # a file of that name does not make a folder an auxgen run
     with pytest.raises(AuxgenError, match="holds no auxgen run"):
-        prepare_out_dir(other, force=True)
+        RunDir(other).prepare(True)
     assert (other / "notes.txt").read_text() == "keep me" and (other / "config.json").read_text() == "{}"
 
 
@@ -143,14 +144,14 @@ def test_force_replaces_only_an_auxgen_run(tmp_path):
     out = tmp_path / "run"
     train(tiny_config(epochs=1), out, show=False)
     (out / "mine.txt").write_text("keep")
-    prepare_out_dir(out, force=True)
+    RunDir(out).prepare(True)
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 
 def test_out_under_a_file_is_one_line_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(AuxgenError, match="is a file"):
-        prepare_out_dir(tmp_path / "f" / "run", force=False)
+        RunDir(tmp_path / "f" / "run").prepare(False)
 
 
 def test_nan_without_any_checkpoint_names_none(tmp_path):
@@ -196,7 +197,7 @@ def test_digit_groups_are_a_label_tree():
 
 def test_frozen_soft_labels_with_views_train(tmp_path):
     """verify's --retrain path: soft labels per stored view, each step shows a view with its own label."""
-    from auxgen.trainer import TargetSource
+    from auxgen.steps import TargetSource
 
     base = setup(tiny_config(method="single", psi="2", augment="on"))
     n, k = len(base.data.train), base.hier.num_aux
