@@ -42,7 +42,7 @@ _PAPER_COMMON = dict(backbone="vgg16", width=None, gen_width=None, epochs=200, b
                      gamma=2.0, entropy_weight=0.2, usage_entropy="batch", sharpness_weight=0.0, meta_norm="none",
                      meta_weight=1.0, consistency_weight=0.0, invariance_weight=0.0, aux_weight=1.0,
                      neumann_steps=3, hypergradient="lookahead", meta_every=1, pair_colour="off", pairs="views",
-                     neighbours=5, aux_weighting="fixed", gen_input="image",
+                     neighbours=5, aux_weighting="fixed", gen_input="image", val_split=0.0,
                      gen_optimizer="sgd", meta_order=2, fused_lookahead=False, augment="auto", flip=True, psi=None)
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {**_PAPER_COMMON, "gen_lr": 1e-3, "gen_decay": "l2", "meta_split": 0.0, "schedule": "alternate"},
@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # options added after runs were first saved whose default would change what an older run is: a run's
 # config.json without one of them was trained with the value here
-SAVED_BEFORE: dict[str, Any] = {"gen_input": "image"}
+SAVED_BEFORE: dict[str, Any] = {"gen_input": "image", "val_split": 0.0}
 
 
 def saved_run_options(train: Any) -> Any:
@@ -123,6 +123,7 @@ class TrainConfig:
     gen_optimizer: str = _f("adam", "Label generator optimiser: adam or sgd (paper).", ("sgd", "adam"))
     meta_order: int = _f(2, "2: exact second-order meta-gradient; 1: finite-difference first-order variant.", objective=True)
     meta_split: float = _f(0.0, "Fraction of the training set held out for the meta step; 0 reuses the training batches.")
+    val_split: float | None = _f(None, "Fraction of the training set held out for validation (seeded, the same share of each primary class): the best checkpoint and every automatic choice are judged on it, the test split only gives the final figure; 0: none (the best is then chosen on test accuracy, as the paper does). Default: 0.1 when each primary class has at least 200 training images, else 0; config.json records the rows.")
     schedule: str = _f("interleave", "interleave: a training step then a meta step on each batch (the paper's Algorithm 1); alternate: each epoch a full pass of training steps, then a reshuffled full pass of meta steps (the authors' code).", ("interleave", "alternate"))
     fused_lookahead: bool = _f(False, "Run the meta step first and reuse its look-ahead as the training step (one pass cheaper; needs --meta-split 0).")
     flip: bool = _f(True, "Horizontal flips in the augmentation (turn off for data like digits, whose mirror image is another class).")
@@ -167,6 +168,8 @@ class TrainConfig:
             raise AuxgenError(f"--backbone {self.backbone} has the width of its weights; drop --width/--gen-width")
         if not 0.0 <= self.meta_split < 1.0:
             raise AuxgenError(f"--meta-split must be in [0, 1), got {self.meta_split}")
+        if self.val_split is not None and not 0.0 <= self.val_split < 1.0:
+            raise AuxgenError(f"--val-split must be in [0, 1), got {self.val_split}")
         for name in ("width", "gen_width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AuxgenError(f"--{name.replace('_', '-')} must be at least 1")

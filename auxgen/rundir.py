@@ -4,7 +4,7 @@ before auxgen writes into it (a new run, --force over an earlier one, --resume).
     RUN/.auxgen-run          marker: written by auxgen alone; what --force needs before it deletes anything
     RUN/config.json          the options, versions, psi and data fingerprint
     RUN/metrics.jsonl        one line per finished epoch
-    RUN/checkpoints/best.pt  the best test accuracy so far
+    RUN/checkpoints/best.pt  the best validation accuracy so far (test accuracy without --val-split)
     RUN/checkpoints/last.pt  the last finished epoch (what --resume continues from)
     RUN/summary.json         written when the last epoch has finished
 
@@ -284,6 +284,7 @@ def run_metadata(tr: Training) -> dict[str, Any]:
             "name": d.name, "fingerprint": d.fingerprint(),
             "train_fingerprint": d.split_fingerprint("train"), "test_fingerprint": d.split_fingerprint("test"),
             "num_train": len(d.train), "num_test": len(d.test), "num_meta": len(tr.meta_idx),
+            "num_val": len(tr.val_idx), "val_rows": tr.val_idx.tolist(),  # --val-split's rows of the train split
             "image_shape": list(d.image_shape), "class_names": d.class_names,
             "fine_names": d.fine_names, "augment": d.augment, "pad": d.pad, "flip": d.flip,
         },
@@ -357,6 +358,9 @@ def open_book(tr: Training, out: Path, write: bool, rngs: dict[str, torch.Genera
     if saved["data"]["fingerprint"] != tr.data.fingerprint():
         raise AuxgenError(f"the dataset differs from the one {out} was trained on "
                           f"(fingerprint mismatch); resume needs the same data")
+    if saved["data"].get("val_rows", []) != tr.val_idx.tolist():  # runs saved without a split record none
+        raise AuxgenError(f"--resume {out}: the validation rows config.json records are not the ones --val-split "
+                          f"{tr.cfg.val_split} holds out of this data now; resume needs the same split")
     book = restore(tr, rd, rngs)
     book.meta = saved
     resume_epochs(saved, tr.cfg, book.start_epoch - 1, rd, write)

@@ -128,7 +128,7 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
                 _check_finite(tally, 0, epoch, n_steps, out)
             metrics = _epoch_metrics(tr, epoch, n_steps, tally, lrs, cosines, time.perf_counter() - t0)
             _score_epoch(tr, metrics, progress, warned)
-            record_epoch(tr, book, metrics, rngs, rd)
+            record_epoch(tr, book, metrics, rngs, rd, judged="val_acc" if len(tr.val_idx) else "test_acc")
             if log is not None:
                 log.epoch(metrics)
             dist.barrier()  # no rank runs ahead of the checkpoint a resume would start from
@@ -162,7 +162,9 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
         opt = torch.optim.Adam if cfg.gen_optimizer == "adam" else torch.optim.SGD
         gen_optimizer = opt(gen.parameters(), lr=cfg.gen_lr, weight_decay=l2)
 
-    train_idx, meta_idx = split_rows(cfg, len(data.train), train_idx)
+    rows = torch.arange(len(data.train)) if train_idx is None else train_idx
+    _, rows, val_idx = hold_out_val(cfg, data.train.labels, rows)
+    train_idx, meta_idx = split_rows(cfg, len(data.train), rows)
     targets = targets or default_targets(cfg, data, hier, human_map, train_idx)
     if (targets.kind == "maxl") != (gen is not None):
         raise AuxgenError("a maxl target source needs --method maxl, and --method maxl needs one")
@@ -174,11 +176,38 @@ def setup(cfg: TrainConfig, data: Data | None = None, targets: TargetSource | No
         neighbours = same_class_neighbours(images, labels, torch.cat([train_idx, meta_idx]).to(device), cfg.neighbours,
                                            match=thumbnail_match(cfg, images.shape[1]))
     return Training(cfg, data, hier, device, model, gen, optimizer, gen_optimizer, train_idx, meta_idx,
-                    targets, images, labels, precision_of(cfg, device), neighbours)
+                    targets, images, labels, precision_of(cfg, device), neighbours, val_idx)
 
 
 def precision_of(cfg: TrainConfig, device: torch.device) -> Precision:
     return Precision.of(cfg.precision, device)
+
+
+VAL_DEFAULT, VAL_MIN_CLASS_ROWS = 0.1, 200  # --val-split's default, where every primary class has that many rows
+VAL_SEED = 4  # one split for every seed of the same data, so seeds (and verify's retraining) judge on the same rows
+
+
+def hold_out_val(cfg: TrainConfig, labels: torch.Tensor, rows: torch.Tensor
+                 ) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """--val-split: the same share of each primary class's rows held out for validation, seeded.
+
+    Returns the fraction (--val-split not given: VAL_DEFAULT where every primary class among `rows` has
+    VAL_MIN_CLASS_ROWS, else 0), the rows left for training (in their order) and the validation rows
+    (sorted; empty without a split). config.json records the rows; a resume checks it gets the same.
+    """
+    frac = cfg.val_split
+    if frac is None:
+        counts = torch.bincount(labels[rows])
+        counts = counts[counts > 0]
+        frac = VAL_DEFAULT if len(counts) and int(counts.min()) >= VAL_MIN_CLASS_ROWS else 0.0
+    if not frac:
+        return frac, rows, torch.arange(0)
+    g, held = torch.Generator().manual_seed(VAL_SEED), []
+    for c in labels[rows].unique().tolist():
+        own = rows[labels[rows] == c]
+        held.append(own[torch.randperm(len(own), generator=g)[:math.floor(len(own) * frac + 0.5)]])
+    val = torch.cat(held).sort().values
+    return frac, rows[~torch.isin(rows, val)], val
 
 
 def split_rows(cfg: TrainConfig, n: int, train_idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,8 +261,8 @@ def kmeans_targets(cfg: TrainConfig, data: Data, hier: Hierarchy, train_idx: tor
 
         model, device = load_run(cfg.features_from, "last", device=cfg.device).model, pick_device(cfg.device)
     else:
-        pre = train(dataclasses.replace(cfg, method="single"), None, show=False, data=data, train_idx=train_idx,
-                    return_run=True)
+        single = dataclasses.replace(cfg, method="single", val_split=0.0)  # train_idx already lacks the val rows
+        pre = train(single, None, show=False, data=data, train_idx=train_idx, return_run=True)
         model, device = pre["run"].model, pre["run"].device
     hard, _ = kmeans_labels(features(model, data.train, device), data.train.labels.numpy(), hier, cfg.seed)
     return TargetSource("hard", torch.from_numpy(hard))
@@ -387,8 +416,13 @@ def evaluate(model: MultiTaskNet, split: Split, device: torch.device, batch_size
 
 
 def _score_epoch(tr: Training, metrics: dict[str, Any], progress: TrainProgress, warned: set[str]) -> None:
-    """The epoch's test loss and accuracy, and its collapse warnings (shown once per kind; all in metrics)."""
+    """The epoch's validation (with a --val-split) and test loss and accuracy, and its collapse warnings (shown
+    once per kind; all in metrics)."""
     cfg = tr.cfg
+    if len(tr.val_idx):
+        ev = evaluate(tr.model, tr.data.train.subset(tr.val_idx), tr.device, cfg.eval_batch_size, cfg.gamma,
+                      tr.precision)
+        metrics.update(val_loss=ev["loss"], val_acc=ev["acc"])
     ev = evaluate(tr.model, tr.data.test, tr.device, cfg.eval_batch_size, cfg.gamma, tr.precision)
     metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
     found = _collapse_warnings(tr, metrics, metrics["epoch"])
@@ -404,8 +438,12 @@ def _finish(tr: Training, cfg: TrainConfig, out: Path | None, book: Book, rd: Ru
             return_run: bool) -> dict[str, Any]:
     """The run's summary (written to summary.json when the run is written)."""
     last = book.history[-1] if book.history else {}
+    best = next((m for m in book.history if m["epoch"] == book.best[1]), {})  # judged on validation, if any
     summary = {"run_dir": None if out is None else str(out), "method": cfg.method, "epochs": len(book.history),
-               "final_test_acc": last.get("test_acc"), "best_test_acc": book.best[0], "best_epoch": book.best[1],
+               "final_test_acc": last.get("test_acc"), "best_test_acc": best.get("test_acc", book.best[0]),
+               "best_epoch": book.best[1], "best_on": "val_acc" if "val_acc" in best else "test_acc",
+               **({"best_val_acc": best["val_acc"], "final_val_acc": last.get("val_acc")} if "val_acc" in best
+                  else {}),
                **{k: last.get(k) for k in ("aux_usage_entropy", "aux_usage_entropy_max", "aux_block_usage_frac",
                                            "aux_sample_entropy_frac")},
                "history": [m["test_acc"] for m in book.history]}

@@ -24,7 +24,7 @@ PANELS: dict[str, tuple[str, ...]] = {
     "Method and labels": ("preset", "method", "psi", "psi_file", "features_from"),
     "Networks": ("backbone", "weights", "width", "gen_width"),
     "Training": ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "warmup_epochs",
-                 "aux_weight", "eval_batch_size", "seed"),
+                 "aux_weight", "val_split", "eval_batch_size", "seed"),
     "Generator": ("gen_input", "gen_lr", "gen_weight_decay", "gen_decay", "gen_optimizer", "meta_every"),
     "Generator objective": ("gamma", "entropy_weight", "usage_entropy", "sharpness_weight", "consistency_weight",
                             "invariance_weight", "pairs", "neighbours", "neighbour_match", "pair_colour"),

@@ -46,7 +46,9 @@ def retrain(run: LoadedRun, data: Data, train_index: torch.Tensor, targets: torc
         raise AuxgenError(f"the export holds {len(train_index)} training samples, fewer than one batch "
                           f"({cfg.batch_size})")
     s = train(cfg, None, show=False, data=data, targets=source, train_idx=train_index)
-    return {"acc": s["final_test_acc"], "best_acc": max(s["history"]), "history": s["history"]}
+    # the run's --val-split holds out the same rows here (one split per data): "best" is judged on them
+    return {"acc": s["final_test_acc"], "best_acc": s["best_test_acc"], "best_on": s["best_on"],
+            "history": s["history"]}
 
 
 def check_quality(run: LoadedRun, data: Data, export: Export, epochs: int, seed: int | None = None,
