@@ -40,12 +40,12 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "colour": Task("colour", 10, 15, 40),        # fine classes by colour; 4 primaries x psi 6
-    "rotated": Task("rotated", 60, 40, 40),      # shape under rotation and scale, colour a nuisance; 4 x 2
+    "colour": Task("colour", 20, 15, 40),        # fine classes by colour; 4 primaries x psi 6
+    "rotated": Task("rotated", 60, 40, 60),      # shape under rotation and scale, colour a nuisance; 4 x 2
     "textures": Task("textures", 25, 25, 30),    # texture at random orientation and phase; 3 x 4
     "photos": Task("photos", 18, 18, 30),        # crops of real photographs; 6 x 3
-    "letters": Task("letters", 8, 20, 40),       # greyscale letters, held-out fonts; 10 x 2
-    "symbols": Task("symbols", 20, 20, 40),      # 16 pictographs, colour a nuisance; 2 x 8
+    "letters": Task("letters", 15, 15, 40),       # greyscale letters, held-out fonts; 10 x 2
+    "symbols": Task("symbols", 20, 20, 40),      # 16 pictographs, any rotation, colour a nuisance; 2 x 8
 }
 
 

@@ -2,7 +2,7 @@
 
 Fine class: the symbol (spade, heart, star, sun, plane, anchor, knight, snowflake | club, diamond,
 note, umbrella, scissors, yin-yang, shamrock, flower), drawn from the font matplotlib ships at a
-random size, offset and tilt (up to 20 degrees), in a random hue on a random dark background, with
+random size, offset and rotation (any angle), in a random hue on a random dark background, with
 pixel noise: colour is a nuisance. Primary class: a fixed split of the sixteen into two unlike
 halves, so each primary class is eight shapes and its fine labels split it.
 """
@@ -24,10 +24,10 @@ FLIP = False  # a mirrored knight or note is not the training glyph
 
 
 def draw(fine: str, rng: np.random.Generator, split: str) -> Image.Image:
-    """The symbol at a random size, offset and tilt, in a random colour on a random dark background."""
+    """The symbol at a random size, offset and angle, in a random colour on a random dark background."""
     bg = dark_background(rng)
     img = Image.new("RGB", (SIZE, SIZE), bg)
     at = tuple(SIZE / 2 + rng.uniform(-3, 3, 2))
     ImageDraw.Draw(img).text(at, GLYPHS[fine], fill=hue_colour(rng.random(), rng),
                              font=font("DejaVuSans", int(rng.integers(18, 27))), anchor="mm")
-    return noisy(img.rotate(float(rng.uniform(-20, 20)), Image.BILINEAR, fillcolor=bg), rng, 12)
+    return noisy(img.rotate(float(rng.uniform(0, 360)), Image.BILINEAR, fillcolor=bg), rng, 12)
