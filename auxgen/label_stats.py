@@ -97,3 +97,41 @@ class LabelStats:
 def _entropy(mass: torch.Tensor) -> float:
     p = mass / mass.sum().clamp_min(1e-12)
     return float(-torch.special.xlogy(p, p).sum())
+
+
+# ------------------------------------------------------------------------------ against the fine labels
+def nmi(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Normalised mutual information of two labelings [R] (arithmetic mean of the entropies, as scikit-learn's
+    default); 1.0 when both are constant, 0 when either alone is."""
+    a, b = a.long().cpu(), b.long().cpu()
+    _, a = a.unique(return_inverse=True)
+    _, b = b.unique(return_inverse=True)
+    na, nb = int(a.max()) + 1 if len(a) else 0, int(b.max()) + 1 if len(b) else 0
+    joint = torch.bincount(a * nb + b, minlength=na * nb).reshape(na, nb).double()
+    ha, hb = _entropy(joint.sum(1)), _entropy(joint.sum(0))
+    if ha == 0 and hb == 0:
+        return 1.0
+    mi = ha + hb - _entropy(joint.flatten())
+    return max(mi, 0.0) / ((ha + hb) / 2)
+
+
+def in_block_nmi(hard: torch.Tensor, fine: torch.Tensor, primary: torch.Tensor) -> float | None:
+    """NMI of the auxiliary hard labels with the fine labels inside each primary class, averaged weighted by the
+    class's rows (None without rows): whether the labels split a class the way its fine classes do."""
+    scores, weights = [], []
+    for c in primary.unique().tolist():
+        own = primary == c
+        scores.append(nmi(hard[own], fine[own]))
+        weights.append(int(own.sum()))
+    return sum(s * w for s, w in zip(scores, weights, strict=True)) / sum(weights) if weights else None
+
+
+def neighbour_purity(neighbours: torch.Tensor, fine: torch.Tensor, rows: torch.Tensor) -> float | None:
+    """The share of each row's pair-term neighbours that share its fine class, averaged over `rows`.
+
+    neighbours [N, k] and fine [N] are indexed by row of the training split; None without rows.
+    """
+    if not len(rows):
+        return None
+    neighbours, fine, rows = neighbours.cpu(), fine.cpu(), rows.cpu()
+    return float((fine[neighbours[rows]] == fine[rows][:, None]).double().mean())

@@ -30,6 +30,7 @@ from auxgen.config import TrainConfig
 from auxgen.data import Data, Split, same_class_neighbours
 from auxgen.errors import AuxgenError
 from auxgen.hierarchy import Hierarchy, random_labels
+from auxgen.label_stats import in_block_nmi, neighbour_purity
 from auxgen.losses import focal_loss
 from auxgen.maxl import Nets, grad_cosine
 from auxgen.models import MultiTaskNet
@@ -447,8 +448,34 @@ def _finish(tr: Training, cfg: TrainConfig, out: Path | None, book: Book, rd: Ru
                **{k: last.get(k) for k in ("aux_usage_entropy", "aux_usage_entropy_max", "aux_block_usage_frac",
                                            "aux_sample_entropy_frac")},
                "history": [m["test_acc"] for m in book.history]}
+    summary.update(label_diagnostics(tr))
     if rd is not None:
         write_json_atomic(rd.summary, summary)
     if return_run:
         summary["run"] = tr
     return summary
+
+
+@torch.no_grad()
+def label_diagnostics(tr: Training) -> dict[str, float | None]:
+    """Against the data's fine labels (where it has them): neighbour purity (the share of each row's pair-term
+    neighbours in its fine class) and the in-block NMI of the hard auxiliary labels with the fine labels; the
+    leading signs that the labels found structure, before retraining on them."""
+    fine = tr.data.train.fine
+    if fine is None or tr.targets.kind == "none":
+        return {}
+    rows = torch.cat([tr.train_idx, tr.meta_idx]).sort().values
+    out = {"neighbour_purity": None if tr.neighbours is None else neighbour_purity(tr.neighbours, fine, rows)}
+    if tr.generator is None:
+        labels = tr.targets.labels.cpu()
+        hard = (labels.argmax(-1) if labels.dim() > 1 else labels)[rows]
+        hard = hard[:, 0] if hard.dim() > 1 else hard  # stored views: the first view's label
+    else:
+        was = tr.generator.training
+        tr.generator.eval()
+        with tr.precision.context():
+            hard = torch.cat([tr.generator(tr.train_images[i], tr.train_labels[i]).argmax(1).cpu()
+                              for i in rows.to(tr.device).split(tr.cfg.eval_batch_size)])
+        tr.generator.train(was)
+    out["in_block_nmi"] = in_block_nmi(hard, fine[rows], tr.data.train.labels[rows])
+    return out

@@ -221,3 +221,34 @@ def test_alternate_schedule_trains_and_resumes_exactly(tmp_path):
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")
     for k, v in a["generator"].items():
         assert torch.equal(v, b["generator"][k]), k
+
+
+# ------------------------------------------------------------------------------ label diagnostics at the end
+def test_nmi_and_neighbour_purity_are_their_definitions():
+    from auxgen.label_stats import in_block_nmi, neighbour_purity, nmi
+
+    a = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert nmi(a, a * 7 + 1) == pytest.approx(1.0)   # the same partition under other names
+    assert nmi(a, torch.zeros(6)) == 0.0                # a constant tells nothing
+    assert nmi(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])) == pytest.approx(0.0, abs=1e-12)
+    primary = torch.tensor([0, 0, 0, 0, 1, 1])
+    hard, fine = torch.tensor([0, 0, 1, 1, 5, 6]), torch.tensor([3, 3, 4, 4, 8, 8])
+    assert in_block_nmi(hard, fine, primary) == pytest.approx(4 / 6)  # block 0 exact (1), block 1 none (0)
+    fine_all = torch.tensor([0, 0, 1, 1])
+    nb = torch.tensor([[1, 2], [0, 3], [3, 0], [2, 2]])
+    # row 0: 1 of 2 share its class, row 1: 1 of 2, row 2: 1 of 2, row 3: both
+    assert neighbour_purity(nb, fine_all, torch.arange(4)) == pytest.approx(5 / 8)
+    assert neighbour_purity(nb, fine_all, torch.tensor([3])) == 1.0
+
+
+def test_train_prints_and_stores_the_label_diagnostics(tmp_path, cli):
+    code, out, err = cli("train", "--dataset", "digits", "--primary-groups", "2", "--backbone", "cnn", "--width", "8",
+                         "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--out", tmp_path / "r")
+    assert code == 0, err
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert 0.0 <= s["neighbour_purity"] <= 1.0 and 0.0 <= s["in_block_nmi"] <= 1.0
+    assert s["best_on"] == "val_acc"  # 2 groups of digits: ~700 images a class, so a validation split by default
+    for line in ("neighbour purity", "in-block NMI", "per-sample entropy in block", "usage inside each block"):
+        assert line in out, out
+    single = train(tiny_config(method="single", primary_groups=2, epochs=1), None, show=False)
+    assert "in_block_nmi" not in single  # no auxiliary labels to judge

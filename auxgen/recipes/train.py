@@ -91,12 +91,19 @@ def _print_summary(s: dict) -> None:
     table.add_row("method", s["method"])
     table.add_row("epochs", str(s["epochs"]))
     table.add_row("test primary accuracy (last)", f"{100 * s['final_test_acc']:.2f}%")
-    table.add_row("test primary accuracy (best)", f"{100 * s['best_test_acc']:.2f}% (epoch {s['best_epoch']})")
+    on = ", chosen on validation" if s.get("best_on") == "val_acc" else ""
+    table.add_row("test primary accuracy (best)", f"{100 * s['best_test_acc']:.2f}% (epoch {s['best_epoch']}{on})")
+    if s.get("best_val_acc") is not None:
+        table.add_row("validation accuracy (best)", f"{100 * s['best_val_acc']:.2f}%")
     if s.get("aux_usage_entropy") is not None:
         table.add_row("auxiliary usage entropy",
                       f"{s['aux_usage_entropy']:.3f} of max {s['aux_usage_entropy_max']:.3f} nats")
         table.add_row("per-sample entropy in block", f"{100 * s['aux_sample_entropy_frac']:.1f}% of max")
         if s.get("aux_block_usage_frac") is not None:
             table.add_row("usage inside each block", f"{100 * s['aux_block_usage_frac']:.1f}% of max")
+    if s.get("neighbour_purity") is not None:
+        table.add_row("neighbour purity (fine class)", f"{100 * s['neighbour_purity']:.1f}% of pair neighbours")
+    if s.get("in_block_nmi") is not None:
+        table.add_row("in-block NMI with fine labels", f"{s['in_block_nmi']:.3f} (0: none of their structure)")
     table.add_row("run directory", s["run_dir"])
     Console().print(table)
