@@ -99,12 +99,10 @@ def train(cfg: TrainConfig, out: str | Path | None, resume: bool = False, show: 
         data = data or load_data(cfg)
         targets = saved_targets(cfg, out, data)
     tr = setup(cfg, data, targets, train_idx)
-    rngs = {"data": torch.Generator().manual_seed(cfg.seed + 2),
-            "aug": torch.Generator().manual_seed(cfg.seed + 3)}
+    rngs = {"data": torch.Generator().manual_seed(cfg.seed + 2), "aug": torch.Generator().manual_seed(cfg.seed + 3)}
     book = open_book(tr, out, rd is not None, rngs) if resume else Book()
     if rd is not None:
         write_run_files(tr, rd, book.meta or run_metadata(tr))
-
     B, progress, warned = cfg.batch_size, TrainProgress(cfg.epochs, enabled=show, log_every=cfg.log_every), set()
     with progress, metric_log(cfg.log, out if write else None) as log:
         for epoch in range(book.start_epoch, cfg.epochs + 1):
