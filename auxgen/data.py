@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
 import stat
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -687,98 +689,185 @@ def _seeded_split(full: Split, few: str) -> tuple[Split, Split]:
 Tree = tuple[list[int], list[str]]  # a label tree: the primary class of each fine class, and the fine names
 
 
-def _classes(values: list[Any], kind: str, what: str, known: list[str] | None = None) -> tuple[list[int], list[str]]:
-    """Labels as read (names, or integers 0..C-1) -> class indices and class names (sorted; numbers by value).
+@dataclass(frozen=True)
+class _Source:
+    """Where labels come from, for messages: the loader (csv, hf), the file, and how its i-th row is named
+    (an editor's line for a csv, a table row for hf)."""
 
-    `known`: the names of integer labels where the data records them (a Hugging Face ClassLabel)."""
+    kind: str
+    where: str
+    place: Callable[[int], str] = lambda i: f"row {i + 1}"
+
+
+def _classes(values: list[Any], src: _Source, known: list[str] | None = None) -> tuple[list[int], list[str]]:
+    """Labels as read (names, or integers) -> class indices and class names (sorted; numbers by value).
+
+    The classes are the labels that occur, never a range up to the largest (labels 0 and 7 are two classes,
+    and 10**12 allocates nothing), unless `known` gives the names of integer labels 0..C-1 (a Hugging Face
+    ClassLabel)."""
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if values and min(values) < 0:
-            raise AuxgenError(f"{kind}: {what} {min(values)} is negative; integer labels are 0..C-1")
-        if known and values and max(values) >= len(known):
-            raise AuxgenError(f"{kind}: {what} {max(values)} is beyond the {len(known)} class names the data records")
-        return list(values), list(known) if known else [str(c) for c in range(max(values, default=-1) + 1)]
-    texts = [_label_text(v, kind, what, i) for i, v in enumerate(values)]
+            raise AuxgenError(f"{src.kind}: label {min(values)} is negative; integer labels are 0 and up")
+        if known:
+            if values and max(values) >= len(known):
+                raise AuxgenError(f"{src.kind}: label {max(values)} is beyond the {len(known)} class names the data "
+                                  f"records")
+            return list(values), list(known)
+        present = sorted(set(values))
+        _say_renumbered(present, src)
+        index = {v: i for i, v in enumerate(present)}
+        return [index[v] for v in values], [str(v) for v in present]
+    texts = [_label_text(v, src, "label", i) for i, v in enumerate(values)]
     numeric = all(t.isdigit() for t in texts)
     names = sorted(set(texts), key=(lambda t: int(t)) if numeric else None)
+    if numeric:
+        _say_renumbered([int(t) for t in names], src)
     index = {n: i for i, n in enumerate(names)}
     return [index[t] for t in texts], names
 
 
-def _label_text(value: Any, kind: str, what: str, row: int) -> str:
+def _say_renumbered(present: list[int], src: _Source) -> None:
+    """One line where numeric labels are not 0..C-1, so their class numbers differ from the labels (the names
+    keep the labels): a gap is told, not turned into empty classes."""
+    if present == list(range(len(present))):
+        return
+    shown = ", ".join(str(v) for v in present[:6]) + (", ..." if len(present) > 6 else "")
+    print(f"note: {src.kind}: {src.where} has labels {shown} ({len(present)} values, not 0..{len(present) - 1}); "
+          f"they are classes 0..{len(present) - 1} in label order, each named by its label", file=sys.stderr)
+
+
+def _label_text(value: Any, src: _Source, what: str, row: int) -> str:
     text = "" if value is None else str(value).strip()
     if not text:
-        raise AuxgenError(f"{kind}: row {row + 1} has an empty {what}")
+        raise AuxgenError(f"{src.kind}: {src.place(row)} has an empty {what}")
     return text
 
 
-def _with_tree(labels: list[int], fines: list[Any], names: list[str], kind: str) -> tuple[torch.Tensor, Tree]:
+def _with_tree(labels: list[int], fines: list[Any], names: list[str], src: _Source) -> tuple[torch.Tensor, Tree]:
     """Fine labels named inside each primary class -> global fine indices, numbered in (class, fine) order."""
-    texts = [_label_text(f, kind, "fine label", i) for i, f in enumerate(fines)]
+    texts = [_label_text(f, src, "fine label", i) for i, f in enumerate(fines)]
     pairs = sorted(set(zip(labels, texts, strict=True)))
     index = {pair: n for n, pair in enumerate(pairs)}
     fine = torch.tensor([index[pair] for pair in zip(labels, texts, strict=True)], dtype=torch.long)
     return fine, ([c for c, _ in pairs], [f"{names[c]}/{f}" for c, f in pairs])
 
 
-def _labelled(images: torch.Tensor, labels: list[int], names: list[str], keys: list[str], fines: list[Any] | None,
-              kind: str, where: str) -> tuple[Split, Split, list[str]] | tuple[Split, Split, list[str], Tree]:
+def _labelled(full: Split, names: list[str], fines: list[Any] | None, src: _Source
+              ) -> tuple[Split, Split, list[str]] | tuple[Split, Split, list[str], Tree]:
+    """Labelled images -> the seeded train/test split, the class names and the fine-label tree where there is one."""
     if len(names) < 2:
-        raise AuxgenError(f"{kind}: {where} has one class ({names[0] if names else 'none'}); a primary task needs "
-                          f"at least 2")
-    full = Split(images, torch.tensor(labels, dtype=torch.long), keys)
+        raise AuxgenError(f"{src.kind}: {src.where} has one class ({names[0] if names else 'none'}); a primary "
+                          f"task needs at least 2")
     tree = None
     if fines is not None:
-        full.fine, tree = _with_tree(labels, fines, names, kind)
-    train, test = _seeded_split(full, f"{kind}: only {len(full)} images in {where}")
+        full.fine, tree = _with_tree(full.labels.tolist(), fines, names, src)
+    train, test = _seeded_split(full, f"{src.kind}: only {len(full)} images in {src.where}")
     return (train, test, names) if tree is None else (train, test, names, tree)
 
 
 def _csv(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, list[str], Tree]:
     """A CSV list of PATH,LABEL[,FINE] rows (a first row `path,label[,fine]` is a header); paths are relative to
     the CSV's folder and must stay inside it. FINE (a name inside its class) gives the two-level hierarchy."""
-    import csv
-
-    from auxgen.paths import check_regular_file, confined
+    from auxgen.paths import check_regular_file
 
     path = Path(cfg.data_root).expanduser()
     check_regular_file(path, "csv: --data-root")
+    lines, rows = _csv_rows(path)
+    src = _Source("csv", str(path), lambda i: f"{path} line {lines[i]}")
+    width = len(rows[0])
+    bad = next((i for i, r in enumerate(rows) if len(r) != width or width not in (2, 3)), None)
+    if bad is not None:
+        raise AuxgenError(f"csv: {src.place(bad)} has {len(rows[bad])} fields; every row is PATH,LABEL or "
+                          f"PATH,LABEL,FINE (all alike)")
+    keys, files = _csv_files(path, rows, lines)
+    labels, names = _classes([r[1] for r in rows], src)
+    images = _decode_images([(f, str(f)) for f in files], cfg.image_size, "csv")
+    full = Split(images, torch.tensor(labels, dtype=torch.long), keys)
+    return _labelled(full, names, [r[2] for r in rows] if width == 3 else None, src)
+
+
+def _csv_rows(path: Path) -> tuple[list[int], list[list[str]]]:
+    """The non-blank rows of a csv list (a `path,label` header dropped), each with the line it starts on as an
+    editor numbers it (blank lines and the header counted)."""
+    import csv
+
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError:
         raise AuxgenError(f"csv: {path} is not UTF-8 text") from None
-    rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+    reader = csv.reader(io.StringIO(text, newline=""))  # lenient: `"cat" ` is cat, as it always was
+    lines, rows, start = [], [], 1
+    try:
+        for row in reader:
+            if any(c.strip() for c in row):
+                _one_line_row(row, path, start, reader.line_num)
+                lines.append(start)
+                rows.append(row)
+            start = reader.line_num + 1
+    except csv.Error as e:  # a field over the csv module's limit: a quote never closed, in a long list
+        raise AuxgenError(f"csv: {path} line {start}: {one_line(e, 200)} (a quote not closed or not doubled?)"
+                          ) from None
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
+        lines, rows = lines[1:], rows[1:]
     if not rows:
         raise AuxgenError(f"csv: {path} lists no images; expected rows PATH,LABEL[,FINE]")
-    width = len(rows[0])
-    bad = next((i for i, r in enumerate(rows) if len(r) != width or width not in (2, 3)), None)
-    if bad is not None:
-        raise AuxgenError(f"csv: {path} row {bad + 1} has {len(rows[bad])} fields; every row is PATH,LABEL or "
-                          f"PATH,LABEL,FINE (all alike)")
+    return lines, rows
+
+
+def _one_line_row(row: list[str], path: Path, start: int, end: int) -> None:
+    """No path or label spans lines: a row that does opened a quote it never closed where intended."""
+    if end != start or any("\n" in c or "\r" in c for c in row):
+        raise AuxgenError(f"csv: {path} line {start}: a quoted field runs on to line {end}; a quote is not closed "
+                          f"(write a quote inside a field as two)")
+
+
+def _csv_files(path: Path, rows: list[list[str]], lines: list[int]) -> tuple[list[str], list[Path]]:
+    """Each row's image as a key (its path normalised: `./a/../img/x.png` is `img/x.png`) and a file confined to
+    the csv's folder; two rows reaching one file (spelled alike or not, or through a link) are refused."""
+    from auxgen.paths import confined
+
     base = path.parent
-    files = []
+    keys, files, seen = [], [], {}
     for i, r in enumerate(rows):
-        target = confined(base, r[0].strip())
+        key = _normal_rel(r[0].strip())
+        target = confined(base, key) if key else None
         if target is None:
-            raise AuxgenError(f"csv: {path} row {i + 1}: {r[0]!r} is not a relative path inside {base}")
+            raise AuxgenError(f"csv: {path} line {lines[i]}: {r[0]!r} is not a relative path inside {base}")
         problem = regular_file_problem(target)
         if problem:
-            raise AuxgenError(f"csv: {path} row {i + 1}: {target} {problem}")
+            raise AuxgenError(f"csv: {path} line {lines[i]}: {target} {problem}")
+        first = seen.setdefault(target.resolve(), i)  # a dict: one look-up a row, however long the list
+        if first != i:
+            _twice(path, (rows[first], rows[i]), (lines[first], lines[i]))
+        keys.append(key)
         files.append(target)
-    keys = [r[0].strip() for r in rows]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise AuxgenError(f"csv: {path} lists {dup} twice; every image once")
-    labels, names = _classes([r[1] for r in rows], "csv", "label")
-    images = _decode_images([(f, str(f)) for f in files], cfg.image_size, "csv")
-    return _labelled(images, labels, names, keys, [r[2] for r in rows] if width == 3 else None, "csv", str(path))
+    return keys, files
+
+
+def _normal_rel(rel: str) -> str | None:
+    """A relative path with `.`, `..` and repeated slashes collapsed, or None where it is empty, absolute, or
+    climbs out of its folder."""
+    import posixpath
+
+    if not rel or "\\" in rel or "\x00" in rel or rel.startswith("/"):
+        return None
+    norm = posixpath.normpath(rel)
+    return None if norm in (".", "..") or norm.startswith(("../", "/")) else norm
+
+
+def _twice(path: Path, pair: tuple[list[str], list[str]], lines: tuple[int, int]) -> None:
+    """Two rows naming one image: with two labels the list contradicts itself, with one it repeats itself."""
+    (a, b), (la, lb) = [(r[0].strip(), r[1].strip()) for r in pair], lines
+    if a[1] != b[1]:
+        raise AuxgenError(f"csv: {path} lines {la} and {lb} list one image ({a[0]!r} and {b[0]!r}) with labels "
+                          f"{a[1]!r} and {b[1]!r}; list every image once, with one label")
+    spelled = f"{a[0]!r} and {b[0]!r}" if a[0] != b[0] else f"{a[0]!r}"
+    raise AuxgenError(f"csv: {path} lists {_normal_rel(a[0])} twice (lines {la} and {lb}: {spelled}); "
+                      f"every image once")
 
 
 def _parquet_class_names(table: Any, column: str) -> list[str] | None:
     """The ClassLabel names Hugging Face records in a Parquet file's schema metadata, if any."""
-    import json
-
     try:
         info = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}"))
         names = info["info"]["features"][column]["names"]
@@ -791,41 +880,14 @@ def _hf(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, l
     """A Hugging Face dataset: a Parquet file (read with pyarrow), or a folder saved by `save_to_disk` (needs
     the datasets package). Images are encoded bytes (or {bytes, path} structs); labels integers or names."""
     path = Path(cfg.data_root).expanduser()
-    if path.is_dir():
-        try:
-            import datasets
-        except ImportError:
-            raise AuxgenError(f"hf: {path} is a folder; reading a save_to_disk folder needs the datasets package "
-                              f"(pip install datasets), or give a .parquet file") from None
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:
-            raise AuxgenError(f"hf: {path} is not a dataset saved with save_to_disk ({one_line(e, 120)})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise AuxgenError(f"hf: {path} has splits {', '.join(ds)} but no train split")
-            ds = ds["train"]
-        feature = ds.features.get(cfg.label_column)
-        known = list(feature.names) if isinstance(getattr(feature, "names", None), list) else None
-        table = ds.flatten_indices().data.table
-    else:
-        from auxgen.paths import check_regular_file
-
-        check_regular_file(path, "hf: --data-root")
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise AuxgenError("hf: reading Parquet needs the pyarrow package (pip install pyarrow)") from None
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # ArrowInvalid: not Parquet, truncated
-            raise AuxgenError(f"hf: {path} is not a Parquet file ({one_line(e, 120)})") from None
-        known = _parquet_class_names(table, cfg.label_column)
+    table, known = _saved_table(path, cfg.label_column) if path.is_dir() else _parquet_table(path, cfg.label_column)
     columns = [cfg.image_column, cfg.label_column] + ([cfg.fine_column] if cfg.fine_column else [])
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise AuxgenError(f"hf: {path} has no column {missing[0]!r} (it has {', '.join(table.column_names)}); "
                           f"name the columns with --image-column, --label-column, --fine-column")
+    if table.num_rows == 0:
+        raise AuxgenError(f"hf: {path} has no rows; a dataset needs labelled images")
     cells = table.column(cfg.image_column).to_pylist()
     raw = []
     for i, c in enumerate(cells):
@@ -834,11 +896,111 @@ def _hf(cfg: DataSpec) -> tuple[Split, Split, list[str]] | tuple[Split, Split, l
             raise AuxgenError(f"hf: {path} row {i + 1}: column {cfg.image_column!r} holds no encoded image bytes "
                               f"({type(b).__name__}); a path-only image is not read")
         raw.append((b, f"row {i + 1} of {path}"))
-    labels, names = _classes(table.column(cfg.label_column).to_pylist(), "hf", "label", known)
+    src = _Source("hf", str(path))
+    labels, names = _classes(table.column(cfg.label_column).to_pylist(), src, known)
     images = _decode_images(raw, cfg.image_size, "hf")
     fines = table.column(cfg.fine_column).to_pylist() if cfg.fine_column else None
-    keys = [f"row/{i:06d}" for i in range(len(raw))]
-    return _labelled(images, labels, names, keys, fines, "hf", str(path))
+    full = Split(images, torch.tensor(labels, dtype=torch.long), [f"row/{i:06d}" for i in range(len(raw))])
+    return _labelled(full, names, fines, src)
+
+
+def _parquet_table(path: Path, label_column: str) -> tuple[Any, list[str] | None]:
+    """A Parquet file's table and the ClassLabel names of its label column, if recorded."""
+    from auxgen.paths import check_regular_file
+
+    check_regular_file(path, "hf: --data-root")
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise AuxgenError("hf: reading Parquet needs the pyarrow package (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # ArrowInvalid: not Parquet, truncated
+        raise AuxgenError(f"hf: {path} is not a Parquet file ({one_line(e, 120)})") from None
+    return table, _parquet_class_names(table, label_column)
+
+
+def _saved_table(path: Path, label_column: str) -> tuple[Any, list[str] | None]:
+    """The train split of a save_to_disk folder (a Dataset, or a DatasetDict's `train`) and its ClassLabel names.
+
+    Only the train split is opened, and only after every file its state.json names is checked to lie inside
+    its folder: the folder is someone else's, and must not make us read a file elsewhere."""
+    try:
+        import datasets
+    except ImportError:
+        raise AuxgenError(f"hf: {path} is a folder; reading a save_to_disk folder needs the datasets package "
+                          f"(pip install datasets), or give a .parquet file") from None
+    folder = _train_folder(path)
+    _check_saved_files(folder)
+    try:
+        ds = datasets.Dataset.load_from_disk(str(folder))
+    except Exception as e:
+        raise AuxgenError(f"hf: {path} is not a dataset saved with save_to_disk ({one_line(e, 120)})") from None
+    feature = ds.features.get(label_column)
+    known = list(feature.names) if isinstance(getattr(feature, "names", None), list) else None
+    return ds.flatten_indices().data.table, known
+
+
+def _saved_json(folder: Path, name: str) -> Any:
+    """A save_to_disk folder's JSON file, confined to the folder; None where absent."""
+    from auxgen.paths import confined
+
+    target = confined(folder, name)
+    if target is None:
+        raise AuxgenError(f"hf: {folder / name} leads outside {folder}; refusing to read it")
+    if not target.exists():
+        return None
+    problem = regular_file_problem(target)
+    if problem:
+        raise AuxgenError(f"hf: {target} {problem}")
+    try:
+        return json.loads(target.read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AuxgenError(f"hf: {target} is not JSON ({one_line(e, 120)})") from None
+
+
+def _train_folder(path: Path) -> Path:
+    """The folder of the train split: `path` itself when it holds a Dataset, else its DatasetDict's `train`."""
+    from auxgen.paths import confined
+
+    if (path / "state.json").exists():
+        return path
+    splits = _saved_json(path, "dataset_dict.json")
+    if not isinstance(splits, dict) or not isinstance(splits.get("splits"), list):
+        raise AuxgenError(f"hf: {path} is not a dataset saved with save_to_disk (no state.json, nor a "
+                          f"dataset_dict.json listing splits)")
+    if "train" not in splits["splits"]:
+        names = ", ".join(str(s) for s in splits["splits"]) or "none"
+        raise AuxgenError(f"hf: {path} has splits {names} but no train split")
+    folder = confined(path, "train")
+    if folder is None:
+        raise AuxgenError(f"hf: {path / 'train'} leads outside {path}; refusing to read it")
+    return folder
+
+
+def _check_saved_files(folder: Path) -> None:
+    """Every data file a save_to_disk state.json names is a regular file inside its folder (a name like
+    `../../x.arrow`, an absolute path, or a link that leads out is refused)."""
+    from auxgen.paths import confined
+
+    state = _saved_json(folder, "state.json")
+    _saved_json(folder, "dataset_info.json")  # read by datasets too: it must not lead out either
+    files = state.get("_data_files") if isinstance(state, dict) else None
+    if files == []:  # how save_to_disk saves an empty dataset
+        raise AuxgenError(f"hf: {folder} has no rows (its state.json lists no data files); a dataset needs "
+                          f"labelled images")
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise AuxgenError(f"hf: {folder / 'state.json'} lists no data files (_data_files); is this a folder "
+                          f"saved with save_to_disk?")
+    for f in files:
+        name = f.get("filename")
+        target = confined(folder, name)
+        if target is None:
+            raise AuxgenError(f"hf: {folder / 'state.json'} names data file {name!r}, which is not inside "
+                              f"{folder}; refusing to read it")
+        problem = regular_file_problem(target)
+        if problem:
+            raise AuxgenError(f"hf: {target} {problem}")
 
 
 # ------------------------------------------------------------------------------ the registry
