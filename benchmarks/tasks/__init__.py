@@ -40,13 +40,14 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    "colour": Task("colour", 20, 15, 40),        # fine classes by colour; 4 primaries x psi 6
+    # not a yardstick: single-task is at the ceiling and the fine labels hurt a little (docs/yardstick.md)
+    "colour": Task("colour", 20, 15, 40, yardstick=False),  # fine classes by colour; 4 primaries x psi 6
     "rotated": Task("rotated", 60, 40, 60),      # shape under rotation and scale, colour a nuisance; 4 x 2
     "textures": Task("textures", 25, 25, 30),    # texture at random orientation and phase; 3 x 4
     "photos": Task("photos", 18, 18, 30),        # crops of real photographs; 6 x 3
     # not a yardstick: the fine labels do not help here (docs/yardstick.md); kept for "do no harm"
     "letters": Task("letters", 15, 15, 40, yardstick=False),  # greyscale letters, held-out fonts; 10 x 2
-    "symbols": Task("symbols", 20, 20, 40),      # 16 pictographs, any rotation, colour a nuisance; 2 x 8
+    "symbols": Task("symbols", 40, 20, 40),      # 16 pictographs, any rotation, colour a nuisance; 2 x 8
 }
 
 
