@@ -115,3 +115,13 @@ def test_an_unknown_task_is_one_line():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "label_quality.py"), "--tasks", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "unknown task nope" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_registry_says_what_the_committed_calibration_found(name):
+    """yardstick=True exactly where the committed 10-seed rows show the fine labels helping beyond the interval."""
+    import json
+
+    rows = json.loads((ROOT / "docs" / "label_quality" / f"yardstick-{name}.json").read_text())["rows"]
+    assert len({r["seed"] for r in rows if r["task"] == name and r["method"] == "human"}) >= 10
+    assert _bench().qualifies(rows, name) == yardstick.TASKS[name].yardstick
