@@ -39,11 +39,12 @@ def run_main(main: Callable[[], object]) -> None:
     """A reader's script entry: a bad export or file is one `error:` line and exit 2, not a traceback."""
     try:
         main()
-    except (ExportError, KeyError, FileNotFoundError) as e:
+    except (ExportError, KeyError) as e:
         text = str(e.args[0]) if e.args else type(e).__name__
         sys.exit(f"error: {' '.join(text.split())}")
-    except OSError as e:
-        sys.exit(f"error: {e.strerror or type(e).__name__}" + (f" ({e.filename})" if e.filename else ""))
+    except OSError as e:  # its args[0] is an errno where strerror is set: never print that alone
+        text = e.strerror or (str(e.args[0]) if e.args else type(e).__name__)
+        sys.exit(f"error: {' '.join(text.split())}" + (f" ({e.filename})" if e.filename else ""))
 
 
 def check_regular(path: str | Path) -> Path:
@@ -271,28 +272,34 @@ def read_arrays(group: h5py.Group, fields: Iterable[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ views
-def apply_view(image: ImageT, view: Iterable[int], pad: int) -> ImageT:
-    """docs/format.md's view rule on [..., H, W], numpy or torch; `view` is (dy, dx, flip).
+def apply_views(images: ImageT, views: Any, pad: int) -> ImageT:
+    """docs/format.md's view rule, one view per image of a batch [N, ..., H, W] (numpy or torch; the one copy of
+    the rule in pipelines/); `views` [N, 3] = (dy, dx, flip) per image.
 
     Zero-pad by `pad` on each side, take rows dy..dy+H and columns dx..dx+W, then mirror left-right if flip.
     """
-    dy, dx, flip = (int(v) for v in view)
-    h, w = image.shape[-2:]
-    if isinstance(image, np.ndarray):
-        padded = np.pad(image, [(0, 0)] * (image.ndim - 2) + [(pad, pad), (pad, pad)])
-        out = padded[..., dy:dy + h, dx:dx + w]
-        return out[..., ::-1].copy() if flip else out
-    import torch.nn.functional as F
+    v = np.asarray(views.cpu() if hasattr(views, "cpu") else views, dtype=np.int64).reshape(-1, 3)
+    n, (h, w) = len(v), images.shape[-2:]
+    rows = v[:, 0, None] + np.arange(h)                           # [N, H] rows of the padded image
+    cols = v[:, 1, None] + np.arange(w)                           # [N, W]
+    cols = np.where(v[:, 2, None] == 1, cols[:, ::-1], cols)      # a flip reads the columns backwards
+    flat = images.reshape(n, -1, *images.shape[-2:])              # [N, M, H, W]: any channel dims as one
+    m = flat.shape[1]
+    at = (np.arange(n)[:, None, None, None], np.arange(m)[None, :, None, None], rows[:, None, :, None],
+          cols[:, None, None, :])
+    if isinstance(images, np.ndarray):
+        out = np.pad(flat, [(0, 0), (0, 0), (pad, pad), (pad, pad)])[at]
+    else:
+        import torch
+        import torch.nn.functional as F
 
-    out = F.pad(image, (pad, pad, pad, pad))[..., dy:dy + h, dx:dx + w]
-    return out.flip(-1) if flip else out
+        out = F.pad(flat, (pad, pad, pad, pad))[tuple(torch.from_numpy(a).to(images.device) for a in at)]
+    return out.reshape(images.shape)
 
 
-def apply_views(images: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Tensor:
-    """A view per image of a batch [B, C, H, W]; views [B, 3] = (dy, dx, flip)."""
-    import torch
-
-    return torch.stack([apply_view(im, v, pad) for im, v in zip(images, views, strict=True)])
+def apply_view(image: ImageT, view: Iterable[int], pad: int) -> ImageT:
+    """`apply_views` on one image [..., H, W]; `view` is (dy, dx, flip)."""
+    return apply_views(image[None], [list(view)], pad)[0]
 
 
 def take_view(image: ImageT, labels: Any, views: Any, v: int, pad: int) -> tuple[ImageT, Any]:
@@ -397,9 +404,16 @@ def open_image(src: str | Path | bytes) -> Any:
     converts to RGB first, clipping 16-bit greyscale); `fit_image` presents it as auxgen did."""
     from PIL import Image
 
-    with io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb") as f:
-        img = Image.open(f)
-        img.load()  # the pixels, before the file closes
+    name = "image bytes" if isinstance(src, bytes) else str(check_regular(src))  # missing: named, one line
+    try:
+        with io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb") as f:
+            img = Image.open(f)
+            img.load()  # the pixels, before the file closes
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # OSError: unreadable, not an image (UnidentifiedImageError), truncated; DecompressionBombError: a header
+        # claiming more pixels than PIL will decode; SyntaxError/ValueError: damage some decoders report so
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:160]
+        raise ExportError(f"cannot read image {name}: {reason or type(e).__name__}") from None
     return img
 
 
@@ -418,6 +432,8 @@ def folder_images(root: str | Path, attrs: dict[str, Any], keys: Iterable[str], 
                           f"build the image array from the dataset itself, in split order (fit_image decodes one "
                           f"image as auxgen did)")
     root, keys, index = Path(root).expanduser(), list(keys), [int(i) for i in index]
+    if not root.is_dir():
+        raise ExportError(f"--image-root {root} is not a folder (the image folder the export's keys name files in)")
     out = np.zeros((max(index, default=-1) + 1, *shape), dtype=np.uint8)
     for key, row in zip(keys, index, strict=True):
         out[row] = fit_image(open_image(inside(root, key)), shape)

@@ -25,13 +25,9 @@ import numpy as np
 if not __package__:  # run as a script (python pipelines/numpy_reader.py): import pipelines from the folder above
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines import _common  # noqa: E402
+from pipelines._common import apply_view  # noqa: E402, F401  (the view rule: apply_view(image, (dy, dx, flip), pad))
 
 FIELDS = ("index", "primary", "aux_soft", "aux_hard", "entropy")
-
-
-def apply_view(image: np.ndarray, dy: int, dx: int, flip: int, pad: int) -> np.ndarray:
-    """docs/format.md's view rule for one [C, H, W] image: zero-pad by `pad`, crop, mirror if flip."""
-    return _common.apply_view(image, (dy, dx, flip), pad)
 
 
 class LabelFile:

@@ -33,22 +33,17 @@ import numpy as np
 if not __package__:  # run as a script (python pipelines/onnx_refresh.py): import pipelines from the folder above
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines import _common  # noqa: E402
+from pipelines._common import apply_views  # noqa: E402  (the view rule, for numpy batches too)
 from pipelines.numpy_reader import SoftmaxHeads  # noqa: E402
 
 
-def apply_views(images: np.ndarray, views: np.ndarray, pad: int) -> np.ndarray:
-    """docs/format.md's view rule for a batch: images [N, C, H, W], views [N, 3] = (dy, dx, flip) per image.
-
-    Zero-pad by `pad`, take rows dy..dy+H and columns dx..dx+W, then mirror left-right where flip is 1
-    (vectorised `_common.apply_view`).
-    """
-    n, c, h, w = images.shape
-    padded = np.pad(images, [(0, 0), (0, 0), (pad, pad), (pad, pad)])
-    rows = views[:, 0, None] + np.arange(h)                                   # [N, H]
-    cols = views[:, 1, None] + np.arange(w)                                   # [N, W]
-    cols = np.where(views[:, 2, None] == 1, cols[:, ::-1], cols)              # a flip reads the columns backwards
-    return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+def _load_problem(path: str | Path, e: Exception) -> str:
+    """One line on why onnxruntime refused the model at `path`."""
+    text = " ".join(str(e).split())
+    if "external" in text.lower():
+        return (f"refusing {path}: it keeps tensors in another file (external data), which an exported generator "
+                f"never does; export the generator again")
+    return f"{path} cannot be loaded as an ONNX generator by onnxruntime: {text[:160]}"
 
 
 class OnnxGenerator:
@@ -60,7 +55,10 @@ class OnnxGenerator:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: onnxruntime's default (all cores)
         data = _common.check_regular(path).read_bytes()  # read once: what is checked is what runs
-        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        try:  # from bytes: onnxruntime has no folder to resolve external data in, so it reads no other file
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own error types (Fail, InvalidProtobuf, ...) derive from Exception
+            raise _common.ExportError(_load_problem(path, e)) from None
         self.inputs = [i.name for i in self.session.get_inputs()]
         meta = self.session.get_modelmeta().custom_metadata_map.get("auxgen.json", "{}")
         self.meta: dict[str, Any] = json.loads(meta)  # psi, num_aux, checkpoint_sha256, image_shape, ...

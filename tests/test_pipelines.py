@@ -67,7 +67,7 @@ def test_view_rule_matches_auxgen():
     ref = apply_views(images, views, 3)
     for i in range(16):
         assert torch.equal(torch_frozen.apply_view(images[i], views[i], 3), ref[i])
-        assert np.array_equal(numpy_reader.apply_view(images[i].numpy(), *views[i].tolist(), 3), ref[i].numpy())
+        assert np.array_equal(numpy_reader.apply_view(images[i].numpy(), views[i].tolist(), 3), ref[i].numpy())
     assert torch.equal(refresh.apply_views(images, views, 3), ref)
 
 

@@ -19,6 +19,8 @@ from auxgen.export.read import Export, read_export
 from auxgen.label_stats import LabelStats
 from auxgen.report.runs import RunInfo
 from auxgen.rundir import RunDir
+from auxgen.verify.integrity import whole_problems
+from auxgen.verify.result import problems_reason
 
 NEARLY_UNIFORM = 0.95   # per-sample entropy above this fraction of log psi: labels add little (the trainer's threshold)
 COLLAPSING = 0.5        # block usage below this fraction of log psi: classes collapsing (the trainer's threshold)
@@ -170,17 +172,19 @@ def labels_from_export(path: str | Path, run: RunInfo, split: str = "test", max_
 
 
 def _read_for(path: Path, run: RunInfo) -> tuple[Export, list[str]]:
-    """The export at `path`, refused when unreadable or exported from another run, and notes of its problems."""
+    """The export at `path`, refused when unreadable, not whole (verify's file checks) or exported from another
+    run; and notes about it (none yet)."""
     export = read_export(path)
     if not export.readable:
         raise AuxgenError(f"--labels {path} cannot be read: {export.problems[0] if export.problems else 'no labels'}")
     if export.meta.get("config_sha256") and export.meta["config_sha256"] != run.config_sha256:
         raise AuxgenError(f"--labels {path} was exported from another run (its config_sha256 is not that of "
                           f"{run.run_dir / 'config.json'})")
-    notes = [f"export: {p}" for p in export.problems[:5]]
-    if len(export.problems) > 5:
-        notes.append(f"export: {len(export.problems) - 5} more problems (run `auxgen verify --labels {path}`)")
-    return export, notes
+    problems = whole_problems(export)
+    if problems:  # a report drawn from part of an export would pass for one of all of it
+        raise AuxgenError(f"--labels {path} is not a whole export: {problems_reason(problems)} "
+                          f"(`auxgen verify --labels {path}` checks it)")
+    return export, []
 
 
 @dataclass

@@ -31,8 +31,7 @@ ENTROPY_TOL = {"float32": 1e-4, "float16": 1e-2}
 
 def check_integrity(run: LoadedRun, data: Data, export: Export) -> CheckResult:
     """Manifest hashes and sizes, run facts, shapes, blocks, sums, argmax, keys (docs/format.md)."""
-    problems = list(export.problems)  # unreadable files, and files that do not match the manifest
-    _check_manifest(export, problems)
+    problems = whole_problems(export)
     _check_run_facts(export.manifest or {}, "manifest", run, problems)
     if export.attrs:
         a = export.attrs
@@ -75,6 +74,15 @@ def check_integrity(run: LoadedRun, data: Data, export: Export) -> CheckResult:
                        f"{export.files_checked} file(s) match the manifest; {sum(counts.values())} samples "
                        f"({', '.join(f'{k} {v}' for k, v in counts.items())}) consistent with the run, "
                        f"psi, blocks, sums and argmax", figures)
+
+
+def whole_problems(export: Export) -> list[str]:
+    """Why an export is not whole, whatever run it came from: unreadable files, files that do not match the
+    manifest, files it does not list, counts it does not hold (the run-free part of check_integrity, which
+    `auxgen report --labels` refuses on too)."""
+    problems = list(export.problems)
+    _check_manifest(export, problems)
+    return problems
 
 
 def _check_manifest(export: Export, problems: list[str]) -> None:
