@@ -34,14 +34,15 @@ METADATA_KEY = b"auxgen"
 COLUMNS = ("key", "index", "primary", "aux_soft", "aux_hard", "entropy")
 
 
-def _column(col: Any, where: str) -> Any:
-    """A column as numpy, nested fixed-size lists as [N, ...]; ExportError for nulls or ragged lists."""
+def _column(col: Any, where: str, strings: bool = False) -> Any:
+    """A column as numpy, nested fixed-size lists as [N, ...] (strings, where allowed, as objects); ExportError
+    for nulls, variable-length lists and strings elsewhere."""
     import pyarrow as pa
 
     arr = col.combine_chunks()
     if arr.null_count:
         raise _common.ExportError(f"{where} holds null values; the export is damaged")
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+    if strings and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return np.array(arr.to_pylist(), dtype=object)
     shape = [len(arr)]
     while pa.types.is_fixed_size_list(arr.type):
@@ -74,11 +75,28 @@ def read_table(folder: str | Path, split: str, manifest: dict[str, Any]) -> tupl
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise _common.ExportError(f"{path} lacks column(s) {', '.join(missing)}")
-    arrays = {c: _column(table.column(c), f"{path} column {c}") for c in (*COLUMNS, "views")
+    arrays = {c: _column(table.column(c), f"{path} column {c}", c == "key") for c in (*COLUMNS, "views")
               if c in table.column_names}
     arrays["keys"] = arrays.pop("key")
+    _check_rows(path, split, arrays["index"], attrs, manifest)
     _common.check_labels(arrays, attrs, str(path))
     return arrays, attrs
+
+
+def _check_rows(path: Path, split: str, index: np.ndarray, attrs: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """The table is the split it is listed as, whole: its metadata's split, as many rows as the manifest counts,
+    and rows that are indices 0..N-1 in order (docs/format.md), so row i of a batch is image index i."""
+    n, counts = len(index), manifest.get("counts")
+    count = counts.get(split) if isinstance(counts, dict) else None
+    if attrs.get("split") != split:
+        raise _common.ExportError(f"{path} is listed as the {split} table but its metadata says split "
+                                  f"{attrs.get('split')!r}; the tables were swapped or replaced")
+    if n != count or n != attrs.get("count"):
+        raise _common.ExportError(f"{path} holds {n} rows but the manifest counts {count} and its metadata "
+                                  f"{attrs.get('count')}; rows were added or removed")
+    if index.dtype.kind not in "iu" or not np.array_equal(index, np.arange(n)):
+        raise _common.ExportError(f"{path}: its rows are not indices 0..{n - 1} in order (docs/format.md); rows "
+                                  f"were duplicated, dropped or reordered")
 
 
 class LabelTable(LabelFile):

@@ -228,3 +228,107 @@ def test_the_one_view_rule_is_auxgens_for_numpy_torch_and_any_channel_dims():
     assert np.array_equal(_common.apply_view(images[3, 0].numpy(), views[3].tolist(), 2), ref[3, 0].numpy())
     grey = images[:, :1]  # one channel, and no channel dim at all
     assert torch.equal(_common.apply_views(grey[:, 0], views, 2), apply_views(grey, views, 2)[:, 0])
+
+
+# ------------------------------------------------------------------------------ 3. parquet: reader and verify agree
+def table_of(folder: Path, split: str) -> Path:
+    """A split's table in either layout (hive `split=S/part-0.parquet`, or the older `S.parquet`)."""
+    hive = folder / f"split={split}" / "part-0.parquet"
+    return hive if hive.exists() else folder / f"{split}.parquet"
+
+
+def manifest_in(folder: Path) -> Path:
+    return folder / "_manifest.json" if (folder / "_manifest.json").exists() else folder / "manifest.json"
+
+
+def reseal_table(folder: Path, table: Path) -> None:
+    reseal(manifest_in(folder), table.relative_to(folder).as_posix(), table.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def pq_export(tiny_run, tmp_path_factory) -> Path:
+    pytest.importorskip("pyarrow")
+    from auxgen.export import export_labels
+
+    out = tmp_path_factory.mktemp("pq") / "labels"
+    export_labels(tiny_run, out, "parquet")
+    return out
+
+
+def _edit(table_path: Path, edit) -> None:
+    """Rewrite a table through `edit(table) -> table`, keeping its auxgen metadata."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(table_path)
+    pq.write_table(edit(table).replace_schema_metadata(table.schema.metadata), table_path)
+
+
+def _variable_soft(table):
+    import pyarrow as pa
+
+    soft = table.column("aux_soft").combine_chunks()
+    ragged = pa.ListArray.from_arrays(pa.array(np.arange(len(soft) + 1, dtype=np.int32) * soft.type.list_size),
+                                      soft.flatten())
+    return table.set_column(table.column_names.index("aux_soft"), "aux_soft", ragged)
+
+
+def _string_index(table):
+    import pyarrow as pa
+
+    strings = pa.array([str(i) for i in table.column("index").to_pylist()])
+    return table.set_column(table.column_names.index("index"), "index", strings)
+
+
+DAMAGE = {
+    "duplicated": (lambda t: __import__("pyarrow").concat_tables([t, t.slice(0, 5)]), "rows"),
+    "reversed": (lambda t: t.take(np.arange(t.num_rows)[::-1].copy()), "index order|indices 0"),
+    "variable-list": (_variable_soft, "fixed-size lists"),
+    "reversed-variable-list": (lambda t: _variable_soft(t.take(np.arange(t.num_rows)[::-1].copy())),
+                               "fixed-size lists|index order|indices 0"),
+    "string-index": (_string_index, "index .*string|string.*index|not numbers"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_parquet_reader_and_verify_agree_on_a_resealed_table(tiny_run, pq_export, tmp_path, damage):
+    from auxgen.verify import verify
+    from pipelines import parquet_reader
+
+    folder = tmp_path / "labels"
+    shutil.copytree(pq_export, folder)
+    edit, expected = DAMAGE[damage]
+    table = table_of(folder, "train")
+    _edit(table, edit)
+    reseal_table(folder, table)
+    report = verify(tiny_run, folder, sample=16)  # never a traceback
+    integrity = next(c for c in report.checks if c.name == "integrity")
+    assert integrity.status == "fail" and "\n" not in integrity.reason, integrity.reason
+    with pytest.raises(_common.ExportError, match=expected):
+        parquet_reader.LabelTable(str(folder))
+
+
+def test_parquet_reader_refuses_swapped_tables(tiny_run, pq_export, tmp_path):
+    from auxgen.verify import verify
+    from pipelines import parquet_reader
+
+    folder = tmp_path / "labels"
+    shutil.copytree(pq_export, folder)
+    train, test = table_of(folder, "train"), table_of(folder, "test")
+    data_train, data_test = train.read_bytes(), test.read_bytes()
+    train.write_bytes(data_test)
+    test.write_bytes(data_train)
+    reseal_table(folder, train)
+    reseal_table(folder, test)
+    assert not verify(tiny_run, folder, sample=16).passed
+    with pytest.raises(_common.ExportError, match="swapped"):
+        parquet_reader.LabelTable(str(folder))
+
+
+def test_parquet_reader_script_names_the_problem_in_one_line(pq_export, tmp_path):
+    folder = tmp_path / "labels"
+    shutil.copytree(pq_export, folder)
+    table = table_of(folder, "train")
+    _edit(table, DAMAGE["duplicated"][0])
+    reseal_table(folder, table)
+    err = one_line_error(script("parquet_reader.py", folder))
+    assert "rows" in err and table.name in err

@@ -313,6 +313,8 @@ def _read_parquet(folder: Path, problems: list[str]) -> tuple[dict[str, Any], di
             problems.append(f"{name}: {one_line(e, 160)}")
             readable = False
             continue
+        if not (np.diff(cols["index"]) > 0).all():  # what pipelines/parquet_reader needs: row i is index i
+            problems.append(f"{name}: rows are not in index order (docs/format.md)")
         keys = cols["key"]
         splits[split] = ExportSplit([k if isinstance(k, str) else str(k) for k in keys], cols["index"],
                                     cols["primary"], cols["aux_soft"], cols["aux_hard"], cols["entropy"],
@@ -336,30 +338,22 @@ def _parquet_facts(name: str, metadata: dict[bytes, bytes], problems: list[str])
 
 
 def _column(col: Any, name: str) -> Any:
-    """A column as numpy ([N, ...] for nested lists of equal length, a list of str for strings); ValueError for
-    nulls, lists of unequal lengths or types a label column never has."""
+    """A column as numpy ([N, ...] for nested fixed-size lists, a list of str for `key`); ValueError for nulls and
+    for types docs/format.md does not give the column (variable-length lists, strings but in `key`), which
+    pipelines/parquet_reader refuses too."""
     import pyarrow as pa
 
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if arr.null_count:
         raise ValueError(f"column {name} holds {arr.null_count} null value(s)")
-    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+    if name == "key" and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         return arr.to_pylist()
     shape = [len(arr)]
-    while pa.types.is_fixed_size_list(arr.type) or pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        if pa.types.is_fixed_size_list(arr.type):
-            size = arr.type.list_size
-        else:
-            import pyarrow.compute as pc
-
-            lengths = pc.unique(pc.list_value_length(arr)).to_pylist() if len(arr) else [0]
-            if len(lengths) != 1:
-                raise ValueError(f"column {name} holds lists of unequal lengths")
-            size = lengths[0]
+    while pa.types.is_fixed_size_list(arr.type):
+        shape.append(int(arr.type.list_size))
         arr = arr.flatten()
         if arr.null_count:
             raise ValueError(f"column {name} holds null values inside its lists")
-        shape.append(int(size))
     if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
-        raise ValueError(f"column {name} holds {arr.type} values, not numbers")
+        raise ValueError(f"column {name} is of type {col.type}, not numbers in fixed-size lists (docs/format.md)")
     return arr.to_numpy(zero_copy_only=False, writable=True).reshape(shape)
