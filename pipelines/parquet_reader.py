@@ -1,16 +1,18 @@
 """Batches from an auxgen parquet export (`auxgen export --format parquet`): pyarrow + numpy.
 
     from pipelines.parquet_reader import LabelTable
-    labels = LabelTable("labels/c100")                 # the export's folder: train.parquet, test.parquet, manifest
+    labels = LabelTable("labels/c100")     # the folder: split=train/part-0.parquet, ..., _manifest.json
     for batch in labels.batches("train", batch_size=256, shuffle=True, seed=epoch):
         x = my_images[batch["index"]]
         step(x, batch["primary"], batch["aux_soft"])
 
 Each table is read once, from bytes checked against the sha256 the manifest lists, and its labels
-are checked as docs/format.md says (shapes, finite probabilities inside their block). The tables
-are plain parquet: `pandas.read_parquet("labels/c100/train.parquet")`, `polars.read_parquet`,
-DuckDB `SELECT * FROM 'labels/c100/train.parquet'`, Spark `spark.read.parquet(...)` or
-`datasets.load_dataset("parquet", data_files={"train": ".../train.parquet"})` read them as they are.
+are checked as docs/format.md says (shapes, finite probabilities inside their block, each table the split
+and row count the manifest lists, rows in index order). The folder is plain hive-partitioned parquet:
+`pandas.read_parquet("labels/c100")` or `pyarrow.parquet.read_table("labels/c100")` give one table with a
+`split` column, Spark `spark.read.parquet("labels/c100")` too, DuckDB
+`SELECT * FROM read_parquet('labels/c100/*/*.parquet', hive_partitioning = true)`. Exports written before
+that layout (`train.parquet`, `test.parquet`, `manifest.json`) are read as well.
 
 Script:  python pipelines/parquet_reader.py labels/c100 [--images train_images.npy | --image-root photos] [--lr 2.0]
 """
@@ -31,6 +33,8 @@ from pipelines import _common  # noqa: E402
 from pipelines.numpy_reader import LabelFile, add_model_options, describe  # noqa: E402
 
 METADATA_KEY = b"auxgen"
+MANIFESTS = ("_manifest.json", "manifest.json")  # the hive layout's, then the older layout's
+TABLES = ("split={split}/part-0.parquet", "{split}.parquet")  # likewise
 COLUMNS = ("key", "index", "primary", "aux_soft", "aux_hard", "entropy")
 
 
@@ -53,14 +57,16 @@ def _column(col: Any, where: str, strings: bool = False) -> Any:
     return arr.to_numpy(zero_copy_only=False, writable=True).reshape(shape)
 
 
-def read_table(folder: str | Path, split: str, manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One split's table as numpy arrays (keys under "keys") and its `auxgen` metadata, checked."""
+def read_table(folder: str | Path, split: str, manifest: dict[str, Any], name: str
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One split's table (`name`, as the manifest lists it) as numpy arrays (keys under "keys") and its `auxgen`
+    metadata, checked."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise _common.ExportError("reading a parquet export needs pyarrow (pip install pyarrow)") from None
-    path, data = _common.read_listed(folder, manifest, f"{split}.parquet")
+    path, data = _common.read_listed(folder, manifest, name)
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (OSError, ValueError, pa.ArrowException) as e:
@@ -104,20 +110,23 @@ class LabelTable(LabelFile):
 
     def __init__(self, folder: str) -> None:  # not super().__init__, which opens HDF5: the attributes are set here
         root = Path(folder)
-        manifest = _common.read_manifest(root / "manifest.json")
+        manifest = _common.read_manifest(next((root / m for m in MANIFESTS if (root / m).exists()),
+                                              root / MANIFESTS[0]))
         if manifest.get("kind") != "parquet":
             raise _common.ExportError(f"{root} is a {manifest.get('kind')!r} export, not parquet")
+        listed = {e.get("path") for e in manifest["files"] if isinstance(e, dict)}
         self.attrs: dict[str, Any] = {}
         self.splits: dict[str, dict[str, np.ndarray]] = {}
         for split in ("train", "test"):
-            if f"{split}.parquet" not in {e.get("path") for e in manifest["files"] if isinstance(e, dict)}:
+            name = next((t.format(split=split) for t in TABLES if t.format(split=split) in listed), None)
+            if name is None:
                 continue
-            arrays, attrs = read_table(root, split, manifest)
+            arrays, attrs = read_table(root, split, manifest, name)
             self.splits[split] = arrays
             self.attrs = self.attrs or {k: v for k, v in attrs.items() if k not in ("split", "count",
                                                                                     "split_fingerprint")}
         if not self.splits:
-            raise _common.ExportError(f"{root}: the manifest lists no train.parquet or test.parquet")
+            raise _common.ExportError(f"{root}: the manifest lists no table (split=train/part-0.parquet, ...)")
         self.psi = [int(p) for p in self.attrs["psi"]]
         self.num_primary, self.num_aux = int(self.attrs["num_primary"]), int(self.attrs["num_aux"])
         self.pad = int(self.attrs.get("pad", 0))
@@ -125,7 +134,7 @@ class LabelTable(LabelFile):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Read an auxgen parquet label export (pyarrow + numpy).")
-    ap.add_argument("labels", help="the export's folder (train.parquet, test.parquet, manifest.json)")
+    ap.add_argument("labels", help="the export's folder (split=train/part-0.parquet, ..., _manifest.json)")
     add_model_options(ap)
     args = ap.parse_args(argv)
     describe(LabelTable(args.labels), args)

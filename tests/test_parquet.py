@@ -42,6 +42,14 @@ def pq_export(tiny_run, tmp_path_factory) -> Path:
     return out
 
 
+MANIFEST = "_manifest.json"
+
+
+def table(split: str) -> str:
+    """Where a split's table sits in an export's folder (hive layout)."""
+    return f"split={split}/part-0.parquet"
+
+
 def status(report) -> dict[str, str]:
     return {c.name: c.status for c in report.checks}
 
@@ -52,7 +60,7 @@ def reason(report, name: str) -> str:
 
 def reseal(folder: Path, name: str) -> None:
     """Rewrite the manifest's size and hash of an edited table, as a forger who knows the format would."""
-    mpath = folder / "manifest.json"
+    mpath = folder / MANIFEST
     man = json.loads(mpath.read_text())
     for f in man["files"]:
         if f["path"] == name:
@@ -79,32 +87,32 @@ def rewrite(path: Path, column: str, values: np.ndarray) -> None:
 # ------------------------------------------------------------------------------ the tables
 def test_parquet_tables_hold_the_exact_labels(pq_export, loaded):
     run, data = loaded
-    man = json.loads((pq_export / "manifest.json").read_text())
+    man = json.loads((pq_export / MANIFEST).read_text())
     assert man["kind"] == "parquet" and man["counts"] == {"train": len(data.train), "test": len(data.test)}
-    assert [f["path"] for f in man["files"]] == ["train.parquet", "test.parquet"]
+    assert [f["path"] for f in man["files"]] == [table("train"), table("test")]
     for f in man["files"]:
         assert hashlib.sha256((pq_export / f["path"]).read_bytes()).hexdigest() == f["sha256"]
     for split in ("train", "test"):
         sp = getattr(data, split)
-        table = pq.read_table(pq_export / f"{split}.parquet")
-        assert table.column_names == ["key", "index", "primary", "aux_soft", "aux_hard", "entropy"]
-        assert table.schema.field("aux_soft").type == pa.list_(pa.float32(), run.hier.num_aux)
-        meta = json.loads(table.schema.metadata[b"auxgen"])
+        tab = pq.read_table(pq_export / table(split))
+        assert tab.column_names == ["key", "index", "primary", "aux_soft", "aux_hard", "entropy"]
+        assert tab.schema.field("aux_soft").type == pa.list_(pa.float32(), run.hier.num_aux)
+        meta = json.loads(tab.schema.metadata[b"auxgen"])
         assert meta["format"] == "auxgen-labels" and meta["psi"] == list(run.hier.psi) and meta["split"] == split
         assert meta["checkpoint_sha256"] == run.checkpoint_sha256 and meta["count"] == len(sp)
         assert json.loads(meta["run_config"]) == run.meta
         ref = compute_soft_labels(run.generator, sp.images, sp.labels, run.device, 500)
-        assert torch.equal(torch.from_numpy(soft_of(pq_export / f"{split}.parquet")), ref)
-        assert table.column("key").to_pylist() == sp.keys
-        assert np.array_equal(table.column("index").to_numpy(), np.arange(len(sp)))
-        assert np.array_equal(table.column("primary").to_numpy(), sp.labels.numpy())
-        assert np.array_equal(table.column("aux_hard").to_numpy(), ref.argmax(1).numpy())
-        assert np.array_equal(table.column("entropy").to_numpy(), block_entropy(ref).numpy())
+        assert torch.equal(torch.from_numpy(soft_of(pq_export / table(split))), ref)
+        assert tab.column("key").to_pylist() == sp.keys
+        assert np.array_equal(tab.column("index").to_numpy(), np.arange(len(sp)))
+        assert np.array_equal(tab.column("primary").to_numpy(), sp.labels.numpy())
+        assert np.array_equal(tab.column("aux_hard").to_numpy(), ref.argmax(1).numpy())
+        assert np.array_equal(tab.column("entropy").to_numpy(), block_entropy(ref).numpy())
 
 
 def test_parquet_reads_with_pandas(pq_export, loaded):
     pd = pytest.importorskip("pandas")
-    df = pd.read_parquet(pq_export / "test.parquet")
+    df = pd.read_parquet(pq_export / table("test"))
     assert list(df.columns) == ["key", "index", "primary", "aux_soft", "aux_hard", "entropy"]
     assert len(df) == len(loaded[1].test) and len(df["aux_soft"].iloc[0]) == loaded[0].hier.num_aux
 
@@ -112,11 +120,11 @@ def test_parquet_reads_with_pandas(pq_export, loaded):
 def test_parquet_views_and_generator(tiny_run, loaded, tmp_path):
     out = tmp_path / "v"
     summary = export_labels(tiny_run, out, "parquet", views=2, split="test", generator_formats="pt2")
-    assert [f["path"] for f in summary["files"]] == ["test.parquet", "generator.pt2"]
-    table = pq.read_table(out / "test.parquet")
+    assert [f["path"] for f in summary["files"]] == [table("test"), "_generator.pt2"]
+    tab = pq.read_table(out / table("test"))
     k = loaded[0].hier.num_aux
-    assert table.schema.field("aux_soft").type == pa.list_(pa.list_(pa.float32(), k), 2)
-    assert table.schema.field("views").type == pa.list_(pa.list_(pa.int32(), 3), 2)
+    assert tab.schema.field("aux_soft").type == pa.list_(pa.list_(pa.float32(), k), 2)
+    assert tab.schema.field("views").type == pa.list_(pa.list_(pa.int32(), 3), 2)
     report = verify(tiny_run, out, sample=64)
     assert report.passed, [c.reason for c in report.checks]
     assert "pt2" in reason(report, "rederivation")
@@ -132,19 +140,19 @@ def test_parquet_export_verifies(tiny_run, pq_export):
 def test_damaged_parquet_fails_verify_in_one_line(tiny_run, pq_export, tmp_path, damage):
     out = tmp_path / "labels"
     shutil.copytree(pq_export, out)
-    table = out / "test.parquet"
-    soft = soft_of(table)
+    path = out / table("test")
+    soft = soft_of(path)
     if damage == "truncated":
-        table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif damage == "wrong_k":
-        rewrite(table, "aux_soft", soft[:, :-1])
-        reseal(out, "test.parquet")
+        rewrite(path, "aux_soft", soft[:, :-1])
+        reseal(out, table("test"))
     elif damage == "nan":
         soft[3, :] = np.nan
-        rewrite(table, "aux_soft", soft)
-        reseal(out, "test.parquet")
+        rewrite(path, "aux_soft", soft)
+        reseal(out, table("test"))
     else:  # a table beside the export that the manifest does not list
-        (out / "train.parquet").rename(out / "extra.parquet")
+        (out / table("train")).rename(out / "split=train" / "extra.parquet")
     report = verify(tiny_run, out, sample=64)
     assert status(report)["integrity"] == "fail"
     why = reason(report, "integrity")
@@ -164,19 +172,19 @@ def test_parquet_usage_errors_are_one_line_and_keep_the_export(tiny_run, pq_expo
         export_labels(tiny_run, tmp_path / "file", "parquet")
     out = tmp_path / "labels"
     shutil.copytree(pq_export, out)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(AuxgenError, match="already holds an export"):
         export_labels(tiny_run, out, "parquet")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     # --force replaces it whole: a split not exported again does not stay behind
     export_labels(tiny_run, out, "parquet", split="train", force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train.parquet"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [MANIFEST, "split=train", table("train")]
     assert verify(tiny_run, out, sample=16).passed
     # one format replaced by the other in one folder: nothing of the old one stays behind
     export_labels(tiny_run, out, "wds", images=False, split="test", force=True)
-    assert not list(out.glob("*.parquet")) and list(out.glob("test-*.tar"))
+    assert not list(out.rglob("*.parquet")) and not list(out.glob("split=*")) and list(out.glob("test-*.tar"))
     export_labels(tiny_run, out, "parquet", split="test", force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test.parquet"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [MANIFEST, "split=test", table("test")]
     assert verify(tiny_run, out, sample=16).passed
 
 
@@ -199,18 +207,18 @@ def test_pipelines_parquet_reader(pq_export, loaded, tmp_path):
     # damage: a changed table (hash), a resealed NaN (the label rules), another kind of export
     out = tmp_path / "labels"
     shutil.copytree(pq_export, out)
-    table = out / "train.parquet"
-    soft = soft_of(table)
+    path = out / table("train")
+    soft = soft_of(path)
     soft[0, 0] = np.nan
-    rewrite(table, "aux_soft", soft)
+    rewrite(path, "aux_soft", soft)
     with pytest.raises(ExportError, match="sha256"):
         parquet_reader.LabelTable(str(out))
-    reseal(out, "train.parquet")
+    reseal(out, table("train"))
     with pytest.raises(ExportError, match="NaN"):
         parquet_reader.LabelTable(str(out))
-    man = json.loads((out / "manifest.json").read_text())
+    man = json.loads((out / MANIFEST).read_text())
     man["files"][0]["path"] = "../outside.parquet"
-    (out / "manifest.json").write_text(json.dumps(man))
+    (out / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(ExportError, match="not a file inside the export"):
         parquet_reader.LabelTable(str(out))
 
@@ -222,7 +230,7 @@ def test_cli_export_verify_default_to_the_last_checkpoint(tiny_run, tmp_path, ca
     out = tmp_path / "labels"
     code, _, err = run_cli(["export", tiny_run, "--format", "parquet", "--out", out, "--quiet"], capsys, monkeypatch)
     assert code == 0, err
-    man = json.loads((out / "manifest.json").read_text())
+    man = json.loads((out / MANIFEST).read_text())
     last = load_run(tiny_run, "last")
     assert man["checkpoint"] == "last" and man["checkpoint_sha256"] == last.checkpoint_sha256
     code, _, err = run_cli(["verify", tiny_run, "--labels", out], capsys, monkeypatch)

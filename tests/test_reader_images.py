@@ -69,7 +69,7 @@ def test_the_export_records_the_image_shape_and_fit(folder_run):
     base, _ = folder_run
     lf = numpy_reader.LabelFile(str(base / "l.h5"))
     assert _common.export_image_shape(lf.attrs) == (3, SIZE, SIZE) and _common.export_fits(lf.attrs)
-    manifest = _common.read_manifest(base / "pq" / "manifest.json")
+    manifest = _common.read_manifest(base / "pq" / "_manifest.json")
     assert manifest["image_shape"] == [3, SIZE, SIZE] and manifest["image_fit"] == "fit"
 
 

@@ -31,7 +31,15 @@ from auxgen import distributed
 from auxgen.data import DATASETS, Data
 from auxgen.errors import AuxgenError
 from auxgen.export.baseline import baseline_batches, check_exportable
-from auxgen.export.format import EXPORT_FILE_MODE, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, STATE_NAME, wds_key
+from auxgen.export.format import (
+    EXPORT_FILE_MODE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PARQUET_MANIFEST_NAME,
+    STATE_NAME,
+    wds_key,
+)
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path, save_generator
 from auxgen.export.hdf5 import Hdf5Sink
 from auxgen.export.labels import Batches, local_batches, sample_chunks
@@ -46,6 +54,7 @@ from auxgen.export.layout import (
     new_hdf5_temp,
     not_ours,
     rank_state_name,
+    remove,
 )
 from auxgen.export.manifest import created_timestamp, file_entry, write_manifest
 from auxgen.export.options import ExportOptions
@@ -213,13 +222,16 @@ def _not_an_export(out: Path, names: list[str], kind: str) -> str | None:
     entry a regular file, and an auxgen manifest, a resume state, or nothing but files being written."""
     for n in names:
         if not stat.S_ISREG(os.lstat(out / n).st_mode):
-            return f"{n} is not a regular file (a link, folder, FIFO or device)"
+            problem = not_ours(out / n, kind)  # a parquet split folder holding only its table passes
+            if problem:
+                return f"{n} {problem}"
     for n in names:  # what says it is auxgen's must say so truly
-        if n == MANIFEST_NAME or n.startswith("generator."):
+        if n in (MANIFEST_NAME, PARQUET_MANIFEST_NAME) or n.lstrip("_").startswith("generator."):
             problem = not_ours(out / n, kind)
             if problem:
                 return f"{n} {problem}"
-    if MANIFEST_NAME in names or is_resume_state(out / STATE_NAME) or all(is_temp(n) for n in names):
+    if ({MANIFEST_NAME, PARQUET_MANIFEST_NAME} & set(names) or is_resume_state(out / STATE_NAME)
+            or all(is_temp(n) for n in names)):
         return None
     return f"it holds {', '.join(names[:3])} but no auxgen manifest or resume state shows them to be an export"
 
@@ -458,7 +470,7 @@ def _parquet_files(job: _Job) -> tuple[dict[str, Any], int]:
     sink = ParquetSink(out, {**_file_attrs(job), "kind": "parquet"}, run.hier.num_aux, job.opts.views, run.hier.psi)
     try:
         computed = _compute(job, sink, [(sp, len(sp.keys)) for sp in job.sources])
-        files = [{**file_entry(tmp, out), "path": final.name} for tmp, final in sink.done]
+        files = [{**file_entry(tmp, out), "path": final.relative_to(out).as_posix()} for tmp, final in sink.done]
         return _finish(job, info, files, sink.stats, {}, list(sink.done)), computed
     finally:
         sink.abort()  # the temporary files not renamed (all of them, when the export failed)
@@ -519,7 +531,8 @@ def _finish(job: _Job, info: dict[str, Any], files: list[dict[str, Any]], stats:
     resume state removed; returns the summary."""
     kind, out, opts, run = job.opts.fmt, job.out, job.opts, job.run
     staged = list(staged or [])
-    in_place = [f for f in files if all(f["path"] != final.name for _, final in staged)]
+    staged_paths = {final.relative_to(export_base(out, kind)).as_posix() for _, final in staged}
+    in_place = [f for f in files if f["path"] not in staged_paths]
     for f in in_place:  # documented file mode for every output (shards kept from an earlier process too)
         os.chmod(export_base(out, kind) / f["path"], EXPORT_FILE_MODE)
     gen_files, generators, gen_staged = _write_generators(job, info)
@@ -534,6 +547,9 @@ def _finish(job: _Job, info: dict[str, Any], files: list[dict[str, Any]], stats:
     except BaseException:
         for p in published:  # a failed export leaves nothing of itself (the shards of --format wds stay for --resume)
             p.unlink(missing_ok=True)
+        for d in {final.parent for _, final in staged} - {out, out.parent}:  # parquet split folders left empty
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise
     finally:
         for tmp, _ in staged:
@@ -557,12 +573,13 @@ def _publish(job: _Job, staged: list[tuple[Path, Path]], published: list[Path]) 
         if fmt not in job.opts.generator_formats:
             generator_path(out, kind, fmt).unlink(missing_ok=True)
     if kind == "parquet":
-        keep = {p.name for pair in staged for p in pair}
+        keep = {p.relative_to(out).parts[0] for pair in staged for p in pair}
         for old in out.iterdir():
             if is_ours(old.name) and old.name not in keep:
-                old.unlink(missing_ok=True)
+                remove(old)  # a split folder too
     for tmp, final in staged:
         os.chmod(tmp, EXPORT_FILE_MODE)  # before the rename: a file never appears with mkstemp's 0600
+        final.parent.mkdir(exist_ok=True)  # a parquet split folder
         os.replace(tmp, final)
         published.append(final)
 

@@ -16,7 +16,9 @@ MANIFEST_NAME = "manifest.json"          # inside a shard folder
 HDF5_MANIFEST_SUFFIX = ".manifest.json"  # beside an HDF5 file: labels/c100.h5.manifest.json
 STATE_NAME = ".auxgen-export.json"       # resume state of an unfinished shard export
 SHARD_PATTERN = "{split}-%06d.tar"
-PARQUET_PATTERN = "{split}.parquet"      # one table per split inside a parquet export's folder
+PARQUET_PATTERN = "split={split}/part-0.parquet"  # hive-style: the folder reads as one table with a split column
+PARQUET_MANIFEST_NAME = "_manifest.json"  # inside a parquet folder: dataset readers skip names starting with _
+OLD_PARQUET_PATTERN = "{split}.parquet"  # the tables of parquet exports written before the hive layout (still read)
 PARQUET_METADATA_KEY = "auxgen"         # the parquet key-value metadata entry holding the export's facts (JSON)
 DEFAULT_SHARD_SIZE = 256 * 10**6
 TAR_TRAILER = 1024 + 10240               # end-of-archive blocks plus the padding to a full tar record

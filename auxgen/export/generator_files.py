@@ -58,9 +58,11 @@ def parse_generator_formats(spec: str | tuple[str, ...] | list[str] | None) -> t
 
 
 def generator_path(out: Path, kind: str, fmt: str) -> Path:
-    """Where format `fmt` goes: `OUT/generator.pt2` in a shard or parquet folder, `X.h5.generator.pt2` beside an
-    HDF5 file."""
+    """Where format `fmt` goes: `OUT/generator.pt2` in a shard folder, `OUT/_generator.pt2` in a parquet folder,
+    `X.h5.generator.pt2` beside an HDF5 file."""
     name = "generator" + SUFFIXES[fmt]
+    if kind == "parquet":  # `_generator.pt2`: a name dataset readers skip, so the folder reads as one table
+        return out / f"_{name}"
     return out / name if kind in FOLDER_KINDS else out.with_name(f"{out.name}.{name}")
 
 

@@ -3,8 +3,9 @@
 A shard folder holds `{split}-NNNNNN.tar` shards, `manifest.json`, the generator files, and
 while unfinished the resume state (`.auxgen-export.json`), one record per process of a
 multi-process export (`.auxgen-export.rank-R.json`) and `.NAME.tmp` files being written. A
-parquet folder holds `{split}.parquet` tables, `manifest.json` and the generator files (and
-`.NAME.tmp` files while being written). An HDF5 export is one file with its manifest and
+parquet folder holds `split={split}/part-0.parquet` tables, `_manifest.json` and the generator files as
+`_generator.*` (and `.NAME.tmp` files while being written); one written before that layout holds
+`{split}.parquet`, `manifest.json` and `generator.*`. An HDF5 export is one file with its manifest and
 generator files beside it.
 """
 
@@ -23,6 +24,8 @@ from auxgen.export.format import (
     FORMAT_NAME,
     HDF5_MANIFEST_SUFFIX,
     MANIFEST_NAME,
+    OLD_PARQUET_PATTERN,
+    PARQUET_MANIFEST_NAME,
     SPLITS,
     STATE_NAME,
     is_folder_kind,
@@ -35,9 +38,12 @@ RANK_STATE_PATTERN = ".auxgen-export.rank-{rank}.json"
 # shard_name's pattern as a regular expression: the splits, a dash, six digits
 SHARD = re.compile("^(" + "|".join(SPLITS) + r")-\d{6}\.tar$")
 _RANK_STATE = re.compile("^" + re.escape(RANK_STATE_PATTERN).replace(r"\{rank\}", r"\d+") + "$")
-_PARQUET = frozenset(parquet_name(s) for s in SPLITS)
+# a parquet folder's own entries: split folders, and the tables of the older layout
+_PARQUET = frozenset([*(parquet_name(s).split("/")[0] for s in SPLITS), *(OLD_PARQUET_PATTERN.format(split=s)
+                                                                          for s in SPLITS)])
+_PARQUET_PART = parquet_name(SPLITS[0]).split("/")[1]  # the one table inside a split folder
 _TEMP = re.compile(r"^\..*\.tmp$")
-_GENERATORS = frozenset(generator_path(Path("."), "wds", f).name for f in GENERATOR_FORMATS)
+_GENERATORS = frozenset(generator_path(Path("."), k, f).name for k in ("wds", "parquet") for f in GENERATOR_FORMATS)
 
 
 def rank_state_name(rank: int) -> str:
@@ -62,7 +68,8 @@ def is_shard(name: str, split: str | None = None) -> bool:
 
 def is_ours(name: str) -> bool:
     """A name an export writes into a shard folder (anything else there belongs to someone else)."""
-    return (name in (MANIFEST_NAME, STATE_NAME) or name in _GENERATORS or name in _PARQUET or bool(SHARD.match(name))
+    return (name in (MANIFEST_NAME, PARQUET_MANIFEST_NAME, STATE_NAME) or name in _GENERATORS or name in _PARQUET
+            or bool(SHARD.match(name))
             or bool(_RANK_STATE.match(name)) or bool(_TEMP.match(name)))
 
 
@@ -100,7 +107,31 @@ def hdf5_temps(out: Path) -> list[str]:
 
 
 def manifest_of(out: Path, kind: str) -> Path:
+    if kind == "parquet":
+        return out / PARQUET_MANIFEST_NAME
     return out / MANIFEST_NAME if is_folder_kind(kind) else hdf5_paths(out)[1]
+
+
+def split_folder_problem(path: Path) -> str | None:
+    """Why `path` is not a parquet export's split folder (a real folder of the split's table and files being
+    written), or None."""
+    if path.name not in _PARQUET or not stat.S_ISDIR(os.lstat(path).st_mode):
+        return "is not a regular file (a link, folder, FIFO or device)"
+    for p in path.iterdir():
+        if (p.name != _PARQUET_PART and not is_temp(p.name)) or not stat.S_ISREG(os.lstat(p).st_mode):
+            return f"holds {p.name}, which no export writes there"
+    return None
+
+
+def remove(path: Path) -> None:
+    """Remove an export's file, or a split folder with the files an export wrote in it (never anything else)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        if split_folder_problem(path) is None:
+            for p in path.iterdir():
+                p.unlink(missing_ok=True)
+            path.rmdir()
+        return
+    path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------ what --force may replace
@@ -113,8 +144,8 @@ def not_ours(path: Path, kind: str) -> str | None:
     """
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
-            return "is not a regular file (a link, folder, FIFO or device)"
-        if path.name == MANIFEST_NAME or path.name.endswith(HDF5_MANIFEST_SUFFIX):
+            return split_folder_problem(path)
+        if path.name in (MANIFEST_NAME, PARQUET_MANIFEST_NAME) or path.name.endswith(HDF5_MANIFEST_SUFFIX):
             ours = _is_our_manifest(path, kind)
         elif path.name in _GENERATORS or any(path.name.endswith("." + g) for g in _GENERATORS):
             ours = _is_our_generator(path)
@@ -170,4 +201,4 @@ def is_resume_state(path: Path) -> bool:
 
 __all__ = ["RANK_STATE_PATTERN", "SHARD", "export_base", "hdf5_paths", "hdf5_temps", "is_ours", "is_partial",
            "is_resume_state", "is_temp", "is_shard", "manifest_of", "new_hdf5_temp", "not_ours", "rank_state_name",
-           "rank_states", "shard_name", "temp_path"]
+           "rank_states", "remove", "shard_name", "split_folder_problem", "temp_path"]

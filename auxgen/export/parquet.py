@@ -1,4 +1,6 @@
-"""Parquet sink: one table per split (`train.parquet`, `test.parquet`) in the export's folder.
+"""Parquet sink: one table per split in the export's folder, laid out hive-style (`split=train/part-0.parquet`,
+`split=test/part-0.parquet`) so that pyarrow, pandas, Spark and DuckDB read the folder as one table with a
+`split` column (the manifest and generator files carry names starting with `_`, which those readers skip).
 
 Columns `key`, `index`, `primary`, `aux_soft` (a fixed-size list of K float32), `aux_hard`,
 `entropy` and, with --views, `views`; with --views the label columns are fixed-size lists of V
@@ -6,8 +8,8 @@ Columns `key`, `index`, `primary`, `aux_soft` (a fixed-size list of K float32), 
 metadata under `auxgen`, as JSON. zstd-compressed row groups of up to ROW_GROUP_ROWS rows, so
 pandas, polars, DuckDB, Spark and Hugging Face `datasets` read the tables directly.
 
-Each table is written to `.NAME.tmp` and renamed into place by the exporter once every split is
-complete (`done`); `abort` removes the temporary files.
+Each table is written to `.{split}.parquet.tmp` in the folder and renamed into its split folder by the exporter
+once every split is complete (`done`); `abort` removes the temporary files.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from auxgen.errors import AuxgenError
-from auxgen.export.format import PARQUET_METADATA_KEY, parquet_name
+from auxgen.export.format import OLD_PARQUET_PATTERN, PARQUET_METADATA_KEY, parquet_name
 from auxgen.export.layout import temp_path
 from auxgen.export.pipeline import Chunk
 from auxgen.export.sink import SplitSource, add_chunk
@@ -88,8 +90,7 @@ class ParquetSink:
     def begin_split(self, split: SplitSource) -> None:
         import pyarrow.parquet as pq
 
-        final = self.folder / parquet_name(split.name)
-        tmp = temp_path(self.folder, final.name)
+        tmp = temp_path(self.folder, OLD_PARQUET_PATTERN.format(split=split.name))  # one per split, at the top
         self._open.append(tmp)
         meta = {**self.info, "split": split.name, "count": len(split.keys), "split_fingerprint": split.fingerprint}
         self._split, self._pending, self._rows = split, [], 0

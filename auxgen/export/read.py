@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,13 +20,22 @@ import numpy as np
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from auxgen.errors import AuxgenError
-from auxgen.export.format import FORMAT_VERSION, HDF5_MANIFEST_SUFFIX, MANIFEST_NAME, PARQUET_METADATA_KEY, SPLITS
+from auxgen.export.format import (
+    FORMAT_VERSION,
+    HDF5_MANIFEST_SUFFIX,
+    MANIFEST_NAME,
+    PARQUET_MANIFEST_NAME,
+    PARQUET_METADATA_KEY,
+    SPLITS,
+)
 from auxgen.export.manifest import check_files
 from auxgen.paths import check_regular_file, one_line, regular_file_problem
 
 _SHARD = re.compile(r"^(train|test)-\d{6}\.tar$")
 _H5_FIELDS = ("keys", "index", "primary", "aux_soft", "aux_hard", "entropy")
-_PARQUET = re.compile(r"^(train|test)\.parquet$")
+# a table of the hive layout (split=train/part-0.parquet), or of the older one (train.parquet)
+_PARQUET = re.compile(r"^split=(train|test)/part-0\.parquet$|^(train|test)\.parquet$")
+_PARQUET_GLOBS = ("split=*/*.parquet", "*.parquet")  # where tables of either layout may sit
 _PQ_FIELDS = ("key", "index", "primary", "aux_soft", "aux_hard", "entropy")
 _PQ_SPLIT_FACTS = ("split", "count", "split_fingerprint")  # the metadata of one table, not of the export
 
@@ -80,8 +90,17 @@ def numeric_problem(export: Export) -> str | None:
 
 
 def manifest_path(path: Path) -> Path:
-    """The manifest of an export: inside a shard folder, or beside an HDF5 file."""
-    return path / MANIFEST_NAME if path.is_dir() else path.with_name(path.name + HDF5_MANIFEST_SUFFIX)
+    """The manifest of an export: inside a shard folder, inside a parquet folder (`_manifest.json`; a parquet
+    export written before the hive layout has `manifest.json`), or beside an HDF5 file."""
+    if not path.is_dir():
+        return path.with_name(path.name + HDF5_MANIFEST_SUFFIX)
+    hive = path / PARQUET_MANIFEST_NAME
+    return hive if os.path.lexists(hive) or any(path.glob("split=*")) else path / MANIFEST_NAME
+
+
+def parquet_tables(folder: Path) -> list[str]:
+    """The tables in a parquet folder, of either layout, as paths relative to it."""
+    return sorted({p.relative_to(folder).as_posix() for g in _PARQUET_GLOBS for p in folder.glob(g)})
 
 
 def folder_kind(folder: Path, manifest: dict[str, Any] | None) -> str:
@@ -89,7 +108,7 @@ def folder_kind(folder: Path, manifest: dict[str, Any] | None) -> str:
     said = (manifest or {}).get("kind")
     if said in ("wds", "parquet"):
         return str(said)
-    tables, shards = any(folder.glob("*.parquet")), any(folder.glob("*.tar"))
+    tables, shards = bool(parquet_tables(folder)), any(folder.glob("*.tar"))
     return "parquet" if tables and not shards else "wds"
 
 
@@ -267,18 +286,21 @@ def _read_parquet(folder: Path, problems: list[str]) -> tuple[dict[str, Any], di
     except ImportError:
         problems.append("reading a parquet export needs pyarrow: pip install 'auxgen[parquet]'")
         return {}, {}, False
-    names = sorted(p.name for p in folder.glob("*.parquet"))
+    names = parquet_tables(folder)
     if not names:
-        problems.append(f"no tables (*.parquet) in {folder}")
+        problems.append(f"no tables (split=*/part-0.parquet) in {folder}")
     attrs: dict[str, Any] = {}
     splits: dict[str, ExportSplit] = {}
     readable = True
     for name in names:
         m = _PARQUET.match(name)
         if not m:
-            problems.append(f"{name} is not named train.parquet or test.parquet")
+            problems.append(f"{name} is not named split=train/part-0.parquet or split=test/part-0.parquet")
             continue
-        split, path = m.group(1), folder / name
+        split, path = m.group(1) or m.group(2), folder / name
+        if split in splits:
+            problems.append(f"{name}: a second table of split {split}")
+            continue
         problem = regular_file_problem(path)
         if problem:  # a FIFO named like a table would block the reader forever
             problems.append(f"{name} {problem}")

@@ -17,8 +17,8 @@ from typing import Any
 
 from auxgen.checkpoint import sha256_file, write_json_atomic
 from auxgen.errors import AuxgenError
-from auxgen.export.format import FORMAT_VERSION, MANIFEST_NAME, STATE_NAME
-from auxgen.export.layout import is_ours, is_partial, is_shard, rank_states
+from auxgen.export.format import FORMAT_VERSION, MANIFEST_NAME, PARQUET_MANIFEST_NAME, STATE_NAME
+from auxgen.export.layout import is_ours, is_partial, is_shard, rank_states, remove
 from auxgen.export.options import ExportOptions
 from auxgen.label_stats import LabelStats
 
@@ -125,8 +125,9 @@ def clear(out: Path) -> None:
     """Remove an earlier export from a folder (the caller made sure it holds nothing else)."""
     names = sorted(p.name for p in out.iterdir() if is_ours(p.name))
     # the manifest goes first, so a half-replaced folder never looks complete
-    for name in [n for n in names if n == MANIFEST_NAME] + [n for n in names if n != MANIFEST_NAME]:
-        (out / name).unlink(missing_ok=True)
+    first = (MANIFEST_NAME, PARQUET_MANIFEST_NAME)
+    for name in [n for n in names if n in first] + [n for n in names if n not in first]:
+        remove(out / name)  # a parquet split folder too
 
 
 def read_state(path: Path) -> dict[str, Any]:

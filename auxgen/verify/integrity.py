@@ -16,7 +16,7 @@ from auxgen.data import Data
 from auxgen.export.format import FORMAT_NAME, READABLE_VERSIONS, is_folder_kind, wds_key
 from auxgen.export.generator_files import GENERATOR_FORMATS, generator_path
 from auxgen.export.manifest import generator_entries
-from auxgen.export.read import Export, ExportSplit, manifest_path
+from auxgen.export.read import Export, ExportSplit, manifest_path, parquet_tables
 from auxgen.paths import confined
 from auxgen.run import LoadedRun
 from auxgen.rundir import RunDir
@@ -103,8 +103,10 @@ def _check_manifest(export: Export, problems: list[str]) -> None:
     root = (export.path if is_folder_kind(export.kind) else export.path.parent).resolve()
     listed = {(root / f["path"]).resolve() for f in files if isinstance(f, dict) and isinstance(f.get("path"), str)}
     if is_folder_kind(export.kind):
-        pattern, what = ("*.tar", "shards") if export.kind == "wds" else ("*.parquet", "tables")
-        extra = sorted(p.name for p in export.path.glob(pattern) if p.resolve() not in listed)
+        found = (sorted(p.name for p in export.path.glob("*.tar")) if export.kind == "wds"
+                 else parquet_tables(export.path))
+        what = "shards" if export.kind == "wds" else "tables"
+        extra = [n for n in found if (export.path / n).resolve() not in listed]
         if extra:
             problems.append(f"{what} not in the manifest: {', '.join(extra)}")
     elif export.path.resolve() not in listed:
@@ -127,8 +129,9 @@ def _generator_problems(export: Export, man: dict[str, Any], listed: set[Path]) 
             problems.append(f"the manifest's generator {g['path'][:80]!r} is not one of its files inside the export "
                             f"(never loaded)")
     named = {q.resolve() for g in generator_entries(man) if (q := confined(base, g["path"])) is not None}
-    for fmt in GENERATOR_FORMATS:
-        p = generator_path(export.path, export.kind, fmt)
+    # a parquet folder of either layout: `_generator.pt2`, or `generator.pt2` (written before the hive layout)
+    kinds = {export.kind, "wds"} if export.kind == "parquet" else {export.kind}
+    for p in (generator_path(export.path, k, fmt) for k in sorted(kinds) for fmt in GENERATOR_FORMATS):
         if os.path.lexists(p) and p.resolve() not in named:
             problems.append(f"{p.name} sits beside the export but the manifest does not list it; it was not loaded "
                             f"or checked: remove it, or export again")
